@@ -1,0 +1,12 @@
+// Everything a user of gradgraph needs: #include <gradgraph/gradgraph.hpp>
+#pragma once
+
+#include <gradgraph/autodiff.hpp>
+#include <gradgraph/check.hpp>
+#include <gradgraph/dot.hpp>
+#include <gradgraph/graph.hpp>
+#include <gradgraph/ops.hpp>
+#include <gradgraph/optim.hpp>
+#include <gradgraph/program.hpp>
+#include <gradgraph/random.hpp>
+#include <gradgraph/tensor.hpp>

@@ -1,0 +1,96 @@
+// A compiled program: the fetched subgraph, fused, ordered once by Boost.Graph's topological
+// sort, with every buffer planned once per batch size, then run many times.
+//
+// Memory: parameters and optimizer state live in one persistent arena (shared between
+// programs compiled with share_params_with); every other value lives in a per-batch-size
+// arena whose offsets come from liveness intervals over the schedule (buffers whose lifetimes
+// do not overlap share memory; elementwise ops overwrite a dying operand in place). After the
+// first run() at a batch size, run() allocates nothing.
+#pragma once
+
+#include <gradgraph/graph.hpp>
+#include <gradgraph/random.hpp>
+
+#include <cstdint>
+#include <iosfwd>
+#include <initializer_list>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace gg {
+
+struct CompileOptions {
+  bool fuse = true;          // run the fusion pass (add+relu, scale into GEMM alpha)
+  int threads = 0;           // kernel and BLIS threads; 0 = OpenMP's default (all cores)
+  RngKind rng = RngKind::standard;
+  std::uint64_t seed = 0;    // for the parameters' initialisers
+  const Program* share_params_with = nullptr;  // use that program's parameter storage
+};
+
+struct ParamStore;  // persistent parameter/state arena (program.cpp)
+struct Plan;        // buffers and steps for one batch size (program.cpp)
+struct IrNode;
+
+class Program {
+ public:
+  struct Feed {
+    Value input;
+    TensorView value;
+  };
+
+  Program(Graph& g, const std::vector<Value>& fetches, const CompileOptions& opts = {});
+  ~Program();
+  Program(Program&&) noexcept;
+  Program& operator=(Program&&) noexcept;
+
+  // Feeds every input the fetches need (a batch size may be new: then it plans, once).
+  void run(std::initializer_list<Feed> feeds);
+  void run(const std::vector<Feed>& feeds);
+
+  // A fetched value from the last run (a view of program memory, valid until the next run).
+  TensorView get(Value v) const;
+  double scalar(Value v) const;
+
+  // Parameters and states by name: a writable view of persistent storage.
+  TensorView param(const std::string& name) const;
+  void set_param(const std::string& name, const TensorView& value);
+  std::vector<std::string> param_names() const;  // params then states, in creation order
+  std::vector<std::string> state_names() const;
+  // Re-runs every initialiser in creation order with `rng` (states back to their inits too).
+  void init_params(Generator& rng);
+  std::size_t param_bytes() const;
+
+  // Bytes of the planned arena for a batch size (plans it if needed; batch ignored when the
+  // graph has no open dimension).
+  std::size_t planned_bytes(std::int64_t batch);
+  // Sum of all planned buffers' sizes without sharing (what a naive allocator would use).
+  std::size_t unshared_bytes(std::int64_t batch);
+  // Kernel launches per run at a batch size, and the scheduled ops by name, for inspection.
+  int num_steps(std::int64_t batch);
+  std::vector<std::string> schedule(std::int64_t batch);
+  void write_dot(std::ostream& os) const;  // the fused, scheduled program as Graphviz
+
+  void set_threads(int threads);
+  int threads() const { return threads_; }
+  // Overrides the learning rate of every update op (for schedules).
+  void set_learning_rate(double lr);
+
+ private:
+  Plan& plan_for(std::int64_t batch);
+  std::int64_t batch_of(const Feed* feeds, std::size_t n) const;
+  void run_impl(const Feed* feeds, std::size_t n);
+
+  Graph* graph_ = nullptr;
+  std::vector<IrNode> ir_;         // the fused program in schedule order
+  std::vector<int> graph_to_ir_;   // graph node id -> ir index (-1 if not scheduled)
+  std::vector<int> inputs_;        // ir indices of Input nodes
+  std::shared_ptr<ParamStore> params_;
+  std::map<std::int64_t, std::unique_ptr<Plan>> plans_;
+  Plan* current_ = nullptr;
+  int threads_ = 1;
+  bool has_dyn_ = false;
+};
+
+}  // namespace gg

@@ -1,0 +1,134 @@
+// Fused softmax cross-entropy: L = -(1/M) sum_examples sum_k Y_k log softmax(Z)_k,
+// classes along `axis`, M = number of examples (elements / classes).
+//
+// Forward from log-softmax (x - m - log sum exp(x - m)), so no probability ever underflows to
+// log(0). Terms with Y_k = 0 are skipped, so an impossible class (log p = -inf) with zero target
+// costs nothing instead of producing 0 * inf = NaN.
+//
+// VJP w.r.t. Z: (softmax(Z) - Y) g / M, one fused pass (softmax_cross_entropy_grad); the 1/M
+// is applied there and nowhere else. W.r.t. Y: -log_softmax(Z) g / M.
+// softmax_cross_entropy_grad(Z, Y, g) is itself differentiable (second derivatives):
+//   d/dZ <V, (S - Y) g/M> = S (V - <V, S>) g/M     (the softmax VJP of V, scaled)
+//   d/dY = -V g/M,   d/dg = <V, S - Y> / M
+#include "kernels.hpp"
+#include "softmax.hpp"
+
+#include <cmath>
+#include <limits>
+
+namespace gg {
+namespace {
+
+using namespace detail;
+
+int class_axis(const Shape& s, int axis) { return axis < 0 ? axis + s.rank : axis; }
+
+Shape infer(const Graph& g, const Node& n) {
+  const Shape& z = g.node(n.inputs[0]).shape;
+  const Shape& y = g.node(n.inputs[1]).shape;
+  if (z != y) fail(g, n, "logits and targets must have the same shape");
+  if (z.rank == 0) fail(g, n, "logits must have at least one dimension");
+  normalize_axis(g, n, n.attrs.axis, z.rank);
+  return Shape{};
+}
+
+Shape infer_grad(const Graph& g, const Node& n) {
+  const Shape& z = g.node(n.inputs[0]).shape;
+  if (z != g.node(n.inputs[1]).shape) fail(g, n, "logits and targets must have the same shape");
+  if (g.node(n.inputs[2]).shape.rank != 0) fail(g, n, "the incoming gradient must be a scalar");
+  return z;
+}
+
+std::int64_t examples(const Shape& s, int axis) { return s.numel() / std::max<std::int64_t>(1, s.dims[axis]); }
+
+template <typename T>
+void fwd(const KernelArgs& k) {
+  const int axis = class_axis(k.in[0].shape, k.attrs->axis);
+  const T* z = data<T>(k.in[0]);
+  const T* y = data<T>(k.in[1]);
+  double partial[kMaxThreads] = {};
+  for_each_slice<T>(k.in[0], axis, k.threads, [&](std::int64_t off, std::int64_t n, std::int64_t stride, std::int64_t w) {
+    T mx[kSliceBlock];
+    double lse[kSliceBlock];
+    for (std::int64_t j = 0; j < w; ++j) mx[j] = -std::numeric_limits<T>::infinity(), lse[j] = 0;
+    const T* zb = z + off;
+    const T* yb = y + off;
+    for (std::int64_t c = 0; c < n; ++c)
+      for (std::int64_t j = 0; j < w; ++j) mx[j] = std::max(mx[j], zb[c * stride + j]);
+    for (std::int64_t c = 0; c < n; ++c)
+      for (std::int64_t j = 0; j < w; ++j) lse[j] += std::exp(zb[c * stride + j] - mx[j]);
+    for (std::int64_t j = 0; j < w; ++j) lse[j] = mx[j] + std::log(lse[j]);
+    double acc = 0;
+    for (std::int64_t c = 0; c < n; ++c)
+      for (std::int64_t j = 0; j < w; ++j) {
+        const T t = yb[c * stride + j];
+        if (t != T(0)) acc += static_cast<double>(t) * (static_cast<double>(zb[c * stride + j]) - lse[j]);
+      }
+    partial[omp_get_thread_num()] += acc;
+  });
+  double total = 0;
+  for (double p : partial) total += p;
+  data<T>(k.out)[0] = static_cast<T>(-total / static_cast<double>(examples(k.in[0].shape, axis)));
+}
+
+template <typename T>
+void grad_fwd(const KernelArgs& k) {
+  const int axis = class_axis(k.in[0].shape, k.attrs->axis);
+  const T* z = data<T>(k.in[0]);
+  const T* y = data<T>(k.in[1]);
+  const T c = static_cast<T>(static_cast<double>(data<T>(k.in[2])[0]) / static_cast<double>(examples(k.in[0].shape, axis)));
+  T* out = data<T>(k.out);
+  for_each_slice<T>(k.in[0], axis, k.threads, [&](std::int64_t off, std::int64_t n, std::int64_t stride, std::int64_t w) {
+    softmax_block<T>(z + off, out + off, n, stride, w, false);
+    for (std::int64_t cc = 0; cc < n; ++cc)
+      for (std::int64_t j = 0; j < w; ++j) {
+        const std::int64_t i = off + cc * stride + j;
+        out[i] = (out[i] - y[i]) * c;
+      }
+  });
+}
+
+// g / M as a node (M may depend on the batch size).
+Value per_example(Graph& g, const Node& n, Value v) {
+  const Shape& z = g.node(n.inputs[0]).shape;
+  Count cnt = count_except(z, class_axis(z, n.attrs.axis));
+  return scale_batch(v, 1.0 / cnt.fixed, -cnt.dyn_count);
+}
+
+std::vector<Value> vjp(Graph& g, const Node& n, Value, Value grad, const std::vector<bool>& w) {
+  std::vector<Value> out(2);
+  Value Z = in(g, n, 0), Y = in(g, n, 1);
+  if (w[0]) out[0] = g.add_node(Op::SoftmaxCrossEntropyGrad, {Z, Y, grad}, n.attrs);
+  if (w[1]) out[1] = log_softmax(Z, n.attrs.axis) * neg(per_example(g, n, grad));
+  return out;
+}
+
+std::vector<Value> grad_vjp(Graph& g, const Node& n, Value, Value V, const std::vector<bool>& w) {
+  std::vector<Value> out(3);
+  Value Z = in(g, n, 0), Y = in(g, n, 1), G = in(g, n, 2);
+  const int axis = n.attrs.axis;
+  Value c = per_example(g, n, G);
+  if (w[0] || w[2]) {
+    Value S = softmax(Z, axis);
+    if (w[0]) out[0] = (S * (V - sum(V * S, axis, true))) * c;
+    if (w[2]) out[2] = per_example(g, n, sum(V * (S - Y)));
+  }
+  if (w[1]) out[1] = neg(V) * c;
+  return out;
+}
+
+}  // namespace
+
+namespace detail {
+extern const OpDef kSceDef = {"softmax_cross_entropy", 2, 0, 0b11, 0, infer, fwd<float>, fwd<double>, vjp};
+extern const OpDef kSceGradDef = {"softmax_cross_entropy_grad", 3, 0, 0b111, 0, infer_grad, grad_fwd<float>,
+                                  grad_fwd<double>, grad_vjp};
+}  // namespace detail
+
+Value softmax_cross_entropy(Value logits, Value targets, int axis) {
+  Attrs at;
+  at.axis = axis;
+  return detail::graph_of(logits).add_node(Op::SoftmaxCrossEntropy, {logits, targets}, at);
+}
+
+}  // namespace gg

@@ -1,0 +1,201 @@
+#include <gradgraph/tensor.hpp>
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+namespace gg {
+
+Shape::Shape(std::initializer_list<std::int64_t> d) {
+  if (d.size() > static_cast<std::size_t>(kMaxRank))
+    throw std::invalid_argument("Shape: rank " + std::to_string(d.size()) + " exceeds the maximum of " +
+                                std::to_string(kMaxRank));
+  for (std::int64_t x : d) {
+    if (x < 0 && x != dyn) throw std::invalid_argument("Shape: negative dimension " + std::to_string(x));
+    dims[rank++] = x;
+  }
+}
+
+Shape Shape::of(const std::int64_t* d, int r) {
+  if (r < 0 || r > kMaxRank) throw std::invalid_argument("Shape: bad rank " + std::to_string(r));
+  Shape s;
+  s.rank = r;
+  for (int i = 0; i < r; ++i) s.dims[i] = d[i];
+  return s;
+}
+
+std::int64_t Shape::numel() const {
+  std::int64_t n = 1;
+  for (int i = 0; i < rank; ++i) {
+    if (dims[i] == dyn) throw std::logic_error("Shape::numel on a shape with an open (dyn) dimension");
+    n *= dims[i];
+  }
+  return n;
+}
+
+bool Shape::has_dyn() const {
+  for (int i = 0; i < rank; ++i)
+    if (dims[i] == dyn) return true;
+  return false;
+}
+
+Shape Shape::resolved(std::int64_t batch) const {
+  Shape s = *this;
+  for (int i = 0; i < rank; ++i)
+    if (s.dims[i] == dyn) s.dims[i] = batch;
+  return s;
+}
+
+bool operator==(const Shape& a, const Shape& b) {
+  if (a.rank != b.rank) return false;
+  for (int i = 0; i < a.rank; ++i)
+    if (a.dims[i] != b.dims[i]) return false;
+  return true;
+}
+
+std::string to_string(const Shape& s) {
+  std::string out = "{";
+  for (int i = 0; i < s.rank; ++i) {
+    if (i) out += ", ";
+    out += s.dims[i] == dyn ? std::string("dyn") : std::to_string(s.dims[i]);
+  }
+  return out + "}";
+}
+
+Strides contiguous_strides(const Shape& s) {
+  Strides st;
+  std::int64_t acc = 1;
+  for (int i = s.rank - 1; i >= 0; --i) {
+    st.s[i] = acc;
+    acc *= s.dims[i];
+  }
+  return st;
+}
+
+TensorView::TensorView(void* p, DType t, const Shape& s) : data(p), dtype(t), shape(s), strides(contiguous_strides(s)) {}
+TensorView::TensorView(void* p, DType t, const Shape& s, const Strides& st) : data(p), dtype(t), shape(s), strides(st) {}
+
+bool TensorView::is_contiguous() const {
+  std::int64_t acc = 1;
+  for (int i = shape.rank - 1; i >= 0; --i) {
+    if (shape.dims[i] != 1 && strides.s[i] != acc) return false;
+    acc *= shape.dims[i];
+  }
+  return true;
+}
+
+namespace {
+std::int64_t offset_of(const TensorView& v, std::initializer_list<std::int64_t> idx) {
+  if (static_cast<int>(idx.size()) != v.shape.rank)
+    throw std::out_of_range("TensorView: " + std::to_string(idx.size()) + " indices for a tensor of shape " +
+                            to_string(v.shape));
+  std::int64_t off = 0;
+  int i = 0;
+  for (std::int64_t x : idx) {
+    if (x < 0 || x >= v.shape.dims[i])
+      throw std::out_of_range("TensorView: index " + std::to_string(x) + " out of range for dimension " +
+                              std::to_string(i) + " of " + to_string(v.shape));
+    off += x * v.strides.s[i++];
+  }
+  return off;
+}
+}  // namespace
+
+double TensorView::at(std::initializer_list<std::int64_t> idx) const {
+  std::int64_t off = offset_of(*this, idx);
+  return dtype == DType::f32 ? static_cast<const float*>(data)[off] : static_cast<const double*>(data)[off];
+}
+
+void TensorView::set(std::initializer_list<std::int64_t> idx, double v) const {
+  std::int64_t off = offset_of(*this, idx);
+  if (dtype == DType::f32)
+    static_cast<float*>(data)[off] = static_cast<float>(v);
+  else
+    static_cast<double*>(data)[off] = v;
+}
+
+double TensorView::flat(std::int64_t i) const {
+  return dtype == DType::f32 ? static_cast<const float*>(data)[i] : static_cast<const double*>(data)[i];
+}
+
+TensorView TensorView::slice_leading(std::int64_t begin, std::int64_t end) const {
+  if (shape.rank == 0 || begin < 0 || end < begin || end > shape.dims[0])
+    throw std::out_of_range("slice_leading: [" + std::to_string(begin) + ", " + std::to_string(end) +
+                            ") out of range for shape " + to_string(shape));
+  TensorView v = *this;
+  v.data = static_cast<std::byte*>(data) + begin * strides.s[0] * static_cast<std::int64_t>(dtype_size(dtype));
+  v.shape.dims[0] = end - begin;
+  return v;
+}
+
+TensorView TensorView::slice_trailing(std::int64_t begin, std::int64_t end) const {
+  int last = shape.rank - 1;
+  if (shape.rank == 0 || begin < 0 || end < begin || end > shape.dims[last])
+    throw std::out_of_range("slice_trailing: [" + std::to_string(begin) + ", " + std::to_string(end) +
+                            ") out of range for shape " + to_string(shape));
+  TensorView v = *this;
+  v.data = static_cast<std::byte*>(data) + begin * strides.s[last] * static_cast<std::int64_t>(dtype_size(dtype));
+  v.shape.dims[last] = end - begin;
+  return v;
+}
+
+TensorView TensorView::transposed() const {
+  if (shape.rank != 2) throw std::invalid_argument("transposed: needs a rank-2 view, got " + to_string(shape));
+  TensorView v = *this;
+  std::swap(v.shape.dims[0], v.shape.dims[1]);
+  std::swap(v.strides.s[0], v.strides.s[1]);
+  return v;
+}
+
+void* aligned_alloc64(std::size_t bytes) {
+  std::size_t n = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, n ? n : 64);
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+
+void aligned_free(void* p) { std::free(p); }
+
+Tensor::Tensor(DType t, const Shape& s) {
+  if (s.has_dyn()) throw std::invalid_argument("Tensor: cannot allocate shape " + to_string(s) + " with a dyn dimension");
+  std::size_t bytes = static_cast<std::size_t>(s.numel()) * dtype_size(t);
+  auto* p = static_cast<std::byte*>(aligned_alloc64(bytes));
+  std::memset(p, 0, bytes);
+  storage_ = std::shared_ptr<std::byte>(p, [](std::byte* q) { aligned_free(q); });
+  view_ = TensorView(p, t, s);
+}
+
+Tensor Tensor::copy_of(const TensorView& v, DType t) {
+  Tensor out(t, v.shape);
+  const int r = v.shape.rank;
+  const std::int64_t n = v.numel();
+  std::int64_t idx[kMaxRank] = {};
+  for (std::int64_t i = 0; i < n; ++i) {
+    std::int64_t off = 0;
+    for (int d = 0; d < r; ++d) off += idx[d] * v.strides.s[d];
+    double x = v.flat(off);
+    if (t == DType::f32)
+      out.ptr<float>()[i] = static_cast<float>(x);
+    else
+      out.ptr<double>()[i] = x;
+    for (int d = r - 1; d >= 0; --d) {
+      if (++idx[d] < v.shape.dims[d]) break;
+      idx[d] = 0;
+    }
+  }
+  return out;
+}
+
+Tensor Tensor::slice_leading(std::int64_t begin, std::int64_t end) const {
+  Tensor t = *this;
+  t.view_ = view_.slice_leading(begin, end);
+  return t;
+}
+
+Tensor Tensor::slice_trailing(std::int64_t begin, std::int64_t end) const {
+  Tensor t = *this;
+  t.view_ = view_.slice_trailing(begin, end);
+  return t;
+}
+
+}  // namespace gg
