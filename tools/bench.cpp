@@ -1,0 +1,704 @@
+// bench: how close one gradgraph training step of the notebook network (784-64-10, ReLU,
+// softmax cross-entropy, float32, column-per-example layout) comes to the BLIS GEMMs it needs.
+//
+// For each case it times, in this process and with the same thread count:
+//   * the raw GEMM floor: the five sgemm calls of one step (Z1 = W1 X, Z2 = W2 A1,
+//     dW2 = dZ2 A1^T, dA1 = W2^T dZ2, dW1 = dZ1 X^T) with exactly the program's shapes and
+//     strides (X stored example-major [m][784] and viewed as {784, m} with strides (1, 784));
+//   * the gradgraph step: a gg::Program fetching the loss, an accuracy node and the optimizer's
+//     updates (plain SGD full batch; momentum 0.9, lr 0.05 for mini-batches);
+// and prints step / floor, GFLOP/s, Program::planned_bytes and the process's peak RSS next to the
+// targets. `bench --help` lists the options; docs/performance.md has measured output.
+#include <gradgraph/gradgraph.hpp>
+#include <gradgraph/idx.hpp>
+
+#include <blis.h>
+#include <omp.h>
+
+#include <boost/program_options.hpp>
+
+#include <dirent.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace po = boost::program_options;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr std::int64_t kIn = 784, kHidden = 64, kOut = 10;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+std::string fmt(const char* f, double a) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, a);
+  return buf;
+}
+
+// "12.3 ms", "456 us", "1.23 s".
+std::string fmt_time(double s) {
+  if (s >= 1.0) return fmt("%.3f s", s);
+  if (s >= 1e-3) return fmt("%.2f ms", s * 1e3);
+  return fmt("%.1f us", s * 1e6);
+}
+
+std::string mb(double bytes) { return fmt("%.1f MB", bytes / 1e6); }
+
+// ---- machine ---------------------------------------------------------------------------------
+
+struct CpuInfo {
+  std::string model = "?";
+  int logical = 0, family = -1, model_id = -1;
+  std::string flags;
+  bool has(const std::string& f) const { return (" " + flags + " ").find(" " + f + " ") != std::string::npos; }
+};
+
+CpuInfo read_cpuinfo() {
+  CpuInfo c;
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  auto value = [](const std::string& l) {
+    auto p = l.find(':');
+    std::string v = p == std::string::npos ? "" : l.substr(p + 1);
+    while (!v.empty() && v.front() == ' ') v.erase(v.begin());
+    return v;
+  };
+  while (std::getline(in, line)) {
+    if (line.rfind("processor", 0) == 0) ++c.logical;
+    else if (line.rfind("model name", 0) == 0 && c.model == "?") c.model = value(line);
+    else if (line.rfind("cpu family", 0) == 0 && c.family < 0) c.family = std::atoi(value(line).c_str());
+    else if (line.rfind("model\t", 0) == 0 && c.model_id < 0) c.model_id = std::atoi(value(line).c_str());
+    else if (line.rfind("flags", 0) == 0 && c.flags.empty()) c.flags = value(line);
+  }
+  return c;
+}
+
+// Peak and current resident set size of this process, from /proc/self/status (kB -> bytes).
+std::int64_t status_bytes(const char* key) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  const std::string k = std::string(key) + ":";
+  while (std::getline(in, line))
+    if (line.rfind(k, 0) == 0) return std::atoll(line.c_str() + k.size()) * 1024;
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<std::int64_t>(ru.ru_maxrss) * 1024;
+}
+std::int64_t peak_rss() { return status_bytes("VmHWM"); }
+std::int64_t current_rss() { return status_bytes("VmRSS"); }
+
+// Resets the peak RSS to the current RSS (Linux >= 4.0), so that a phase's peak can be read.
+bool reset_peak_rss() {
+  std::ofstream f("/proc/self/clear_refs");
+  if (!f) return false;
+  f << "5";
+  f.flush();
+  return static_cast<bool>(f);
+}
+
+// CPU time (utime + stime, clock ticks) of every thread of this process.
+std::map<int, long long> thread_cpu_ticks() {
+  std::map<int, long long> out;
+  DIR* d = opendir("/proc/self/task");
+  if (!d) return out;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream in(std::string("/proc/self/task/") + e->d_name + "/stat");
+    std::string s;
+    std::getline(in, s);
+    const auto rp = s.rfind(')');
+    if (rp == std::string::npos) continue;
+    std::istringstream rest(s.substr(rp + 2));
+    std::string field;
+    long long utime = 0, stime = 0;
+    // Fields after the command: state(3) ... utime(14) stime(15).
+    for (int i = 3; i <= 15 && rest >> field; ++i) {
+      if (i == 14) utime = std::atoll(field.c_str());
+      if (i == 15) stime = std::atoll(field.c_str());
+    }
+    out[std::atoi(e->d_name)] = utime + stime;
+  }
+  closedir(d);
+  return out;
+}
+
+// Which threads burned CPU during a timed phase: oversubscription shows as more busy threads
+// than --threads, or as CPU time above threads x wall time.
+struct ThreadWatch {
+  std::map<int, long long> before;
+  Clock::time_point t0;
+  struct rusage ru0 {};
+  void start() {
+    before = thread_cpu_ticks();
+    getrusage(RUSAGE_SELF, &ru0);
+    t0 = Clock::now();
+  }
+  std::string report() const {
+    const double wall = seconds_since(t0);
+    struct rusage ru1 {};
+    getrusage(RUSAGE_SELF, &ru1);
+    auto tv = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) * 1e-6; };
+    const double cpu = tv(ru1.ru_utime) - tv(ru0.ru_utime) + tv(ru1.ru_stime) - tv(ru0.ru_stime);
+    const auto after = thread_cpu_ticks();
+    const double hz = static_cast<double>(sysconf(_SC_CLK_TCK));
+    int busy = 0;
+    std::string each;
+    for (const auto& [tid, ticks] : after) {
+      auto it = before.find(tid);
+      const double used = static_cast<double>(ticks - (it == before.end() ? 0 : it->second)) / hz;
+      if (used > 0.1 * wall) ++busy;
+      if (!each.empty()) each.push_back(' ');
+      each.append(fmt("%.0f%%", 100.0 * used / std::max(wall, 1e-9)));
+    }
+    return std::to_string(after.size()) + " threads (" + each + " of wall), busy " + std::to_string(busy) +
+           ", CPU/wall " + fmt("%.2f", cpu / std::max(wall, 1e-9));
+  }
+};
+
+const char* env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v ? v : fallback;
+}
+
+// ---- raw BLIS GEMMs ----------------------------------------------------------------------------
+
+// The five GEMMs of one training step, with the program's operands and strides:
+//   Z1  {64, m}   = W1 {64, 784} . X {784, m}          X strides (1, 784): example-major data
+//   Z2  {10, m}   = W2 {10, 64}  . A1 {64, m}
+//   dW2 {10, 64}  = dZ2 {10, m}  . A1^T {m, 64}        A1^T strides (1, m)
+//   dA1 {64, m}   = W2^T {64,10} . dZ2 {10, m}         W2^T strides (1, 64)
+//   dW1 {64, 784} = dZ1 {64, m}  . X^T {m, 784}        X^T strides (784, 1): contiguous rows
+// Z1 and A1 share a buffer, as do dA1 and dZ1 (the program overwrites them in place).
+struct GemmNames {
+  static constexpr std::array<const char*, 5> name = {"Z1 = W1 X", "Z2 = W2 A1", "dW2 = dZ2 A1^T", "dA1 = W2^T dZ2",
+                                                      "dW1 = dZ1 X^T"};
+};
+
+std::array<double, 5> gemm_flops(std::int64_t m) {
+  const double M = static_cast<double>(m);
+  return {2.0 * kHidden * kIn * M, 2.0 * kOut * kHidden * M, 2.0 * kOut * M * kHidden, 2.0 * kHidden * kOut * M,
+          2.0 * kHidden * M * kIn};
+}
+
+double step_flops(std::int64_t m) {
+  double s = 0;
+  for (double f : gemm_flops(m)) s += f;
+  return s;
+}
+
+struct GemmSet {
+  std::int64_t m;
+  const float* X;  // [m][784]
+  std::vector<float> W1, W2, H, Z2, dZ2, G, dW1, dW2;
+
+  GemmSet(std::int64_t m_, const float* x) : m(m_), X(x) {
+    const auto M = static_cast<std::size_t>(m);
+    W1.resize(kHidden * kIn);
+    W2.resize(kOut * kHidden);
+    H.resize(kHidden * M);
+    Z2.resize(kOut * M);
+    dZ2.resize(kOut * M);
+    G.resize(kHidden * M);
+    dW1.resize(kHidden * kIn);
+    dW2.resize(kOut * kHidden);
+    // Small deterministic values in [-0.05, 0.05): no denormals, no overflow.
+    std::uint32_t s = 12345;
+    auto fill = [&](std::vector<float>& v) {
+      for (float& x : v) {
+        s = s * 1664525u + 1013904223u;
+        x = static_cast<float>(s >> 8) / 16777216.0f * 0.1f - 0.05f;
+      }
+    };
+    fill(W1), fill(W2), fill(H), fill(Z2), fill(dZ2), fill(G);
+  }
+
+  void run(int which) {
+    float one = 1.0f, zero = 0.0f;
+    const dim_t M = m;
+    switch (which) {
+      case 0:
+        bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kHidden, M, kIn, &one, W1.data(), kIn, 1, const_cast<float*>(X), 1,
+                  kIn, &zero, H.data(), M, 1);
+        break;
+      case 1:
+        bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kOut, M, kHidden, &one, W2.data(), kHidden, 1, H.data(), M, 1, &zero,
+                  Z2.data(), M, 1);
+        break;
+      case 2:
+        bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kOut, kHidden, M, &one, dZ2.data(), M, 1, H.data(), 1, M, &zero,
+                  dW2.data(), kHidden, 1);
+        break;
+      case 3:
+        bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kHidden, M, kOut, &one, W2.data(), 1, kHidden, dZ2.data(), M, 1,
+                  &zero, G.data(), M, 1);
+        break;
+      default:
+        bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kHidden, kIn, M, &one, G.data(), M, 1, const_cast<float*>(X), kIn, 1,
+                  &zero, dW1.data(), kIn, 1);
+        break;
+    }
+  }
+};
+
+struct GemmTimes {
+  std::int64_t m = 0;
+  std::array<double, 5> each{};  // median seconds per GEMM
+  double floor = 0;              // median of the per-rep sum
+};
+
+GemmTimes time_gemms(std::int64_t m, const float* X, int reps, int warmup) {
+  GemmSet s(m, X);
+  std::array<std::vector<double>, 5> t;
+  std::vector<double> sums;
+  for (int r = 0; r < warmup + reps; ++r) {
+    double sum = 0;
+    for (int g = 0; g < 5; ++g) {
+      auto t0 = Clock::now();
+      s.run(g);
+      const double dt = seconds_since(t0);
+      sum += dt;
+      if (r >= warmup) t[static_cast<std::size_t>(g)].push_back(dt);
+    }
+    if (r >= warmup) sums.push_back(sum);
+  }
+  GemmTimes out;
+  out.m = m;
+  for (std::size_t g = 0; g < 5; ++g) out.each[g] = median(t[g]);
+  out.floor = median(sums);
+  return out;
+}
+
+void print_gemms(const GemmTimes& g) {
+  const auto fl = gemm_flops(g.m);
+  std::printf("  raw BLIS sgemm, m = %lld (median of each call; floor = median of the 5-call sum)\n",
+              static_cast<long long>(g.m));
+  for (std::size_t i = 0; i < 5; ++i)
+    std::printf("    %-16s %12s  %7.1f GFLOP/s\n", GemmNames::name[i], fmt_time(g.each[i]).c_str(),
+                fl[i] / g.each[i] / 1e9);
+  std::printf("    %-16s %12s  %7.1f GFLOP/s  (%.4f GFLOP)\n", "floor (sum)", fmt_time(g.floor).c_str(),
+              step_flops(g.m) / g.floor / 1e9, step_flops(g.m) / 1e9);
+}
+
+// ---- the network -------------------------------------------------------------------------------
+
+struct Net {
+  gg::Graph g{gg::f32};
+  gg::Value X, Y, W1, b1, W2, b2, Z2, loss, acc;
+  std::vector<gg::Value> updates;
+  explicit Net(const gg::SgdOptions& opt) {
+    X = g.input("X", {kIn, gg::dyn});
+    Y = g.input("Y", {kOut, gg::dyn});
+    W1 = g.param("W1", {kHidden, kIn}, gg::he_normal());
+    b1 = g.param("b1", {kHidden, 1}, gg::zeros());
+    W2 = g.param("W2", {kOut, kHidden}, gg::he_normal());
+    b2 = g.param("b2", {kOut, 1}, gg::zeros());
+    gg::Value A1 = gg::relu(gg::matmul(W1, X) + b1);
+    Z2 = gg::matmul(W2, A1) + b2;
+    loss = gg::softmax_cross_entropy(Z2, Y).named("loss");
+    acc = gg::mean(gg::equal(gg::argmax(Z2, 0), gg::argmax(Y, 0))).named("accuracy");
+    auto grads = gg::gradients(loss, {W1, b1, W2, b2});
+    updates = gg::sgd({W1, b1, W2, b2}, grads, opt);
+  }
+  gg::Program compile(int threads) {
+    std::vector<gg::Value> fetch = updates;
+    fetch.push_back(loss);
+    fetch.push_back(acc);
+    gg::CompileOptions co;
+    co.threads = threads;
+    co.seed = 1;
+    return gg::Program(g, fetch, co);
+  }
+};
+
+// X {784, count} over example-major rows: strides (1, 784), as tools/mnist-train feeds it.
+gg::TensorView images_view(const float* rows, std::int64_t count) {
+  gg::Strides st;
+  st[0] = 1;
+  st[1] = kIn;
+  return gg::TensorView(const_cast<float*>(rows), gg::f32, gg::Shape{kIn, count}, st);
+}
+
+struct TrainSet {
+  std::int64_t n = 0;
+  std::vector<float> images;        // [n][784], pixel / 255
+  std::vector<std::uint8_t> labels;  // [n]
+};
+
+TrainSet load_train(const std::string& dir) {
+  gg::data::Split s = gg::data::load_split(dir, "train");
+  if (s.rows * s.cols != kIn) throw std::runtime_error(dir + ": images are not 28x28");
+  TrainSet t;
+  t.n = s.count;
+  t.images.resize(s.images.size());
+  for (std::size_t i = 0; i < s.images.size(); ++i) t.images[i] = static_cast<float>(s.images[i]) / 255.0f;
+  std::vector<std::uint8_t>().swap(s.images);  // one copy of the pixels from here on
+  t.labels = std::move(s.labels);
+  return t;
+}
+
+// ---- report rows ---------------------------------------------------------------------------------
+
+struct Row {
+  std::string what;
+  std::int64_t m = 0;
+  double time = 0, floor = 0, flops = 0, target = 0;
+  std::optional<double> planned, peak;
+};
+
+void print_table(const std::vector<Row>& rows) {
+  std::printf("\n%-30s %6s %11s %11s %7s %7s %8s %10s %10s\n", "case", "m", "time", "GEMM floor", "ratio", "target",
+              "GFLOP/s", "planned", "peak RSS");
+  for (const Row& r : rows) {
+    const std::string ratio = r.floor > 0 ? fmt("%.2fx", r.time / r.floor) : "-";
+    const std::string target = r.target > 0 ? fmt("<=%.2fx", r.target) : "-";
+    const bool miss = r.floor > 0 && r.target > 0 && r.time / r.floor > r.target;
+    std::printf("%-30s %6lld %11s %11s %7s %7s %8.1f %10s %10s%s\n", r.what.c_str(), static_cast<long long>(r.m),
+                fmt_time(r.time).c_str(), r.floor > 0 ? fmt_time(r.floor).c_str() : "-", ratio.c_str(), target.c_str(),
+                r.flops > 0 ? r.flops / r.time / 1e9 : 0.0, r.planned ? mb(*r.planned).c_str() : "-",
+                r.peak ? mb(*r.peak).c_str() : "-", miss ? "  MISSED" : "");
+  }
+}
+
+// ---- options ---------------------------------------------------------------------------------
+
+struct Options {
+  int threads = 2, reps = 20, warmup = 3, steps = 2000, epochs = 3;
+  std::string data, only = "all";
+  bool arch_sweep = false, sweep_child = false;
+};
+
+// Arch ids of BLIS 0.9's arch_t that run on an x86-64 CPU with AVX-512 (knl needs AVX512PF,
+// the Bulldozer family FMA4: both would fault here).
+struct ArchChoice {
+  int id;
+  const char* name;
+};
+constexpr ArchChoice kSweep[] = {{BLIS_ARCH_SKX, "skx"},     {BLIS_ARCH_HASWELL, "haswell"}, {BLIS_ARCH_ZEN3, "zen3"},
+                                 {BLIS_ARCH_ZEN2, "zen2"},   {BLIS_ARCH_ZEN, "zen"},         {BLIS_ARCH_SANDYBRIDGE, "sandybridge"},
+                                 {BLIS_ARCH_GENERIC, "generic"}};
+
+void blis_header(const CpuInfo& cpu, int threads) {
+  cntx_t* c = bli_gks_query_cntx();
+  const arch_t id = bli_arch_query_id();
+  auto bs = [&](bszid_t b) { return static_cast<long>(bli_cntx_get_blksz_def_dt(BLIS_FLOAT, b, c)); };
+  std::printf("machine: %s, family %d model %d, %d logical CPUs (%s)\n", cpu.model.c_str(), cpu.family, cpu.model_id,
+              cpu.logical,
+              cpu.has("avx512f") ? "AVX-512F, AVX2, FMA" : cpu.has("avx2") ? "AVX2, FMA, no AVX-512" : "no AVX2");
+  std::printf("BLIS %s, sub-configuration '%s' (arch id %d%s), sgemm blocksizes MR %ld NR %ld KC %ld MC %ld NC %ld\n",
+              bli_info_get_version_str(), bli_arch_string(id), static_cast<int>(id),
+              std::getenv("BLIS_ARCH_TYPE") ? ", forced by BLIS_ARCH_TYPE" : ", auto-detected", bs(BLIS_MR), bs(BLIS_NR),
+              bs(BLIS_KC), bs(BLIS_MC), bs(BLIS_NC));
+  if (cpu.has("avx512f") && id != BLIS_ARCH_SKX && !std::getenv("BLIS_ARCH_TYPE"))
+    std::printf(
+        "  note: the CPU has AVX-512 but BLIS runs its '%s' kernels (%s): BLIS 0.9 picks 'skx' only when it can\n"
+        "        count the AVX-512 FMA units from the CPUID brand string (Xeon Platinum/Gold/... SKU numbers);\n"
+        "        '%s' names none, so it falls back (BLIS_ARCH_DEBUG=1 prints 'Number of FMA units unknown').\n"
+        "        BLIS_ARCH_TYPE=%d forces skx; `bench --arch-sweep` measures each kernel set.\n",
+        bli_arch_string(id), id == BLIS_ARCH_HASWELL ? "AVX2, 256-bit" : "not AVX-512", cpu.model.c_str(),
+        static_cast<int>(BLIS_ARCH_SKX));
+  std::printf("threads: %d (BLIS and gradgraph kernels, one libgomp pool); OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s "
+              "OMP_NUM_THREADS=%s BLIS_NUM_THREADS=%s\n",
+              threads, env_or("OMP_WAIT_POLICY", "unset"), env_or("GOMP_SPINCOUNT", "unset"),
+              env_or("OMP_NUM_THREADS", "unset"), env_or("BLIS_NUM_THREADS", "unset"));
+}
+
+int arch_sweep(const Options& o, const char* self) {
+  std::printf("sgemm under each BLIS sub-configuration (BLIS_ARCH_TYPE=<id>), %d threads, median of %d reps:\n",
+              o.threads, o.reps);
+  std::printf("%-12s %4s %4s %4s | %-36s | %-36s\n", "config", "id", "MR", "NR", "full batch m=60000: floor, GFLOP/s",
+              "mini-batch m=128: floor, GFLOP/s");
+  for (const ArchChoice& a : kSweep) {
+    std::string cmd = "BLIS_ARCH_TYPE=" + std::to_string(a.id) + " '" + std::string(self) + "' --sweep-child --threads " +
+                      std::to_string(o.threads) + " --reps " + std::to_string(o.reps) + " --data '" + o.data + "'";
+    std::fflush(stdout);
+    FILE* p = popen(cmd.c_str(), "r");
+    if (!p) throw std::runtime_error("cannot run " + cmd);
+    char buf[512];
+    std::string out;
+    while (std::fgets(buf, sizeof buf, p)) out += buf;
+    const int rc = pclose(p);
+    while (!out.empty() && out.back() == '\n') out.pop_back();
+    std::printf("%-12s %4d %s\n", a.name, a.id, rc == 0 ? out.c_str() : ("failed (status " + std::to_string(rc) + ")").c_str());
+  }
+  return 0;
+}
+
+std::optional<Options> parse(int argc, char** argv) {
+  Options o;
+  po::options_description desc(
+      "bench: times one training step of the notebook network (784-64-10, float32) in gradgraph against\n"
+      "the raw BLIS GEMMs it needs, and prints one table.\n\nOptions");
+  // clang-format off
+  desc.add_options()
+    ("help,h", "show this help and exit")
+    ("threads", po::value(&o.threads)->default_value(2), "threads for BLIS and gradgraph's kernels")
+    ("reps", po::value(&o.reps)->default_value(20), "timed full-batch steps (and raw full-batch GEMM repetitions)")
+    ("warmup", po::value(&o.warmup)->default_value(3), "untimed full-batch steps first")
+    ("steps", po::value(&o.steps)->default_value(2000), "timed mini-batch steps (batch 128, fixed data)")
+    ("epochs", po::value(&o.epochs)->default_value(3), "timed mini-batch epochs (469 shuffled batches each) after one warm-up epoch")
+    ("data", po::value(&o.data)->default_value(gg::data::default_data_dir()), "MNIST directory (raw or gzipped IDX files)")
+    ("only", po::value(&o.only)->default_value("all"), "fullbatch, minibatch, all, or gemm (raw GEMMs only)")
+    ("arch-sweep", "time the raw GEMMs under every BLIS sub-configuration that runs on this CPU (re-runs itself with BLIS_ARCH_TYPE)")
+    ("sweep-child", "internal: one line of --arch-sweep");
+  // clang-format on
+  po::variables_map vm;
+  po::store(po::parse_command_line(argc, argv, desc), vm);
+  if (vm.count("help")) {
+    std::cout << desc << "\nEnvironment: BLIS_ARCH_TYPE=<arch id> forces a BLIS kernel set (0 skx, 3 haswell, 6 zen3);\n"
+                         "OMP_WAIT_POLICY / GOMP_SPINCOUNT change how libgomp's idle threads wait.\n";
+    return std::nullopt;
+  }
+  po::notify(vm);
+  o.arch_sweep = vm.count("arch-sweep") > 0;
+  o.sweep_child = vm.count("sweep-child") > 0;
+  if (o.threads < 1) throw std::invalid_argument("--threads must be at least 1");
+  if (o.reps < 1 || o.steps < 1 || o.epochs < 1 || o.warmup < 0)
+    throw std::invalid_argument("--reps, --steps and --epochs must be at least 1, --warmup at least 0");
+  if (o.only != "all" && o.only != "fullbatch" && o.only != "minibatch" && o.only != "gemm")
+    throw std::invalid_argument("--only must be fullbatch, minibatch, all or gemm (got " + o.only + ")");
+  return o;
+}
+
+// ---- the benchmark -----------------------------------------------------------------------------
+
+int run(const Options& o, const char* self) {
+  if (o.arch_sweep) return arch_sweep(o, self);
+
+  bli_thread_set_num_threads(o.threads);
+  omp_set_num_threads(o.threads);
+  const bool full = o.only == "all" || o.only == "fullbatch";
+  const bool mini = o.only == "all" || o.only == "minibatch";
+  const bool gemm_only = o.only == "gemm";
+
+  if (!o.sweep_child) blis_header(read_cpuinfo(), o.threads);
+
+  auto t_load = Clock::now();
+  TrainSet train = load_train(o.data);
+  const std::int64_t n = train.n;
+  const double train_bytes = static_cast<double>(train.images.size() * sizeof(float));
+  if (!o.sweep_child)
+    std::printf("data: %s, %lld training images as float32 = %s (loaded and converted in %.2f s; uint8 copy freed)\n",
+                o.data.c_str(), static_cast<long long>(n), mb(train_bytes).c_str(), seconds_since(t_load));
+
+  constexpr std::int64_t kBatch = 128;
+  const std::int64_t steps_per_epoch = (n + kBatch - 1) / kBatch;
+  const std::int64_t last_batch = n - (steps_per_epoch - 1) * kBatch;
+
+  if (o.sweep_child) {
+    GemmTimes big = time_gemms(n, train.images.data(), o.reps, 2);
+    GemmTimes small = time_gemms(kBatch, train.images.data(), std::max(o.steps, 200), 50);
+    cntx_t* c = bli_gks_query_cntx();
+    std::printf("%4ld %4ld | %10s %7.1f GFLOP/s (Z1 %5.1f) | %10s %7.1f GFLOP/s (Z1 %5.1f)\n",
+                static_cast<long>(bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_MR, c)),
+                static_cast<long>(bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_NR, c)), fmt_time(big.floor).c_str(),
+                step_flops(n) / big.floor / 1e9, gemm_flops(n)[0] / big.each[0] / 1e9, fmt_time(small.floor).c_str(),
+                step_flops(kBatch) / small.floor / 1e9, gemm_flops(kBatch)[0] / small.each[0] / 1e9);
+    return 0;
+  }
+
+  std::vector<Row> rows;
+  std::vector<std::string> notes;
+
+  // -- full batch --------------------------------------------------------------------------------
+  if (full || gemm_only) {
+    std::printf("\n[full batch, m = %lld]\n", static_cast<long long>(n));
+    ThreadWatch w;
+    w.start();
+    GemmTimes g = time_gemms(n, train.images.data(), o.reps, 2);
+    print_gemms(g);
+    std::printf("    threads during the raw GEMMs: %s\n", w.report().c_str());
+    if (full) {
+      // The one-hot targets, {10, n}, as the training tool keeps them.
+      std::vector<float> onehot(static_cast<std::size_t>(kOut * n), 0.0f);
+      for (std::int64_t i = 0; i < n; ++i) onehot[static_cast<std::size_t>(train.labels[static_cast<std::size_t>(i)] * n + i)] = 1.0f;
+      const bool phase_peak = reset_peak_rss();
+      const std::int64_t rss_before = current_rss();
+      Net net(gg::SgdOptions{0.1, 0.0, 0.0});
+      gg::Program p = net.compile(o.threads);
+      const double planned = static_cast<double>(p.planned_bytes(n));
+      const std::vector<gg::Program::Feed> feeds = {{net.X, images_view(train.images.data(), n)},
+                                                    {net.Y, gg::TensorView(onehot.data(), gg::f32, gg::Shape{kOut, n})}};
+      double loss = 0, acc = 0;
+      for (int r = 0; r < o.warmup; ++r) p.run(feeds);
+      std::vector<double> t;
+      w.start();
+      for (int r = 0; r < o.reps; ++r) {
+        auto t0 = Clock::now();
+        p.run(feeds);
+        loss = p.scalar(net.loss);
+        acc = p.scalar(net.acc);
+        t.push_back(seconds_since(t0));
+      }
+      const std::string threads_seen = w.report();
+      const double step = median(t);
+      const double peak = static_cast<double>(peak_rss());
+      std::printf("  gradgraph step: median %s over %d steps (min %s, max %s), %d kernels, loss %.4f, accuracy %.2f%%\n",
+                  fmt_time(step).c_str(), o.reps, fmt_time(*std::min_element(t.begin(), t.end())).c_str(),
+                  fmt_time(*std::max_element(t.begin(), t.end())).c_str(), p.num_steps(n), loss, acc * 100);
+      std::printf("    threads during the steps: %s\n", threads_seen.c_str());
+      std::printf("  memory: training set f32 %s + planned arena %s (unshared %s) + parameters %s; one-hot Y %s\n",
+                  mb(train_bytes).c_str(), mb(planned).c_str(), mb(static_cast<double>(p.unshared_bytes(n))).c_str(),
+                  mb(static_cast<double>(p.param_bytes())).c_str(), mb(static_cast<double>(onehot.size() * 4)).c_str());
+      std::printf("    peak RSS %s%s (RSS before compiling %s); peak / (train f32 + planned) = %.3f (target <= 1.25)%s\n",
+                  mb(peak).c_str(), phase_peak ? " during the gradgraph phase" : " of the process",
+                  mb(static_cast<double>(rss_before)).c_str(), peak / (train_bytes + planned),
+                  peak / (train_bytes + planned) > 1.25 ? "  MISSED" : "");
+      rows.push_back({"full-batch step (SGD)", n, step, g.floor, step_flops(n), 1.10, planned, peak});
+    } else {
+      rows.push_back({"raw GEMM floor", n, g.floor, g.floor, step_flops(n), 0, std::nullopt, std::nullopt});
+    }
+  }
+
+  // -- mini-batch --------------------------------------------------------------------------------
+  if (mini || gemm_only) {
+    std::printf("\n[mini-batch, m = %lld, momentum 0.9, lr 0.05; epoch = %lld steps, last batch %lld]\n",
+                static_cast<long long>(kBatch), static_cast<long long>(steps_per_epoch), static_cast<long long>(last_batch));
+    // The batch buffers a training loop gathers into: rows [b][784] and one-hot {10, b}.
+    std::vector<float> bx(static_cast<std::size_t>(kBatch * kIn)), by(static_cast<std::size_t>(kBatch * kOut));
+    std::copy(train.images.begin(), train.images.begin() + kBatch * kIn, bx.begin());
+    ThreadWatch w;
+    w.start();
+    const int gemm_reps = std::max(o.steps, 200);
+    GemmTimes g128 = time_gemms(kBatch, bx.data(), gemm_reps, 100);
+    GemmTimes glast = time_gemms(last_batch, bx.data(), gemm_reps, 100);
+    print_gemms(g128);
+    std::printf("    (last batch m = %lld: floor %s)\n", static_cast<long long>(last_batch), fmt_time(glast.floor).c_str());
+    std::printf("    threads during the raw GEMMs: %s\n", w.report().c_str());
+    const double epoch_floor = static_cast<double>(steps_per_epoch - 1) * g128.floor + glast.floor;
+    const double epoch_flops = static_cast<double>(steps_per_epoch - 1) * step_flops(kBatch) + step_flops(last_batch);
+
+    if (mini) {
+      reset_peak_rss();
+      Net net(gg::SgdOptions{0.05, 0.9, 0.0});
+      gg::Program p = net.compile(o.threads);
+      const double planned = static_cast<double>(p.planned_bytes(kBatch));
+      auto gather = [&](const std::int64_t* idx, std::int64_t b) {
+        for (std::int64_t j = 0; j < b; ++j) {
+          const std::int64_t src = idx[j];
+          std::memcpy(bx.data() + j * kIn, train.images.data() + src * kIn, kIn * sizeof(float));
+          for (std::int64_t c = 0; c < kOut; ++c) by[static_cast<std::size_t>(c * b + j)] = 0.0f;
+          by[static_cast<std::size_t>(train.labels[static_cast<std::size_t>(src)] * b + j)] = 1.0f;
+        }
+      };
+      auto step_on = [&](std::int64_t b) {
+        p.run({{net.X, images_view(bx.data(), b)}, {net.Y, gg::TensorView(by.data(), gg::f32, gg::Shape{kOut, b})}});
+        return p.scalar(net.loss);
+      };
+
+      // Steps on one fixed batch (the first 128 images): the per-step cost without the gather.
+      std::vector<std::int64_t> first(static_cast<std::size_t>(kBatch));
+      for (std::int64_t j = 0; j < kBatch; ++j) first[static_cast<std::size_t>(j)] = j;
+      gather(first.data(), kBatch);
+      for (int r = 0; r < 100; ++r) step_on(kBatch);
+      std::vector<double> t;
+      t.reserve(static_cast<std::size_t>(o.steps));
+      w.start();
+      for (int r = 0; r < o.steps; ++r) {
+        auto t0 = Clock::now();
+        step_on(kBatch);
+        t.push_back(seconds_since(t0));
+      }
+      const std::string threads_steps = w.report();
+      const double step = median(t);
+      double mean = 0;
+      for (double x : t) mean += x;
+      mean /= static_cast<double>(t.size());
+      std::printf("  gradgraph step: median %s (mean %s) over %d steps, %d kernels\n", fmt_time(step).c_str(),
+                  fmt_time(mean).c_str(), o.steps, p.num_steps(kBatch));
+      std::printf("    threads during the steps: %s\n", threads_steps.c_str());
+
+      // Epochs: a fresh shuffle, each batch gathered into the batch buffers, one step, the loss read.
+      gg::Generator rng(gg::RngKind::standard, 7);
+      std::vector<std::int64_t> order(static_cast<std::size_t>(n));
+      for (std::int64_t i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
+      std::vector<double> epoch_t, gather_t;
+      double last_loss = 0;
+      for (int e = 0; e <= o.epochs; ++e) {  // epoch 0 is the warm-up (it plans the last batch's size)
+        rng.shuffle(order);
+        double gsum = 0;
+        if (e == 1) w.start();
+        auto t0 = Clock::now();
+        for (std::int64_t s = 0; s < steps_per_epoch; ++s) {
+          const std::int64_t b = std::min(kBatch, n - s * kBatch);
+          auto tg = Clock::now();
+          gather(order.data() + s * kBatch, b);
+          gsum += seconds_since(tg);
+          last_loss = step_on(b);
+        }
+        if (e > 0) {
+          epoch_t.push_back(seconds_since(t0));
+          gather_t.push_back(gsum);
+        }
+      }
+      const std::string threads_epochs = w.report();
+      const double epoch = median(epoch_t), gath = median(gather_t);
+      const double peak = static_cast<double>(peak_rss());
+      std::printf("  epoch: median %s over %d epochs (gather %s of it, %s per batch), loss after the last %.4f\n",
+                  fmt_time(epoch).c_str(), o.epochs, fmt_time(gath).c_str(),
+                  fmt_time(gath / static_cast<double>(steps_per_epoch)).c_str(), last_loss);
+      std::printf("    threads during the epochs: %s\n", threads_epochs.c_str());
+      std::printf("  epoch GEMM floor: %lld x %s + %s = %s\n", static_cast<long long>(steps_per_epoch - 1),
+                  fmt_time(g128.floor).c_str(), fmt_time(glast.floor).c_str(), fmt_time(epoch_floor).c_str());
+      std::printf("  memory: planned arena %s at m = 128, peak RSS %s\n", mb(planned).c_str(), mb(peak).c_str());
+      rows.push_back({"mini-batch step (momentum)", kBatch, step, g128.floor, step_flops(kBatch), 0, planned, peak});
+      rows.push_back({"mini-batch epoch (469 steps)", n, epoch, epoch_floor, epoch_flops, 1.5, planned, peak});
+      rows.push_back({"  of which gather", n, gath, 0, 0, 0, std::nullopt, std::nullopt});
+      rows.push_back({"  epoch without gather", n, epoch - gath, epoch_floor, epoch_flops, 0, std::nullopt, std::nullopt});
+    } else {
+      rows.push_back({"raw GEMM floor", kBatch, g128.floor, g128.floor, step_flops(kBatch), 0, std::nullopt, std::nullopt});
+      rows.push_back({"raw GEMM floor, epoch", n, epoch_floor, epoch_floor, epoch_flops, 0, std::nullopt, std::nullopt});
+    }
+  }
+
+  print_table(rows);
+  std::printf("peak RSS of the process: %s\n", mb(static_cast<double>(peak_rss())).c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // BLIS first: with BLIS_ARCH_TYPE set, bli_arch_query_id() before bli_init() aborts in 0.9.0.
+  bli_init();
+  try {
+    std::optional<Options> o = parse(argc, argv);
+    if (!o) return 0;
+    char self[4096] = {};
+    const ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    return run(*o, len > 0 ? self : argv[0]);
+  } catch (const po::error& e) {
+    std::fprintf(stderr, "bench: %s (see --help)\n", e.what());
+    return 2;
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "bench: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench: %s\n", e.what());
+    return 1;
+  }
+}
