@@ -74,8 +74,10 @@ struct Step {
   const Attrs* attrs = nullptr;
   double scale = 1.0;
   int out = -1;
-  int in[4] = {-1, -1, -1, -1};
+  int in[detail::kMaxInputs] = {-1, -1, -1, -1, -1};
   int n_in = 0;
+  double seconds = 0;  // accumulated while profiling
+  std::int64_t calls = 0;
 };
 
 struct Plan {
@@ -418,6 +420,19 @@ std::int64_t Program::batch_of(const Feed* feeds, std::size_t nf) const {
       throw std::invalid_argument("run: input '" + x.node.name + "' expects shape " + to_string(want) + ", fed " +
                                   to_string(got) + (batch >= 0 ? " (batch " + std::to_string(batch) + ")" : ""));
   }
+  if (batch < 0 && has_dyn_) {
+    // No input of the program has an open dimension, yet some value does (the zero gradient of
+    // an input the loss does not depend on): the batch size comes from that input's feed.
+    for (std::size_t k = 0; k < nf && batch < 0; ++k) {
+      const Value& in = feeds[k].input;
+      if (!in.valid() || in.graph != graph_ || in.node().op != Op::Input) continue;
+      const Shape& want = in.shape();
+      const Shape& got = feeds[k].value.shape;
+      for (int d = 0; d < want.rank && d < got.rank && batch < 0; ++d)
+        if (want[d] == dyn) batch = got[d];
+    }
+    if (batch < 0) throw std::invalid_argument("run: the program has an open (dyn) dimension but no feed sets the batch size");
+  }
   return batch < 0 ? 0 : batch;
 }
 
@@ -452,14 +467,32 @@ void Program::run_impl(const Feed* feeds, std::size_t nf) {
   }
   detail::KernelArgs a;
   a.threads = threads_;
-  for (const Step& s : p.steps) {
+  for (Step& s : p.steps) {
     a.out = p.slots[static_cast<std::size_t>(s.out)];
     for (int j = 0; j < s.n_in; ++j) a.in[j] = p.slots[static_cast<std::size_t>(s.in[j])];
     a.n_in = s.n_in;
     a.attrs = s.attrs;
     a.scale = s.scale;
+    if (!profiling_) {
+      s.fn(a);
+      continue;
+    }
+    const double t0 = omp_get_wtime();
     s.fn(a);
+    s.seconds += omp_get_wtime() - t0;
+    ++s.calls;
   }
+}
+
+void Program::set_profiling(bool on) { profiling_ = on; }
+
+std::vector<Program::StepProfile> Program::profile(std::int64_t batch) {
+  std::vector<StepProfile> out;
+  for (const Step& s : plan_for(batch).steps) {
+    const Node& n = ir_[static_cast<std::size_t>(s.out)].node;
+    out.push_back({op_def(n.op).name, n.name, s.seconds, s.calls});
+  }
+  return out;
 }
 
 TensorView Program::get(Value v) const {

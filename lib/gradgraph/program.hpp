@@ -72,6 +72,15 @@ class Program {
   std::vector<std::string> schedule(std::int64_t batch);
   void write_dot(std::ostream& os) const;  // the fused, scheduled program as Graphviz
 
+  // Per-step wall time accumulated over runs while profiling is on (for benchmarks).
+  struct StepProfile {
+    std::string op, name;
+    double seconds = 0;
+    std::int64_t calls = 0;
+  };
+  void set_profiling(bool on);
+  std::vector<StepProfile> profile(std::int64_t batch);
+
   void set_threads(int threads);
   int threads() const { return threads_; }
   // Overrides the learning rate of every update op (for schedules).
@@ -91,6 +100,7 @@ class Program {
   Plan* current_ = nullptr;
   int threads_ = 1;
   bool has_dyn_ = false;
+  bool profiling_ = false;
 };
 
 }  // namespace gg

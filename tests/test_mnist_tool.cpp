@@ -1,0 +1,259 @@
+// mnist-train end to end on a tiny synthetic MNIST written by the test (the suite never needs
+// the real data): exit codes, the notebook's output format, the CSV, the PNG, checkpoints,
+// and one clear line for each kind of bad input.
+#include <gradgraph/safetensors.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>
+#include <zlib.h>
+
+#include <array>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#ifndef MNIST_TRAIN_PATH
+#error "MNIST_TRAIN_PATH must name the built mnist-train executable"
+#endif
+
+using Catch::Matchers::Contains;
+
+namespace {
+
+namespace fs = std::filesystem;
+using Bytes = std::vector<std::uint8_t>;
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "gg-test-tool-XXXXXX").string();
+    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+    path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+void put_be32(Bytes& b, std::uint32_t v) {
+  for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<std::uint8_t>(v >> s));
+}
+
+Bytes idx(std::vector<std::uint32_t> dims, const Bytes& data) {
+  Bytes b = {0, 0, 0x08, static_cast<std::uint8_t>(dims.size())};
+  for (std::uint32_t d : dims) put_be32(b, d);
+  b.insert(b.end(), data.begin(), data.end());
+  return b;
+}
+
+void write_file(const std::string& path, const Bytes& b, bool gz = false) {
+  if (gz) {
+    gzFile f = gzopen(path.c_str(), "wb");
+    REQUIRE(f != nullptr);
+    REQUIRE(gzwrite(f, b.data(), static_cast<unsigned>(b.size())) == static_cast<int>(b.size()));
+    REQUIRE(gzclose(f) == Z_OK);
+    return;
+  }
+  std::ofstream f(path, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+  REQUIRE(f.good());
+}
+
+// Learnable fake digits: class c brightens rows [2c + 4, 2c + 6) of a noisy 28x28 image.
+void write_split(const TempDir& dir, const std::string& prefix, std::uint32_t n, bool gz = false) {
+  Bytes images, labels;
+  std::uint32_t state = 12345u + n;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const std::uint32_t c = (i * 7u + 3u) % 10u;
+    labels.push_back(static_cast<std::uint8_t>(c));
+    for (int p = 0; p < 784; ++p) {
+      state = state * 1664525u + 1013904223u;
+      const int row = p / 28;
+      const bool lit = row >= static_cast<int>(2 * c + 4) && row < static_cast<int>(2 * c + 6);
+      images.push_back(static_cast<std::uint8_t>((state >> 26) + (lit ? 200 : 0)));
+    }
+  }
+  const std::string ext = gz ? ".gz" : "";
+  write_file(dir / (prefix + "-images-idx3-ubyte" + ext), idx({n, 28, 28}, images), gz);
+  write_file(dir / (prefix + "-labels-idx1-ubyte" + ext), idx({n}, labels), gz);
+}
+
+void write_dataset(const TempDir& dir, bool gz = false) {
+  write_split(dir, "train", 300, gz);
+  write_split(dir, "t10k", 100, gz);
+}
+
+struct Result {
+  int code = -1;
+  std::string out;  // stdout and stderr
+};
+
+Result run_tool(const std::string& args) {
+  const std::string cmd = std::string(MNIST_TRAIN_PATH) + " " + args + " --threads 1 2>&1";
+  Result r;
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::array<char, 4096> buf{};
+  std::size_t got = 0;
+  while ((got = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), got);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+int count_lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+// An error is one line, the last one printed; `alone`: nothing was printed before it.
+void check_one_error_line(const Result& r, int code, const std::string& needle, bool alone = true) {
+  INFO(r.out);
+  CHECK(r.code == code);
+  const std::size_t start = r.out.rfind('\n', r.out.size() - 2);
+  const std::string last = r.out.substr(start == std::string::npos ? 0 : start + 1);
+  CHECK(last.rfind("mnist-train: ", 0) == 0);
+  CHECK_THAT(last, Contains(needle));
+  if (alone) CHECK(count_lines(r.out) == 1);
+}
+
+}  // namespace
+
+TEST_CASE("mnist-train trains on a small data set and prints the notebook's lines") {
+  TempDir dir;
+  write_dataset(dir);
+  Result r = run_tool("--data " + dir.path.string() + " --iterations 60 --print-every 20 --lr 0.5 --hidden 16");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  const std::regex line(R"(Iteration: (0|20|40) \| Accuracy: \d+\.\d{3}% \| Loss:\d+\.\d{3})");
+  std::istringstream in(r.out);
+  std::string l;
+  int iteration_lines = 0;
+  double last_acc = -1;
+  while (std::getline(in, l)) {
+    if (std::regex_match(l, line)) ++iteration_lines;
+    if (l.rfind("Accuracy: ", 0) == 0) last_acc = std::stod(l.substr(10));
+  }
+  CHECK(iteration_lines == 3);
+  CHECK(last_acc >= 90.0);  // the fake digits are easy
+}
+
+TEST_CASE("mnist-train writes a metrics CSV and a PNG plot") {
+  TempDir dir;
+  write_dataset(dir, true);  // gzipped, like Debian's Fashion-MNIST
+  Result r = run_tool("--data " + dir.path.string() + " --iterations 12 --eval-every 5 --metrics " + (dir / "m.csv") +
+                      " --plot " + (dir / "p.png") + " --hidden 8");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  std::ifstream csv(dir / "m.csv");
+  std::string header, row;
+  std::getline(csv, header);
+  CHECK(header == "iteration,loss,train_accuracy,test_accuracy");
+  int rows = 0, with_test = 0;
+  while (std::getline(csv, row)) {
+    ++rows;
+    std::vector<std::string> cells;
+    std::stringstream ss(row);
+    std::string cell;
+    while (std::getline(ss, cell, ',')) cells.push_back(cell);
+    REQUIRE(cells.size() >= 3);
+    CHECK(std::stoi(cells[0]) == rows - 1);
+    CHECK(std::stod(cells[1]) > 0);
+    if (cells.size() == 4 && !cells[3].empty()) ++with_test;
+  }
+  CHECK(rows == 12);
+  CHECK(with_test == 4);  // iterations 0, 5, 10 and the last
+  std::ifstream png(dir / "p.png", std::ios::binary);
+  std::array<unsigned char, 8> sig{};
+  png.read(reinterpret_cast<char*>(sig.data()), 8);
+  CHECK(sig == std::array<unsigned char, 8>{0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a});
+}
+
+TEST_CASE("mnist-train saves parameters that load back and resume training") {
+  TempDir dir;
+  write_dataset(dir);
+  Result r = run_tool("--data " + dir.path.string() + " --iterations 30 --lr 0.5 --hidden 8 --save " + (dir / "w.st"));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  gg::io::SafetensorsFile f = gg::io::load_safetensors(dir / "w.st");
+  CHECK(f.at("W1").shape() == gg::Shape{8, 784});
+  CHECK(f.at("b2").shape() == gg::Shape{10, 1});
+  Result resumed = run_tool("--data " + dir.path.string() + " --iterations 1 --hidden 8 --load " + (dir / "w.st"));
+  INFO(resumed.out);
+  REQUIRE(resumed.code == 0);
+  CHECK_THAT(resumed.out, !Contains("Accuracy: 10.000%"));
+  Result wrong = run_tool("--data " + dir.path.string() + " --iterations 1 --hidden 9 --load " + (dir / "w.st"));
+  check_one_error_line(wrong, 1, "w.st");
+}
+
+TEST_CASE("mnist-train trains in mini-batches with each optimizer") {
+  TempDir dir;
+  write_dataset(dir);
+  for (const char* opt : {"sgd", "momentum", "adam"}) {
+    const std::string lr = std::string(opt) == "adam" ? "0.01" : "0.1";
+    Result r = run_tool("--data " + dir.path.string() + " --batch-size 32 --epochs 3 --optimizer " + opt + " --lr " + lr +
+                        " --hidden 16 --print-every 10");
+    INFO(opt << "\n" << r.out);
+    REQUIRE(r.code == 0);
+    CHECK_THAT(r.out, Contains("Iteration: 20 |"));
+    CHECK_THAT(r.out, Contains("Accuracy: "));
+  }
+}
+
+TEST_CASE("mnist-train says how to fetch the data when the directory is missing") {
+  check_one_error_line(run_tool("--data /nonexistent/gg-mnist --iterations 1"), 1, "fetch-mnist");
+}
+
+TEST_CASE("mnist-train names the file when an IDX file is truncated, corrupted or inconsistent") {
+  TempDir dir;
+  write_dataset(dir);
+  const std::string images = dir / "train-images-idx3-ubyte";
+  fs::resize_file(images, fs::file_size(images) - 100);
+  check_one_error_line(run_tool("--data " + dir.path.string() + " --iterations 1"), 1, "train-images-idx3-ubyte");
+
+  write_split(dir, "train", 300);
+  Bytes labels = idx({299}, Bytes(299, 1));  // one label short
+  write_file(dir / "train-labels-idx1-ubyte", labels);
+  check_one_error_line(run_tool("--data " + dir.path.string() + " --iterations 1"), 1, "train-labels-idx1-ubyte");
+
+  write_file(dir / "train-labels-idx1-ubyte", idx({300}, Bytes(300, 12)));  // label 12
+  check_one_error_line(run_tool("--data " + dir.path.string() + " --iterations 1"), 1, "12");
+
+  Bytes bad_magic = idx({300, 28, 28}, Bytes(300 * 784, 0));
+  bad_magic[2] = 0x09;
+  write_file(dir / "train-images-idx3-ubyte", bad_magic);
+  check_one_error_line(run_tool("--data " + dir.path.string() + " --iterations 1"), 1, "train-images-idx3-ubyte");
+}
+
+TEST_CASE("mnist-train rejects bad flag values with one line naming the flag") {
+  TempDir dir;
+  write_dataset(dir);
+  const std::string d = "--data " + dir.path.string() + " ";
+  check_one_error_line(run_tool(d + "--lr -1"), 2, "--lr");
+  check_one_error_line(run_tool(d + "--hidden 0"), 2, "--hidden");
+  check_one_error_line(run_tool(d + "--iterations 0"), 2, "--iterations");
+  check_one_error_line(run_tool(d + "--dtype float16"), 2, "--dtype");
+  check_one_error_line(run_tool(d + "--init xavier"), 2, "--init");
+  check_one_error_line(run_tool(d + "--lr abc"), 2, "lr");
+  check_one_error_line(run_tool(d + "--no-such-flag"), 2, "no-such-flag");
+}
+
+TEST_CASE("mnist-train stops with the iteration number when the loss becomes NaN or infinite") {
+  TempDir dir;
+  write_dataset(dir);
+  Result r = run_tool("--data " + dir.path.string() + " --iterations 50 --lr 1e30 --hidden 8 --save " + (dir / "w.st"));
+  check_one_error_line(r, 1, "at iteration", false);
+  CHECK(!fs::exists(dir / "w.st"));
+}
