@@ -5,11 +5,14 @@
 // log(0). Terms with Y_k = 0 are skipped, so an impossible class (log p = -inf) with zero target
 // costs nothing instead of producing 0 * inf = NaN.
 //
-// VJP w.r.t. Z: (softmax(Z) - Y) g / M, one fused pass (softmax_cross_entropy_grad); the 1/M
-// is applied there and nowhere else. W.r.t. Y: -log_softmax(Z) g / M.
-// softmax_cross_entropy_grad(Z, Y, g) is itself differentiable (second derivatives):
-//   d/dZ <V, (S - Y) g/M> = S (V - <V, S>) g/M     (the softmax VJP of V, scaled)
-//   d/dY = -V g/M,   d/dg = <V, S - Y> / M
+// VJP w.r.t. Z: (softmax(Z) sum_k Y_k - Y) g / M, one fused pass (softmax_cross_entropy_grad);
+// the 1/M is applied there and nowhere else. For targets that sum to 1 along the class axis
+// (one-hot, label distributions) this is the familiar (softmax(Z) - Y) g / M, bit for bit when
+// the sums are exactly 1. W.r.t. Y: -log_softmax(Z) g / M.
+// softmax_cross_entropy_grad(Z, Y, g) is itself differentiable (second derivatives), with
+// S = softmax(Z), s = sum_k Y_k (per example), c = g/M:
+//   d/dZ <V, (S s - Y) c> = S (V - <V, S>) s c     (the softmax VJP of V, scaled)
+//   d/dY = (<V, S> - V) c,   d/dg = <V, S s - Y> / M
 #include "kernels.hpp"
 #include "softmax.hpp"
 
@@ -80,10 +83,14 @@ void grad_fwd(const KernelArgs& k) {
   T* out = data<T>(k.out);
   for_each_slice<T>(k.in[0], axis, k.threads, [&](std::int64_t off, std::int64_t n, std::int64_t stride, std::int64_t w) {
     softmax_block<T>(z + off, out + off, n, stride, w, false);
+    double sy[kSliceBlock];
+    for (std::int64_t j = 0; j < w; ++j) sy[j] = 0;
+    for (std::int64_t cc = 0; cc < n; ++cc)
+      for (std::int64_t j = 0; j < w; ++j) sy[j] += static_cast<double>(y[off + cc * stride + j]);
     for (std::int64_t cc = 0; cc < n; ++cc)
       for (std::int64_t j = 0; j < w; ++j) {
         const std::int64_t i = off + cc * stride + j;
-        out[i] = (out[i] - y[i]) * c;
+        out[i] = (out[i] * static_cast<T>(sy[j]) - y[i]) * c;
       }
   });
 }
@@ -108,12 +115,14 @@ std::vector<Value> grad_vjp(Graph& g, const Node& n, Value, Value V, const std::
   Value Z = in(g, n, 0), Y = in(g, n, 1), G = in(g, n, 2);
   const int axis = n.attrs.axis;
   Value c = per_example(g, n, G);
-  if (w[0] || w[2]) {
-    Value S = softmax(Z, axis);
-    if (w[0]) out[0] = (S * (V - sum(V * S, axis, true))) * c;
-    if (w[2]) out[2] = per_example(g, n, sum(V * (S - Y)));
+  Value S = softmax(Z, axis);
+  Value s = (w[0] || w[2]) ? sum(Y, axis, true) : Value{};
+  if (w[0] || w[1]) {
+    Value vs = sum(V * S, axis, true);
+    if (w[0]) out[0] = (S * (V - vs)) * s * c;
+    if (w[1]) out[1] = (vs - V) * c;
   }
-  if (w[1]) out[1] = neg(V) * c;
+  if (w[2]) out[2] = per_example(g, n, sum(V * (S * s - Y)));
   return out;
 }
 

@@ -15,9 +15,12 @@
 
 namespace gg::detail {
 
+// The most operands an op takes (adam_update: param, grad, m, v, step).
+constexpr int kMaxInputs = 5;
+
 struct KernelArgs {
   TensorView out;
-  TensorView in[4];
+  TensorView in[kMaxInputs];
   int n_in = 0;
   const Attrs* attrs = nullptr;
   double scale = 1.0;   // Scale's factor resolved for the planned batch size
