@@ -4,9 +4,11 @@
 #include <gradgraph/gradgraph.hpp>
 
 #include <cstdio>
+#include <fstream>
 #include <random>
 
-int main() {
+// With an argument, also writes the forward+backward graph there as Graphviz DOT.
+int main(int argc, char** argv) {
   const std::int64_t m = 512;  // examples (columns, as in the notebook)
 
   gg::Graph g(gg::f32);
@@ -22,6 +24,10 @@ int main() {
   std::vector<gg::Value> grads = gg::gradients(loss, {W1, b1, W2, b2});
   std::vector<gg::Value> step = gg::sgd({W1, b1, W2, b2}, grads, {.lr = 0.5});
   gg::Program p = g.compile({loss, step});  // ordered and planned once
+  if (argc > 1) {
+    std::ofstream dot(argv[1]);
+    gg::write_dot(g, dot);
+  }
 
   // Synthetic "digits": class c lights up pixels [78c, 78c + 78) plus noise.
   std::mt19937 rng(1);

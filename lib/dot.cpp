@@ -19,6 +19,7 @@ struct NodeWriter {
     else if (n.op == Op::State) fill = "khaki";
     else if (n.op == Op::Input || n.op == Op::Constant) fill = "lightgrey";
     else if (n.backward) fill = "lightcoral";
+    else if (detail::op_def(n.op).flags & detail::kSideEffect) fill = "palegreen";
     const bool leaf = detail::op_def(n.op).flags & detail::kLeaf;
     os << "[label=\"" << (leaf ? "" : std::string(detail::op_name(n.op)) + "\\n") << n.name << "\\n" << to_string(n.shape)
        << "\", fillcolor=" << fill << (leaf ? ", shape=ellipse" : "") << "]";
@@ -29,7 +30,7 @@ struct GraphWriter {
   void operator()(std::ostream& os) const {
     os << "node [shape=box, style=filled, fontname=\"Helvetica\", fontsize=10];\n"
        << "edge [arrowsize=0.6];\n"
-       << "labelloc=t; label=\"gold: parameters, grey: inputs, blue: forward, red: backward\";\n";
+       << "labelloc=t; label=\"gold: parameters, grey: inputs, blue: forward, red: backward, green: updates\";\n";
   }
 };
 
