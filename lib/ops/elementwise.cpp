@@ -29,24 +29,27 @@ std::vector<Value> add_vjp(Graph& g, const Node& n, Value, Value grad, const std
 
 std::vector<Value> sub_vjp(Graph& g, const Node& n, Value, Value grad, const std::vector<bool>& w) {
   std::vector<Value> out(2);
+  const Shape sb = g.node(n.inputs[1]).shape;  // a copy: adding nodes may move the graph's storage
   if (w[0]) out[0] = unbroadcast(grad, g.node(n.inputs[0]).shape);
-  if (w[1]) out[1] = unbroadcast(neg(grad), g.node(n.inputs[1]).shape);
+  if (w[1]) out[1] = unbroadcast(neg(grad), sb);
   return out;
 }
 
 std::vector<Value> mul_vjp(Graph& g, const Node& n, Value, Value grad, const std::vector<bool>& w) {
   std::vector<Value> out(2);
   Value a = in(g, n, 0), b = in(g, n, 1);
-  if (w[0]) out[0] = unbroadcast(grad * b, a.shape());
-  if (w[1]) out[1] = unbroadcast(grad * a, b.shape());
+  const Shape sa = a.shape(), sb = b.shape();  // copies: adding nodes may move the graph's storage
+  if (w[0]) out[0] = unbroadcast(grad * b, sa);
+  if (w[1]) out[1] = unbroadcast(grad * a, sb);
   return out;
 }
 
 std::vector<Value> div_vjp(Graph& g, const Node& n, Value y, Value grad, const std::vector<bool>& w) {
   std::vector<Value> out(2);
   Value a = in(g, n, 0), b = in(g, n, 1);
-  if (w[0]) out[0] = unbroadcast(grad / b, a.shape());
-  if (w[1]) out[1] = unbroadcast(neg(grad * y / b), b.shape());
+  const Shape sa = a.shape(), sb = b.shape();  // copies: adding nodes may move the graph's storage
+  if (w[0]) out[0] = unbroadcast(grad / b, sa);
+  if (w[1]) out[1] = unbroadcast(neg(grad * y / b), sb);
   return out;
 }
 

@@ -150,7 +150,7 @@ void broadcast_to_fwd(const KernelArgs& k) {
 }
 
 std::vector<Value> sum_vjp(Graph& g, const Node& n, Value, Value grad, const std::vector<bool>&) {
-  const Shape& s = g.node(n.inputs[0]).shape;
+  const Shape s = g.node(n.inputs[0]).shape;  // a copy: reshape() below may move the graph's storage
   if (n.attrs.all_axes || n.attrs.keepdims) return {broadcast_to(grad, s)};
   const int axis = n.attrs.axis < 0 ? n.attrs.axis + s.rank : n.attrs.axis;
   return {broadcast_to(reshape(grad, keepdims_shape(s, axis)), s)};

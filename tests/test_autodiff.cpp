@@ -1,0 +1,513 @@
+// Reverse mode as a graph transformation: what gradients() builds, what it leaves out, how it
+// reports misuse, and how the resulting programs behave across dtypes and thread counts.
+#include <gradgraph/gradgraph.hpp>
+
+#include "../lib/ops/op.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <iterator>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+using Catch::Matchers::Contains;
+using gg::Shape;
+using gg::Value;
+
+gg::Tensor random_tensor(gg::DType dt, const Shape& s, double lo, double hi, std::uint64_t seed) {
+  gg::Generator rng(gg::RngKind::standard, seed);
+  gg::Tensor t(dt, s);
+  for (std::int64_t i = 0; i < t.numel(); ++i) {
+    const double v = lo + (hi - lo) * rng.uniform();
+    if (dt == gg::f32)
+      t.ptr<float>()[i] = static_cast<float>(v);
+    else
+      t.ptr<double>()[i] = v;
+  }
+  return t;
+}
+
+gg::Tensor one_hot(gg::DType dt, std::int64_t classes, std::int64_t batch, std::uint64_t seed) {
+  gg::Generator rng(gg::RngKind::standard, seed);
+  gg::Tensor t(dt, {classes, batch});
+  for (std::int64_t j = 0; j < batch; ++j) t.set({static_cast<std::int64_t>(rng.below(static_cast<std::uint64_t>(classes))), j}, 1.0);
+  return t;
+}
+
+// The notebook's network: features x examples, classes along axis 0.
+struct Mlp {
+  gg::Graph g;
+  Value X, Y, W1, b1, W2, b2, Z1, A1, Z2, loss;
+  std::vector<Value> params, grads;
+  explicit Mlp(gg::DType dt, std::int64_t n0 = 784, std::int64_t n1 = 64, std::int64_t n2 = 10) : g(dt) {
+    X = g.input("X", {n0, gg::dyn});
+    Y = g.input("Y", {n2, gg::dyn});
+    W1 = g.param("W1", {n1, n0}, gg::he_normal());
+    b1 = g.param("b1", {n1, 1}, gg::uniform(-0.1, 0.1));
+    W2 = g.param("W2", {n2, n1}, gg::he_normal());
+    b2 = g.param("b2", {n2, 1}, gg::uniform(-0.1, 0.1));
+    Z1 = gg::matmul(W1, X) + b1;
+    A1 = gg::relu(Z1);
+    Z2 = gg::matmul(W2, A1) + b2;
+    loss = gg::softmax_cross_entropy(Z2, Y);
+    params = {W1, b1, W2, b2};
+  }
+  void differentiate() { grads = gg::gradients(loss, params); }
+  std::vector<Value> fetches() const {
+    std::vector<Value> f = grads;
+    f.insert(f.begin(), loss);
+    return f;
+  }
+};
+
+std::vector<double> values(const gg::TensorView& v) {
+  const gg::Tensor c = gg::Tensor::copy_of(v, gg::f64);
+  return std::vector<double>(c.ptr<double>(), c.ptr<double>() + c.numel());
+}
+
+// Normwise relative difference: max |a - b| / max |b|.
+double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  double e = 0, s = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    e = std::max(e, std::fabs(a[i] - b[i]));
+    s = std::max(s, std::fabs(b[i]));
+  }
+  return s > 0 ? e / s : e;
+}
+
+int count_backward(const gg::Graph& g, gg::Op op) {
+  int n = 0;
+  for (int i = 0; i < g.size(); ++i)
+    if (g.node(i).backward && g.node(i).op == op) ++n;
+  return n;
+}
+
+// The message of the E that f throws (the test fails if it throws nothing or something else).
+template <typename E, typename F>
+std::string message_of(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  }
+  FAIL("no exception was thrown");
+  return {};
+}
+
+gg::CompileOptions options(int threads, bool fuse = true) {
+  gg::CompileOptions o;
+  o.threads = threads;
+  o.fuse = fuse;
+  o.seed = 5;
+  return o;
+}
+
+}  // namespace
+
+// ---- accumulation and broadcasting ------------------------------------------------------------
+
+TEST_CASE("fan-out adds gradients: b = a + a, c = b + b gives dc/da = 4", "[autodiff]") {
+  gg::Graph g(gg::f64);
+  Value a = g.param("a", {}, gg::constant(1.5));
+  Value b = a + a;
+  Value c = b + b;
+  Value da = gg::gradients(c, {a})[0];
+  REQUIRE(da.shape() == Shape{});
+  gg::Program p(g, {c, da});
+  p.run({});
+  CHECK(p.scalar(c) == 6.0);
+  CHECK(p.scalar(da) == 4.0);
+}
+
+TEST_CASE("a value read by three different ops gets the sum of the three contributions", "[autodiff]") {
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {5}, gg::uniform(-1.5, 1.5));
+  // exp(x), x * x (x read twice by one op) and tanh(x).
+  Value y = gg::sum(gg::exp(x)) + gg::sum(x * x) + gg::sum(gg::tanh(x));
+  Value dx = gg::gradients(y, {x})[0];
+  gg::Program p(g, {dx});
+  p.run({});
+  const std::vector<double> xs = values(p.param("x")), got = values(p.get(dx));
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    const double t = std::tanh(xs[i]);
+    CHECK_THAT(got[i], Catch::Matchers::WithinRel(std::exp(xs[i]) + 2 * xs[i] + (1 - t * t), 1e-14));
+  }
+}
+
+TEST_CASE("a bias broadcast along the examples gets a gradient of its own shape equal to the sums over examples",
+          "[autodiff][broadcast]") {
+  gg::Graph g(gg::f64);
+  Value X = g.input("X", {3, gg::dyn});
+  Value G = g.input("G", {3, gg::dyn});
+  Value col_bias = g.param("col_bias", {3, 1}, gg::uniform(-1.0, 1.0));  // features x examples
+  Value row_bias = g.param("row_bias", {1}, gg::uniform(-1.0, 1.0));
+  Value loss = gg::sum((X + col_bias + row_bias) * G);
+  const auto grads = gg::gradients(loss, {col_bias, row_bias});
+  CHECK(grads[0].shape() == Shape{3, 1});
+  CHECK(grads[1].shape() == Shape{1});
+  gg::Program p(g, {grads});
+  const gg::Tensor x = random_tensor(gg::f64, {3, 5}, -1, 1, 1), gt = random_tensor(gg::f64, {3, 5}, -1, 1, 2);
+  p.run({{X, x}, {G, gt}});
+  double total = 0;
+  for (std::int64_t i = 0; i < 3; ++i) {
+    double row = 0;
+    for (std::int64_t j = 0; j < 5; ++j) row += gt.at({i, j});
+    total += row;
+    CHECK_THAT(p.get(grads[0]).at({i, 0}), Catch::Matchers::WithinRel(row, 1e-14));
+  }
+  CHECK_THAT(p.get(grads[1]).at({0}), Catch::Matchers::WithinRel(total, 1e-14));
+}
+
+TEST_CASE("a bias broadcast over a batch-first layout gets the column sums of the incoming gradient",
+          "[autodiff][broadcast]") {
+  gg::Graph g(gg::f64);
+  Value X = g.input("X", {gg::dyn, 4});
+  Value G = g.input("G", {gg::dyn, 4});
+  Value b = g.param("b", {4}, gg::uniform(-1.0, 1.0));
+  Value db = gg::gradients(gg::sum((X + b) * G), {b})[0];
+  CHECK(db.shape() == Shape{4});
+  gg::Program p(g, {db});
+  const gg::Tensor x = random_tensor(gg::f64, {6, 4}, -1, 1, 3), gt = random_tensor(gg::f64, {6, 4}, -1, 1, 4);
+  p.run({{X, x}, {G, gt}});
+  for (std::int64_t j = 0; j < 4; ++j) {
+    double col = 0;
+    for (std::int64_t i = 0; i < 6; ++i) col += gt.at({i, j});
+    CHECK_THAT(p.get(db).at({j}), Catch::Matchers::WithinRel(col, 1e-14));
+  }
+}
+
+// ---- pruning -----------------------------------------------------------------------------------
+
+TEST_CASE("gradients w.r.t. the parameters build nothing for the input X", "[autodiff][pruning]") {
+  Mlp net(gg::f32);
+  const int before = net.g.size();
+  net.differentiate();
+  REQUIRE(net.g.size() > before);
+  for (int i = before; i < net.g.size(); ++i) {
+    const gg::Node& n = net.g.node(i);
+    INFO("backward node " << n.name << " " << gg::to_string(n.shape));
+    CHECK(n.backward);
+    CHECK(n.shape != net.X.shape());  // no {784, dyn} gradient
+  }
+  // dW2 = dZ2 A1^T, dA1 = W2^T dZ2, dW1 = dZ1 X^T: three GEMMs, none of them X's gradient.
+  CHECK(count_backward(net.g, gg::Op::MatMul) == 3);
+}
+
+TEST_CASE("gradients w.r.t. one parameter build nothing for the others", "[autodiff][pruning]") {
+  Mlp net(gg::f32);
+  const Value dW2 = gg::gradients(net.loss, {net.W2})[0];
+  CHECK(dW2.shape() == net.W2.shape());
+  CHECK(count_backward(net.g, gg::Op::MatMul) == 1);  // dZ2 A1^T only: nothing flows into the first layer
+  CHECK(count_backward(net.g, gg::Op::ReluGrad) == 0);
+}
+
+TEST_CASE("a branch of the loss that depends on no differentiated value adds no backward nodes",
+          "[autodiff][pruning]") {
+  auto backward_nodes = [](bool with_branch) {
+    gg::Graph g(gg::f64);
+    Value X = g.input("X", {3, 4});
+    Value W = g.param("W", {3, 4}, gg::uniform(-1.0, 1.0));
+    Value loss = gg::sum(gg::tanh(W) * X);
+    if (with_branch) loss = loss + gg::sum(gg::exp(X) * X) + gg::mean(gg::softmax(X, 0));
+    // A value computed from W that the loss does not use.
+    Value unused = gg::sum(gg::sigmoid(W));
+    (void)unused;
+    gg::gradients(loss, {W});
+    std::vector<std::string> ops;
+    for (int i = 0; i < g.size(); ++i)
+      if (g.node(i).backward) ops.push_back(gg::detail::op_name(g.node(i).op));
+    return ops;
+  };
+  const auto plain = backward_nodes(false), branched = backward_nodes(true);
+  CHECK(branched == plain);
+  CHECK(std::find(branched.begin(), branched.end(), std::string("sigmoid")) == branched.end());
+}
+
+// ---- higher order ------------------------------------------------------------------------------
+
+TEST_CASE("differentiating a gradient gives the second derivative of x^3", "[autodiff][second-order]") {
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {4}, gg::uniform(-2.0, 2.0));
+  Value d1 = gg::gradients(gg::sum(gg::pow(x, 3.0)), {x})[0];
+  Value d2 = gg::gradients(gg::sum(d1), {x})[0];
+  gg::Program p(g, {d1, d2});
+  p.run({});
+  const std::vector<double> xs = values(p.param("x")), g1 = values(p.get(d1)), g2 = values(p.get(d2));
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    CHECK_THAT(g1[i], Catch::Matchers::WithinRel(3 * xs[i] * xs[i], 1e-14));
+    CHECK_THAT(g2[i], Catch::Matchers::WithinRel(6 * xs[i], 1e-14));
+  }
+}
+
+TEST_CASE("differentiating a gradient gives the second derivative of sum(tanh(x))", "[autodiff][second-order]") {
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {5}, gg::uniform(-2.0, 2.0));
+  Value d1 = gg::gradients(gg::sum(gg::tanh(x)), {x})[0];
+  Value d2 = gg::gradients(gg::sum(d1), {x})[0];
+  gg::Program p(g, {d2});
+  p.run({});
+  const std::vector<double> xs = values(p.param("x")), got = values(p.get(d2));
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    const double t = std::tanh(xs[i]);
+    CHECK_THAT(got[i], Catch::Matchers::WithinAbs(-2 * t * (1 - t * t), 1e-14));
+  }
+}
+
+TEST_CASE("gradients of gradients give the Hessian-vector product of softmax cross-entropy",
+          "[autodiff][second-order]") {
+  const std::int64_t K = 5, M = 4;
+  gg::Graph g(gg::f64);
+  Value Z = g.param("Z", {K, M}, gg::uniform(-2.0, 2.0));
+  const gg::Tensor y = one_hot(gg::f64, K, M, 7), v = random_tensor(gg::f64, {K, M}, -1, 1, 8);
+  Value Y = g.constant(y, "Y");
+  Value V = g.constant(v, "V");
+  Value L = gg::softmax_cross_entropy(Z, Y, 0);
+  Value dZ = gg::gradients(L, {Z})[0];
+  Value Hv = gg::gradients(gg::sum(dZ * V), {Z})[0];
+  gg::Program p(g, {Hv});
+  p.run({});
+  // Per example j: H_j = (diag(s) - s s^T) / M, so H_j v = s (v - <v, s>) / M.
+  const gg::TensorView z = p.param("Z");
+  for (std::int64_t j = 0; j < M; ++j) {
+    double mx = -INFINITY, den = 0, vs = 0;
+    std::vector<double> s(static_cast<std::size_t>(K));
+    for (std::int64_t k = 0; k < K; ++k) mx = std::max(mx, z.at({k, j}));
+    for (std::int64_t k = 0; k < K; ++k) den += std::exp(z.at({k, j}) - mx);
+    for (std::int64_t k = 0; k < K; ++k) {
+      s[static_cast<std::size_t>(k)] = std::exp(z.at({k, j}) - mx) / den;
+      vs += v.at({k, j}) * s[static_cast<std::size_t>(k)];
+    }
+    for (std::int64_t k = 0; k < K; ++k) {
+      const double want = s[static_cast<std::size_t>(k)] * (v.at({k, j}) - vs) / static_cast<double>(M);
+      CHECK_THAT(p.get(Hv).at({k, j}), Catch::Matchers::WithinAbs(want, 1e-15));
+    }
+  }
+}
+
+// ---- what gradients() returns and refuses ------------------------------------------------------
+
+TEST_CASE("the gradient w.r.t. a value the loss does not depend on is zeros of that value's shape", "[autodiff]") {
+  gg::Graph g(gg::f64);
+  Value X = g.input("X", {3, gg::dyn});
+  Value W = g.param("W", {2, 3}, gg::uniform(-1.0, 1.0));
+  Value U = g.param("U", {4, 2}, gg::uniform(-1.0, 1.0));
+  Value loss = gg::sum(W * W);
+  Value later = g.param("later", {2}, gg::uniform(-1.0, 1.0));  // created after the loss
+  const auto grads = gg::gradients(loss, {U, X, later});
+  CHECK(grads[0].shape() == U.shape());
+  CHECK(grads[1].shape() == X.shape());
+  CHECK(grads[2].shape() == later.shape());
+  gg::Program p(g, {grads});
+  const gg::Tensor x = random_tensor(gg::f64, {3, 7}, -1, 1, 9);
+  p.run({{X, x}});
+  for (const Value& gv : grads) {
+    const gg::TensorView t = p.get(gv);
+    INFO("gradient " << gv.name() << " " << gg::to_string(t.shape));
+    for (double e : values(t)) CHECK(e == 0.0);
+  }
+  CHECK(p.get(grads[1]).shape == Shape{3, 7});
+}
+
+TEST_CASE("gradients of a non-scalar without a seed is a GraphError naming the value and its shape", "[autodiff][errors]") {
+  gg::Graph g(gg::f64);
+  Value W = g.param("W", {2, 3}, gg::uniform(-1.0, 1.0));
+  Value y = gg::tanh(W).named("activations");
+  CHECK_THAT(message_of<gg::GraphError>([&] { gg::gradients(y, {W}); }),
+             Contains("'activations'") && Contains("{2, 3}") && Contains("seed"));
+}
+
+TEST_CASE("gradients of a non-scalar with a seed of its shape is the vector-Jacobian product", "[autodiff]") {
+  gg::Graph g(gg::f64);
+  Value W = g.param("W", {2, 3}, gg::uniform(-1.0, 1.0));
+  Value y = W * W;
+  const gg::Tensor s = random_tensor(gg::f64, {2, 3}, -1, 1, 10);
+  Value seed = g.constant(s, "seed");
+  Value dW = gg::gradients(y, {W}, seed)[0];
+  gg::Program p(g, {dW});
+  p.run({});
+  const std::vector<double> w = values(p.param("W")), got = values(p.get(dW)), sv = values(s);
+  for (std::size_t i = 0; i < w.size(); ++i) CHECK_THAT(got[i], Catch::Matchers::WithinRel(2 * w[i] * sv[i], 1e-15));
+  Value wrong = g.constant(random_tensor(gg::f64, {3, 2}, -1, 1, 11), "wrong_seed");
+  CHECK_THAT(message_of<gg::GraphError>([&] { gg::gradients(y, {W}, wrong); }),
+             Contains("'wrong_seed'") && Contains("{3, 2}"));
+}
+
+TEST_CASE("a matmul with mismatched inner dimensions fails at build time naming the op, both operands and shapes",
+          "[autodiff][errors]") {
+  gg::Graph g(gg::f32);
+  Value W1 = g.param("W1", {64, 784});
+  Value X = g.input("X", {10, gg::dyn});
+  const int before = g.size();
+  CHECK_THAT(message_of<gg::GraphError>([&] { gg::matmul(W1, X); }),
+             Contains("matmul") && Contains("'W1'") && Contains("{64, 784}") && Contains("'X'") &&
+                           Contains("{10, dyn}"));
+  CHECK(g.size() == before);  // nothing was added
+}
+
+TEST_CASE("an add of unbroadcastable shapes fails at build time naming the op, both operands and shapes",
+          "[autodiff][errors]") {
+  gg::Graph g(gg::f32);
+  Value Z1 = g.input("Z1", {64, gg::dyn});
+  Value b1 = g.param("b1", {32, 1});
+  CHECK_THAT(message_of<gg::GraphError>([&] { gg::add(Z1, b1); }),
+             Contains("add") && Contains("'Z1'") && Contains("{64, dyn}") && Contains("'b1'") &&
+                           Contains("{32, 1}"));
+}
+
+// ---- numerics across dtypes, runs and threads ---------------------------------------------------
+
+TEST_CASE("float32 loss and gradients agree with float64 for the same network, parameters and data",
+          "[autodiff][numerics]") {
+  const std::int64_t m = 32;
+  Mlp n64(gg::f64), n32(gg::f32);
+  n64.differentiate();
+  n32.differentiate();
+  gg::Program p64(n64.g, n64.fetches(), options(1));
+  gg::Program p32(n32.g, n32.fetches(), options(1));
+  for (const std::string& name : p64.param_names()) p32.set_param(name, p64.param(name));
+  const gg::Tensor x64 = random_tensor(gg::f64, {784, m}, 0, 1, 12), y64 = one_hot(gg::f64, 10, m, 13);
+  const gg::Tensor x32 = gg::Tensor::copy_of(x64, gg::f32), y32 = gg::Tensor::copy_of(y64, gg::f32);
+  p64.run({{n64.X, x64}, {n64.Y, y64}});
+  p32.run({{n32.X, x32}, {n32.Y, y32}});
+  CHECK_THAT(p32.scalar(n32.loss), Catch::Matchers::WithinRel(p64.scalar(n64.loss), 1e-5));
+  for (std::size_t i = 0; i < n64.grads.size(); ++i) {
+    INFO("gradient of " << n64.params[i].name());
+    CHECK(rel_diff(values(p32.get(n32.grads[i])), values(p64.get(n64.grads[i]))) <= 1e-5);
+  }
+}
+
+TEST_CASE("a program run twice, and two programs compiled alike, give bitwise identical results", "[autodiff][numerics]") {
+  const int threads = GENERATE(1, 2);
+  INFO("threads " << threads);
+  const std::int64_t m = 1024;  // large enough for the kernels' parallel paths
+  Mlp net(gg::f32);
+  net.differentiate();
+  gg::Program a(net.g, net.fetches(), options(threads));
+  gg::Program b(net.g, net.fetches(), options(threads));
+  const gg::Tensor x = random_tensor(gg::f32, {784, m}, 0, 1, 14), y = one_hot(gg::f32, 10, m, 15);
+  a.run({{net.X, x}, {net.Y, y}});
+  std::vector<std::vector<double>> first;
+  for (const Value& v : net.fetches()) first.push_back(values(a.get(v)));
+  a.run({{net.X, x}, {net.Y, y}});
+  b.run({{net.X, x}, {net.Y, y}});
+  for (std::size_t i = 0; i < first.size(); ++i) {
+    INFO("fetch " << net.fetches()[i].name());
+    CHECK(values(a.get(net.fetches()[i])) == first[i]);
+    CHECK(values(b.get(net.fetches()[i])) == first[i]);
+  }
+}
+
+TEST_CASE("one and two threads give the same results within rounding", "[autodiff][numerics]") {
+  const std::int64_t m = 1024;
+  Mlp net(gg::f32);
+  net.differentiate();
+  gg::Program one(net.g, net.fetches(), options(1));
+  gg::Program two(net.g, net.fetches(), options(2));
+  CHECK(one.threads() == 1);
+  CHECK(two.threads() == 2);
+  const gg::Tensor x = random_tensor(gg::f32, {784, m}, 0, 1, 16), y = one_hot(gg::f32, 10, m, 17);
+  one.run({{net.X, x}, {net.Y, y}});
+  two.run({{net.X, x}, {net.Y, y}});
+  for (const Value& v : net.fetches()) {
+    INFO("fetch " << v.name());
+    CHECK(rel_diff(values(two.get(v)), values(one.get(v))) <= 1e-5);
+  }
+}
+
+// ---- inspection --------------------------------------------------------------------------------
+
+TEST_CASE("write_dot shows every node's name and shape and colours backward nodes apart", "[autodiff][dot]") {
+  Mlp net(gg::f32, 6, 5, 3);
+  const int forward = net.g.size();
+  net.differentiate();
+  std::ostringstream os;
+  gg::write_dot(net.g, os);
+  const std::string dot = os.str();
+  CHECK(dot.rfind("digraph", 0) == 0);
+  // One line per vertex: "<id>[label=...]".
+  std::vector<std::string> lines;
+  {
+    std::istringstream is(dot);
+    for (std::string line; std::getline(is, line);) lines.push_back(line);
+  }
+  for (int i = 0; i < net.g.size(); ++i) {
+    const gg::Node& n = net.g.node(i);
+    const std::string head = std::to_string(i) + "[";
+    auto it = std::find_if(lines.begin(), lines.end(), [&](const std::string& l) { return l.rfind(head, 0) == 0; });
+    INFO("node " << i << " " << n.name);
+    REQUIRE(it != lines.end());
+    CHECK_THAT(*it, Contains(n.name) && Contains(gg::to_string(n.shape)));
+    const bool leaf = n.op == gg::Op::Input || n.op == gg::Op::Param || n.op == gg::Op::Constant;
+    if (!leaf) CHECK_THAT(*it, Contains(gg::detail::op_name(n.op)));
+    if (n.backward && !leaf) CHECK_THAT(*it, Contains("lightcoral"));
+    if (!n.backward && !leaf) CHECK_THAT(*it, Contains("lightblue"));
+    if (n.op == gg::Op::Param) CHECK_THAT(*it, Contains("gold"));
+    CHECK(n.backward == (i >= forward));
+  }
+  // Every operand edge is drawn.
+  for (int i = 0; i < net.g.size(); ++i)
+    for (int j : net.g.node(i).inputs) CHECK_THAT(dot, Contains(std::to_string(j) + "->" + std::to_string(i) + " "));
+}
+
+TEST_CASE("every op either has a gradient or is flagged non-differentiable, and op names are unique", "[autodiff][registry]") {
+  std::set<std::string> names;
+  for (int i = 0; i < static_cast<int>(gg::Op::Count_); ++i) {
+    const gg::Op op = static_cast<gg::Op>(i);
+    const gg::detail::OpDef& d = gg::detail::op_def(op);
+    REQUIRE(d.name != nullptr);
+    INFO("op " << i << " '" << d.name << "'");
+    CHECK(std::string(d.name).size() > 0);
+    CHECK(names.insert(d.name).second);
+    const bool non_diff = d.flags & gg::detail::kNonDifferentiable;
+    if (op == gg::Op::Param) {
+      // The one differentiable leaf: gradients flow to it, it has no operands to pass them on to.
+      CHECK((d.flags & gg::detail::kLeaf));
+      CHECK(d.vjp == nullptr);
+      continue;
+    }
+    CHECK((d.vjp != nullptr) != non_diff);
+    // autodiff calls the VJP for each differentiable operand: none without one.
+    if (non_diff) CHECK(d.diff_inputs == 0u);
+    if (d.vjp) CHECK(d.diff_inputs != 0u);
+    if (d.arity >= 0) CHECK((d.diff_inputs >> d.arity) == 0u);
+    // Kernels receive their operands in a fixed-size array.
+    CHECK(d.arity <= static_cast<int>(std::size(gg::detail::KernelArgs{}.in)));
+    // Every op that runs has both kernels; leaves and views have none.
+    if (d.flags & (gg::detail::kLeaf | gg::detail::kView)) {
+      CHECK(d.fwd32 == nullptr);
+      CHECK(d.fwd64 == nullptr);
+    } else {
+      CHECK(d.fwd32 != nullptr);
+      CHECK(d.fwd64 != nullptr);
+    }
+  }
+  CHECK(names.size() == static_cast<std::size_t>(gg::Op::Count_));
+}
+
+TEST_CASE("the op table is in enum order", "[autodiff][registry]") {
+  using gg::Op;
+  const std::vector<std::pair<Op, std::string>> expected = {
+      {Op::Input, "input"},       {Op::Param, "param"},         {Op::State, "state"},
+      {Op::Constant, "constant"}, {Op::Fill, "fill"},           {Op::MatMul, "matmul"},
+      {Op::Add, "add"},           {Op::Sub, "sub"},             {Op::Mul, "mul"},
+      {Op::Div, "div"},           {Op::Neg, "neg"},             {Op::Scale, "scale"},
+      {Op::AddScalar, "add_scalar"}, {Op::PowScalar, "pow"},    {Op::Exp, "exp"},
+      {Op::Log, "log"},           {Op::Sqrt, "sqrt"},           {Op::Relu, "relu"},
+      {Op::Sigmoid, "sigmoid"},   {Op::Tanh, "tanh"},           {Op::ReluGrad, "relu_grad"},
+      {Op::Softmax, "softmax"},   {Op::LogSoftmax, "log_softmax"}, {Op::Sum, "sum"},
+      {Op::SumTo, "sum_to"},      {Op::BroadcastTo, "broadcast_to"}, {Op::Reshape, "reshape"},
+      {Op::Transpose, "transpose"}, {Op::SoftmaxCrossEntropy, "softmax_cross_entropy"},
+      {Op::SoftmaxCrossEntropyGrad, "softmax_cross_entropy_grad"}, {Op::Argmax, "argmax"},
+      {Op::Equal, "equal"},       {Op::Greater, "greater"},     {Op::AddRelu, "add_relu"},
+      {Op::SgdUpdate, "sgd_update"}, {Op::MomentumUpdate, "momentum_update"}, {Op::AdamUpdate, "adam_update"},
+  };
+  REQUIRE(expected.size() == static_cast<std::size_t>(Op::Count_));
+  for (const auto& [op, name] : expected) CHECK(gg::detail::op_name(op) == name);
+}

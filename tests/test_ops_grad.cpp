@@ -1,0 +1,515 @@
+// Every differentiable op's vector-Jacobian product agrees with central finite differences in
+// float64. Each loss is sum(op(x) * R) with a random constant R, so every output element reaches
+// the loss with its own weight (a plain sum would hide errors that cancel across elements).
+#include <gradgraph/gradgraph.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace {
+
+using gg::Shape;
+using gg::Value;
+
+constexpr double kTol = 1e-6;
+
+gg::Tensor random_tensor(const Shape& s, double lo, double hi, std::uint64_t seed) {
+  gg::Generator rng(gg::RngKind::standard, seed);
+  gg::Tensor t(gg::f64, s);
+  for (std::int64_t i = 0; i < t.numel(); ++i) t.ptr<double>()[i] = lo + (hi - lo) * rng.uniform();
+  return t;
+}
+
+// A tensor whose entries are uniform in [lo, hi] with a random sign: away from zero on both sides.
+gg::Tensor signed_tensor(const Shape& s, double lo, double hi, std::uint64_t seed) {
+  gg::Generator rng(gg::RngKind::standard, seed + 1000);
+  gg::Tensor t = random_tensor(s, lo, hi, seed);
+  for (std::int64_t i = 0; i < t.numel(); ++i)
+    if (rng.uniform() < 0.5) t.ptr<double>()[i] = -t.ptr<double>()[i];
+  return t;
+}
+
+// sum(y * R), R a random constant of y's (static) shape.
+Value weighted_sum(Value y, std::uint64_t seed = 99) {
+  gg::Graph& g = *y.graph;
+  return gg::sum(y * g.constant(random_tensor(y.shape(), -1.0, 1.0, seed)));
+}
+
+struct Feeds {
+  std::vector<gg::Tensor> keep;
+  std::vector<gg::Program::Feed> list;
+  void add(Value input, gg::Tensor t) {
+    keep.push_back(t);
+    list.push_back({input, keep.back().view()});
+  }
+};
+
+// Checks d loss / d wrt by central differences; every element of every wrt must be checked.
+void check_op(gg::Graph& g, Value loss, const std::vector<Value>& wrt, const Feeds& feeds = {}) {
+  std::int64_t expected = 0;
+  for (const Value& w : wrt) {
+    if (w.node().op == gg::Op::Param) {
+      expected += w.shape().numel();
+    } else {
+      for (const auto& f : feeds.list)
+        if (f.input == w) expected += f.value.numel();
+    }
+  }
+  const gg::GradCheckResult r = gg::check_gradients(g, loss, wrt, feeds.list);
+  INFO("worst: " << r.worst << " (" << r.checked << " elements checked, max relative error " << r.max_rel_error << ")");
+  CHECK(r.checked == expected);
+  CHECK(r.max_rel_error <= kTol);
+}
+
+// One operand of a binary op: a parameter initialised in [lo, hi].
+struct Pair {
+  Shape a, b;
+};
+
+std::string describe(const Pair& p) { return gg::to_string(p.a) + " with " + gg::to_string(p.b); }
+
+const std::vector<Pair>& broadcast_pairs() {
+  static const std::vector<Pair> pairs = {
+      {{3, 4}, {3, 4}},       {{3, 4}, {4}},  {{4}, {3, 4}},    {{3, 4}, {3, 1}}, {{3, 1}, {3, 4}},
+      {{2, 3, 4}, {3, 1}},    {{3, 1}, {2, 3, 4}}, {{}, {3, 4}}, {{3, 4}, {}},     {{3, 1}, {1, 4}},
+      {{2, 1, 4}, {3, 1}},
+  };
+  return pairs;
+}
+
+void check_binary(Value (*op)(Value, Value), double b_lo, double b_hi) {
+  const Pair p = GENERATE(from_range(broadcast_pairs()));
+  INFO("operands " << describe(p));
+  gg::Graph g(gg::f64);
+  Value a = g.param("a", p.a, gg::uniform(-2.0, 2.0));
+  Value b = g.param("b", p.b, gg::uniform(b_lo, b_hi));
+  check_op(g, weighted_sum(op(a, b)), {a, b});
+}
+
+void check_unary(Value (*op)(Value), double lo, double hi, const Shape& s = {3, 4}) {
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", s, gg::uniform(lo, hi));
+  check_op(g, weighted_sum(op(x)), {x});
+}
+
+}  // namespace
+
+// ---- linear algebra --------------------------------------------------------------------------
+
+TEST_CASE("matmul's gradients match finite differences for every combination of transpose flags", "[grad][matmul]") {
+  const bool ta = GENERATE(false, true);
+  const bool tb = GENERATE(false, true);
+  INFO("trans_a " << ta << ", trans_b " << tb);
+  gg::Graph g(gg::f64);
+  // op(A) is {3, 5}, op(B) is {5, 4}.
+  Value A = g.param("A", ta ? Shape{5, 3} : Shape{3, 5}, gg::uniform(-1.0, 1.0));
+  Value B = g.param("B", tb ? Shape{4, 5} : Shape{5, 4}, gg::uniform(-1.0, 1.0));
+  Value C = gg::matmul(A, B, ta, tb);
+  REQUIRE(C.shape() == Shape{3, 4});
+  check_op(g, weighted_sum(C), {A, B});
+}
+
+TEST_CASE("matmul of a value with itself accumulates both operands' gradients", "[grad][matmul]") {
+  gg::Graph g(gg::f64);
+  Value A = g.param("A", {4, 3}, gg::uniform(-1.0, 1.0));
+  check_op(g, weighted_sum(gg::matmul(A, A, true, false)), {A});
+}
+
+TEST_CASE("matmul's gradient w.r.t. a fed input with an open batch dimension matches finite differences",
+          "[grad][matmul][input]") {
+  gg::Graph g(gg::f64);
+  Value W = g.param("W", {3, 5}, gg::uniform(-1.0, 1.0));
+  Value X = g.input("X", {5, gg::dyn});
+  Value R = g.input("R", {3, gg::dyn});
+  Feeds f;
+  f.add(X, random_tensor({5, 6}, -1.0, 1.0, 3));
+  f.add(R, random_tensor({3, 6}, -1.0, 1.0, 4));
+  check_op(g, gg::sum(gg::matmul(W, X) * R), {W, X}, f);
+}
+
+// ---- elementwise binary ------------------------------------------------------------------------
+
+TEST_CASE("add's gradients match finite differences under broadcasting", "[grad][elementwise]") {
+  check_binary(gg::add, -2.0, 2.0);
+}
+
+TEST_CASE("sub's gradients match finite differences under broadcasting", "[grad][elementwise]") {
+  check_binary(gg::sub, -2.0, 2.0);
+}
+
+TEST_CASE("mul's gradients match finite differences under broadcasting", "[grad][elementwise]") {
+  check_binary(gg::mul, -2.0, 2.0);
+}
+
+TEST_CASE("div's gradients match finite differences under broadcasting", "[grad][elementwise]") {
+  check_binary(gg::div, 0.5, 2.0);
+}
+
+TEST_CASE("div's gradients match finite differences for a negative divisor", "[grad][elementwise]") {
+  gg::Graph g(gg::f64);
+  Value a = g.param("a", {3, 4}, gg::uniform(-2.0, 2.0));
+  Value b = g.param("b", {3, 1}, gg::uniform(-2.0, -0.5));
+  check_op(g, weighted_sum(a / b), {a, b});
+}
+
+TEST_CASE("binary ops' gradients w.r.t. broadcast fed inputs match finite differences", "[grad][elementwise][input]") {
+  gg::Graph g(gg::f64);
+  Value x = g.input("x", {2, 3, 4});
+  Value c = g.input("c", {3, 1});
+  Value d = g.input("d", {4});
+  Feeds f;
+  f.add(x, random_tensor({2, 3, 4}, -1.0, 1.0, 5));
+  f.add(c, random_tensor({3, 1}, -1.0, 1.0, 6));
+  f.add(d, random_tensor({4}, 0.5, 2.0, 7));
+  check_op(g, weighted_sum((x * c - c) / d + d), {x, c, d}, f);
+}
+
+// ---- elementwise unary -------------------------------------------------------------------------
+
+TEST_CASE("neg's gradient matches finite differences", "[grad][unary]") { check_unary(gg::neg, -2.0, 2.0); }
+
+TEST_CASE("scale's gradient matches finite differences", "[grad][unary]") {
+  check_unary([](Value x) { return gg::scale(x, -2.5); }, -2.0, 2.0);
+}
+
+TEST_CASE("add_scalar's gradient matches finite differences", "[grad][unary]") {
+  check_unary([](Value x) { return gg::add_scalar(x, 0.75); }, -2.0, 2.0);
+}
+
+TEST_CASE("pow's gradient matches finite differences for whole powers on inputs of both signs", "[grad][unary]") {
+  const double p = GENERATE(1.0, 2.0, 3.0, 4.0);
+  INFO("p = " << p);
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {3, 4}, gg::uniform(-2.0, 2.0));
+  check_op(g, weighted_sum(gg::pow(x, p)), {x});
+}
+
+TEST_CASE("pow's gradient matches finite differences for fractional and negative powers of positive inputs",
+          "[grad][unary]") {
+  const double p = GENERATE(0.5, 2.5, -1.0, -1.5, 1.0 / 3.0);
+  INFO("p = " << p);
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {3, 4}, gg::uniform(0.5, 2.0));
+  check_op(g, weighted_sum(gg::pow(x, p)), {x});
+}
+
+TEST_CASE("exp's gradient matches finite differences", "[grad][unary]") { check_unary(gg::exp, -2.0, 2.0); }
+
+TEST_CASE("log's gradient matches finite differences on positive inputs", "[grad][unary]") {
+  check_unary(gg::log, 0.2, 3.0);
+}
+
+TEST_CASE("sqrt's gradient matches finite differences on positive inputs", "[grad][unary]") {
+  check_unary(gg::sqrt, 0.2, 3.0);
+}
+
+TEST_CASE("relu's gradient matches finite differences on inputs of both signs away from the kink", "[grad][unary]") {
+  gg::Graph g(gg::f64);
+  Value x = g.input("x", {4, 5});
+  Feeds f;
+  f.add(x, signed_tensor({4, 5}, 0.1, 2.0, 11));
+  // A parameter on the positive side and one on the negative side too.
+  Value pos = g.param("pos", {4, 5}, gg::uniform(0.1, 2.0));
+  Value negp = g.param("negp", {4, 5}, gg::uniform(-2.0, -0.1));
+  check_op(g, weighted_sum(gg::relu(x)) + weighted_sum(gg::relu(pos), 3) + weighted_sum(gg::relu(negp), 4),
+           {x, pos, negp}, f);
+}
+
+TEST_CASE("sigmoid's gradient matches finite differences for inputs of both signs", "[grad][unary]") {
+  check_unary(gg::sigmoid, -6.0, 6.0);
+}
+
+TEST_CASE("sigmoid's gradient stays finite and correct for large magnitudes of both signs", "[grad][unary]") {
+  gg::Graph g(gg::f64);
+  Value big = g.param("big", {3, 4}, gg::uniform(15.0, 40.0));
+  Value small = g.param("small", {3, 4}, gg::uniform(-40.0, -15.0));
+  Value huge = g.param("huge", {2}, gg::uniform(700.0, 800.0));  // exp(-x) underflows, exp(x) would overflow
+  Value tiny = g.param("tiny", {2}, gg::uniform(-800.0, -700.0));
+  check_op(g,
+           weighted_sum(gg::sigmoid(big)) + weighted_sum(gg::sigmoid(small), 5) + weighted_sum(gg::sigmoid(huge), 6) +
+               weighted_sum(gg::sigmoid(tiny), 7),
+           {big, small, huge, tiny});
+}
+
+TEST_CASE("tanh's gradient matches finite differences", "[grad][unary]") { check_unary(gg::tanh, -3.0, 3.0); }
+
+// ---- along an axis -----------------------------------------------------------------------------
+
+TEST_CASE("softmax's gradient matches finite differences along each axis of a rank-2 tensor", "[grad][softmax]") {
+  const int axis = GENERATE(0, 1, -1, -2);
+  INFO("axis " << axis);
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {3, 4}, gg::uniform(-2.0, 2.0));
+  check_op(g, weighted_sum(gg::softmax(x, axis)), {x});
+}
+
+TEST_CASE("softmax's gradient matches finite differences along each axis of a rank-3 tensor", "[grad][softmax]") {
+  const int axis = GENERATE(0, 1, 2, -1);
+  INFO("axis " << axis);
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {2, 3, 4}, gg::uniform(-2.0, 2.0));
+  check_op(g, weighted_sum(gg::softmax(x, axis)), {x});
+}
+
+TEST_CASE("log_softmax's gradient matches finite differences along each axis of a rank-2 tensor", "[grad][softmax]") {
+  const int axis = GENERATE(0, 1, -1, -2);
+  INFO("axis " << axis);
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {3, 4}, gg::uniform(-2.0, 2.0));
+  check_op(g, weighted_sum(gg::log_softmax(x, axis)), {x});
+}
+
+TEST_CASE("log_softmax's gradient matches finite differences along each axis of a rank-3 tensor", "[grad][softmax]") {
+  const int axis = GENERATE(0, 1, 2, -1);
+  INFO("axis " << axis);
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {2, 3, 4}, gg::uniform(-2.0, 2.0));
+  check_op(g, weighted_sum(gg::log_softmax(x, axis)), {x});
+}
+
+TEST_CASE("softmax's and log_softmax's gradients w.r.t. a fed input with large logits match finite differences",
+          "[grad][softmax][input]") {
+  gg::Graph g(gg::f64);
+  Value x = g.input("x", {4, 3});
+  Feeds f;
+  gg::Tensor t = random_tensor({4, 3}, -2.0, 2.0, 21);
+  t.set({1, 0}, 300.0);  // a large logit: max-subtraction keeps exp finite
+  f.add(x, t);
+  check_op(g, weighted_sum(gg::softmax(x, 0)) + weighted_sum(gg::log_softmax(x, 0), 8), {x}, f);
+}
+
+// ---- reductions and broadcasts -------------------------------------------------------------------
+
+TEST_CASE("sum's gradient matches finite differences over all axes", "[grad][reduce]") {
+  const bool keepdims = GENERATE(false, true);
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {2, 3, 4}, gg::uniform(-2.0, 2.0));
+  Value s = gg::sum(x);
+  if (keepdims) {
+    gg::Attrs at;
+    at.all_axes = true;
+    at.keepdims = true;
+    s = g.add_node(gg::Op::Sum, {x}, at);
+    REQUIRE(s.shape() == Shape{1, 1, 1});
+  }
+  // sum(x)^2 weights every element by the total: a non-constant gradient.
+  check_op(g, weighted_sum(s * s), {x});
+}
+
+TEST_CASE("sum's gradient matches finite differences along each axis, with and without keepdims", "[grad][reduce]") {
+  const int axis = GENERATE(0, 1, 2, -1, -3);
+  const bool keepdims = GENERATE(false, true);
+  INFO("axis " << axis << ", keepdims " << keepdims);
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {2, 3, 4}, gg::uniform(-2.0, 2.0));
+  Value s = gg::sum(x, axis, keepdims);
+  // Square the sums so that the gradient depends on them (and so on the reduction's layout).
+  check_op(g, weighted_sum(s * s), {x});
+}
+
+TEST_CASE("mean's gradient matches finite differences over all axes and along an axis", "[grad][reduce]") {
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {3, 4}, gg::uniform(-2.0, 2.0));
+  Value all = gg::mean(x);
+  Value rows = gg::mean(x, 1);
+  Value cols = gg::mean(x, 0, true);
+  check_op(g, weighted_sum(all * all) + weighted_sum(rows * rows, 2) + weighted_sum(cols * cols, 3), {x});
+}
+
+TEST_CASE("mean's gradient over the open batch dimension divides by the fed batch size", "[grad][reduce][input]") {
+  gg::Graph g(gg::f64);
+  Value W = g.param("W", {3, 1}, gg::uniform(-2.0, 2.0));
+  Value X = g.input("X", {3, gg::dyn});
+  Value Z = W * X;
+  Value over_batch = gg::mean(Z * Z, 1);  // {3}
+  Value everything = gg::mean(Z);          // scalar, divides by 3 * batch
+  const std::int64_t batch = GENERATE(1, 5);
+  INFO("batch " << batch);
+  Feeds f;
+  f.add(X, random_tensor({3, batch}, -1.0, 1.0, 31));
+  check_op(g, weighted_sum(over_batch) + weighted_sum(everything * everything, 2), {W, X}, f);
+}
+
+TEST_CASE("sum_to's gradient matches finite differences for several target shapes", "[grad][reduce]") {
+  const Pair p = GENERATE(Pair{{2, 3, 4}, {3, 1}}, Pair{{2, 3, 4}, {3, 4}}, Pair{{2, 3, 4}, {2, 1, 4}},
+                          Pair{{2, 3, 4}, {1, 1, 1}}, Pair{{3, 4}, {4}}, Pair{{3, 4}, {1, 4}}, Pair{{3, 4}, {}});
+  INFO("sum " << describe(p));
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", p.a, gg::uniform(-2.0, 2.0));
+  Value s = gg::sum_to(x, p.b);
+  REQUIRE(s.shape() == p.b);
+  check_op(g, weighted_sum(s * s), {x});
+}
+
+TEST_CASE("broadcast_to's gradient matches finite differences for several source shapes", "[grad][reduce]") {
+  const Pair p = GENERATE(Pair{{4}, {3, 4}}, Pair{{3, 1}, {3, 4}}, Pair{{3, 1}, {2, 3, 4}}, Pair{{}, {2, 3}},
+                          Pair{{2, 1, 4}, {2, 3, 4}}, Pair{{1, 4}, {2, 3, 4}});
+  INFO("broadcast " << describe(p));
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", p.a, gg::uniform(-2.0, 2.0));
+  Value b = gg::broadcast_to(x, p.b);
+  REQUIRE(b.shape() == p.b);
+  check_op(g, weighted_sum(b * b), {x});
+}
+
+// ---- shape -------------------------------------------------------------------------------------
+
+TEST_CASE("reshape's gradient matches finite differences for a parameter and for an intermediate", "[grad][shape]") {
+  const Shape to = GENERATE(Shape{2, 6}, Shape{12}, Shape{2, 2, 3}, Shape{4, 3});
+  INFO("reshape {3, 4} to " << gg::to_string(to));
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {3, 4}, gg::uniform(-2.0, 2.0));
+  Value direct = gg::reshape(x, to);                // a view of persistent storage
+  Value inner = gg::reshape(gg::exp(x), to);        // a view of an arena buffer
+  check_op(g, weighted_sum(direct * direct) + weighted_sum(inner, 2), {x});
+}
+
+TEST_CASE("transpose's gradient matches finite differences in 2-d and for 3-d permutations", "[grad][shape]") {
+  const std::vector<int> perm = GENERATE(std::vector<int>{1, 0, 2}, std::vector<int>{2, 0, 1}, std::vector<int>{1, 2, 0},
+                                         std::vector<int>{2, 1, 0}, std::vector<int>{0, 1, 2});
+  INFO("perm " << perm[0] << perm[1] << perm[2]);
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {2, 3, 4}, gg::uniform(-2.0, 2.0));
+  Value m = g.param("m", {3, 5}, gg::uniform(-2.0, 2.0));
+  Value t = gg::transpose(x, perm);
+  Value t2 = gg::transpose(m);
+  REQUIRE(t2.shape() == Shape{5, 3});
+  // Squares so that the gradient depends on where each element went.
+  check_op(g, weighted_sum(t * t) + weighted_sum(t2 * t2, 2), {x, m});
+}
+
+TEST_CASE("transpose's gradient w.r.t. a fed input matches finite differences", "[grad][shape][input]") {
+  gg::Graph g(gg::f64);
+  Value x = g.input("x", {3, gg::dyn});
+  Value R = g.input("R", {gg::dyn, 3});
+  Feeds f;
+  f.add(x, random_tensor({3, 4}, -1.0, 1.0, 41));
+  f.add(R, random_tensor({4, 3}, -1.0, 1.0, 42));
+  Value t = gg::transpose(x);
+  check_op(g, gg::sum(t * t * R), {x}, f);
+}
+
+// ---- losses ------------------------------------------------------------------------------------
+
+TEST_CASE("softmax_cross_entropy's gradients w.r.t. logits and targets match finite differences", "[grad][loss]") {
+  const int axis = GENERATE(0, 1, -1);
+  INFO("class axis " << axis);
+  gg::Graph g(gg::f64);
+  const Shape s = axis == 0 ? Shape{5, 3} : Shape{3, 5};  // 5 classes, 3 examples
+  Value Z = g.param("Z", s, gg::uniform(-3.0, 3.0));
+  Value Y = g.param("Y", s, gg::uniform(0.0, 1.0));  // soft targets (not normalised: Y is an arbitrary weight)
+  Value L = gg::softmax_cross_entropy(Z, Y, axis);
+  REQUIRE(L.shape() == Shape{});
+  check_op(g, weighted_sum(L), {Z, Y});
+}
+
+TEST_CASE("softmax_cross_entropy's gradients w.r.t. fed one-hot targets and a batch of logits match finite differences",
+          "[grad][loss][input]") {
+  gg::Graph g(gg::f64);
+  Value W = g.param("W", {4, 3}, gg::uniform(-1.0, 1.0));
+  Value X = g.input("X", {3, gg::dyn});
+  Value Y = g.input("Y", {4, gg::dyn});
+  const std::int64_t batch = GENERATE(1, 6);
+  INFO("batch " << batch);
+  Feeds f;
+  f.add(X, random_tensor({3, batch}, -2.0, 2.0, 51));
+  gg::Tensor y(gg::f64, {4, batch});
+  for (std::int64_t j = 0; j < batch; ++j) y.set({j % 4, j}, 1.0);
+  f.add(Y, y);
+  check_op(g, weighted_sum(gg::softmax_cross_entropy(gg::matmul(W, X), Y, 0)), {W, X, Y}, f);
+}
+
+TEST_CASE("softmax_cross_entropy_grad's gradients match finite differences through second derivatives",
+          "[grad][loss][second-order]") {
+  const int axis = GENERATE(0, -1);
+  INFO("class axis " << axis);
+  gg::Graph g(gg::f64);
+  Value Z = g.param("Z", {4, 3}, gg::uniform(-2.0, 2.0));
+  Value Y = g.param("Y", {4, 3}, gg::uniform(0.0, 1.0));
+  Value s = g.param("s", {}, gg::uniform(0.5, 2.0));  // scales the loss: the grad op's incoming gradient
+  Value L = s * gg::softmax_cross_entropy(Z, Y, axis);
+  const Value dZ = gg::gradients(L, {Z})[0];
+  bool uses_grad_op = false;
+  for (int i = 0; i < g.size(); ++i) uses_grad_op = uses_grad_op || g.node(i).op == gg::Op::SoftmaxCrossEntropyGrad;
+  REQUIRE(uses_grad_op);
+  check_op(g, weighted_sum(dZ), {Z, Y, s});
+}
+
+TEST_CASE("softmax_cross_entropy_grad built directly has gradients matching finite differences for all three operands",
+          "[grad][loss][second-order]") {
+  const int axis = GENERATE(0, 1);
+  INFO("class axis " << axis);
+  gg::Graph g(gg::f64);
+  Value Z = g.param("Z", {3, 4}, gg::uniform(-2.0, 2.0));
+  Value Y = g.param("Y", {3, 4}, gg::uniform(0.0, 1.0));
+  Value G = g.param("G", {}, gg::uniform(0.5, 2.0));
+  gg::Attrs at;
+  at.axis = axis;
+  Value d = g.add_node(gg::Op::SoftmaxCrossEntropyGrad, {Z, Y, G}, at);
+  check_op(g, weighted_sum(d), {Z, Y, G});
+}
+
+// ---- fused and helper ops ----------------------------------------------------------------------
+
+TEST_CASE("add_relu built directly has gradients matching finite differences under broadcasting", "[grad][fused]") {
+  const Pair p = GENERATE(Pair{{3, 4}, {3, 4}}, Pair{{3, 4}, {3, 1}}, Pair{{3, 4}, {4}}, Pair{{2, 3, 4}, {3, 1}});
+  INFO("operands " << describe(p));
+  gg::Graph g(gg::f64);
+  // a = mag * sign with |a| >= 0.3 and |b| <= 0.1 keeps a + b at least 0.2 away from the kink.
+  Value mag = g.param("mag", p.a, gg::uniform(0.3, 2.0));
+  Value a = mag * g.constant(signed_tensor(p.a, 1.0, 1.0, 61));
+  Value b = g.param("b", p.b, gg::uniform(-0.1, 0.1));
+  Value y = g.add_node(gg::Op::AddRelu, {a, b});
+  REQUIRE(y.shape() == p.a);
+  check_op(g, weighted_sum(y), {mag, b});
+}
+
+TEST_CASE("relu(a + b) checked through a fused program (add_relu forward) matches finite differences", "[grad][fused]") {
+  gg::Graph g(gg::f64);
+  Value mag = g.param("mag", {3, 4}, gg::uniform(0.3, 2.0));
+  Value a = mag * g.constant(signed_tensor({3, 4}, 1.0, 1.0, 62));
+  Value b = g.param("b", {3, 1}, gg::uniform(-0.1, 0.1));
+  Value loss = weighted_sum(gg::relu(a + b));
+  {
+    gg::Program probe(g, {loss});
+    bool fused = false;
+    for (const std::string& step : probe.schedule(0)) fused = fused || step.rfind("add_relu", 0) == 0;
+    REQUIRE(fused);
+  }
+  check_op(g, loss, {mag, b});
+}
+
+TEST_CASE("relu_grad's gradient w.r.t. the incoming gradient matches finite differences (second derivative of relu)",
+          "[grad][second-order]") {
+  gg::Graph g(gg::f64);
+  Value mag = g.param("mag", {3, 4}, gg::uniform(0.2, 2.0));
+  Value x = mag * g.constant(signed_tensor({3, 4}, 1.0, 1.0, 71));
+  Value w = g.param("w", {3, 4}, gg::uniform(-2.0, 2.0));
+  Value L = gg::sum(gg::relu(x) * w);
+  const Value dx = gg::gradients(L, {x})[0];  // relu_grad(w, relu(x))
+  REQUIRE(dx.node().op == gg::Op::ReluGrad);
+  check_op(g, weighted_sum(dx * w), {w});
+}
+
+// ---- gradients w.r.t. inputs of a whole network ---------------------------------------------------
+
+TEST_CASE("gradients of a small two-layer network w.r.t. its input and its parameters match finite differences",
+          "[grad][input]") {
+  gg::Graph g(gg::f64);
+  Value X = g.input("X", {6, gg::dyn});
+  Value Y = g.input("Y", {3, gg::dyn});
+  Value W1 = g.param("W1", {5, 6}, gg::uniform(-0.8, 0.8));
+  Value b1 = g.param("b1", {5, 1}, gg::uniform(-0.1, 0.1));
+  Value W2 = g.param("W2", {3, 5}, gg::uniform(-0.8, 0.8));
+  Value b2 = g.param("b2", {3, 1}, gg::uniform(-0.1, 0.1));
+  Value loss = gg::softmax_cross_entropy(gg::matmul(W2, gg::tanh(gg::matmul(W1, X) + b1)) + b2, Y);
+  Feeds f;
+  f.add(X, random_tensor({6, 4}, 0.0, 1.0, 81));
+  gg::Tensor y(gg::f64, {3, 4});
+  for (std::int64_t j = 0; j < 4; ++j) y.set({(j * 2) % 3, j}, 1.0);
+  f.add(Y, y);
+  check_op(g, loss, {X, W1, b1, W2, b2}, f);
+}

@@ -1,0 +1,529 @@
+// Programs: feeding, planning per batch size, memory sharing, strided feeds, parameter access,
+// initialisers, optimizer update ops, the fusion pass and shared parameter storage.
+#include <gradgraph/gradgraph.hpp>
+#include <gradgraph/init.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace {
+
+using Catch::Matchers::Contains;
+using gg::Shape;
+using gg::Value;
+
+gg::Tensor random_tensor(gg::DType dt, const Shape& s, double lo, double hi, std::uint64_t seed) {
+  gg::Generator rng(gg::RngKind::standard, seed);
+  gg::Tensor t(dt, s);
+  for (std::int64_t i = 0; i < t.numel(); ++i) {
+    const double v = lo + (hi - lo) * rng.uniform();
+    if (dt == gg::f32)
+      t.ptr<float>()[i] = static_cast<float>(v);
+    else
+      t.ptr<double>()[i] = v;
+  }
+  return t;
+}
+
+gg::Tensor one_hot(gg::DType dt, std::int64_t classes, std::int64_t batch, std::uint64_t seed) {
+  gg::Generator rng(gg::RngKind::standard, seed);
+  gg::Tensor t(dt, {classes, batch});
+  for (std::int64_t j = 0; j < batch; ++j)
+    t.set({static_cast<std::int64_t>(rng.below(static_cast<std::uint64_t>(classes))), j}, 1.0);
+  return t;
+}
+
+std::vector<double> values(const gg::TensorView& v) {
+  const gg::Tensor c = gg::Tensor::copy_of(v, gg::f64);
+  return std::vector<double>(c.ptr<double>(), c.ptr<double>() + c.numel());
+}
+
+double max_rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  double e = 0, s = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    e = std::max(e, std::fabs(a[i] - b[i]));
+    s = std::max(s, std::fabs(b[i]));
+  }
+  return s > 0 ? e / s : e;
+}
+
+// The notebook's network (features x examples), with its gradients.
+struct Mlp {
+  gg::Graph g;
+  Value X, Y, W1, b1, W2, b2, loss;
+  std::vector<Value> params, grads;
+  Mlp(gg::DType dt, std::int64_t n0, std::int64_t n1, std::int64_t n2) : g(dt) {
+    X = g.input("X", {n0, gg::dyn});
+    Y = g.input("Y", {n2, gg::dyn});
+    W1 = g.param("W1", {n1, n0}, gg::he_normal());
+    b1 = g.param("b1", {n1, 1}, gg::uniform(-0.1, 0.1));
+    W2 = g.param("W2", {n2, n1}, gg::he_normal());
+    b2 = g.param("b2", {n2, 1}, gg::uniform(-0.1, 0.1));
+    loss = gg::softmax_cross_entropy(gg::matmul(W2, gg::relu(gg::matmul(W1, X) + b1)) + b2, Y);
+    params = {W1, b1, W2, b2};
+    grads = gg::gradients(loss, params);
+  }
+  std::vector<Value> fetches() const {
+    std::vector<Value> f = grads;
+    f.insert(f.begin(), loss);
+    return f;
+  }
+};
+
+gg::CompileOptions options(bool fuse = true, std::uint64_t seed = 3) {
+  gg::CompileOptions o;
+  o.threads = 1;
+  o.fuse = fuse;
+  o.seed = seed;
+  return o;
+}
+
+template <typename E, typename F>
+std::string message_of(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  }
+  FAIL("no exception was thrown");
+  return {};
+}
+
+bool has_step(const std::vector<std::string>& schedule, const std::string& op) {
+  return std::any_of(schedule.begin(), schedule.end(),
+                     [&](const std::string& s) { return s.rfind(op + " ", 0) == 0; });
+}
+
+// All fetched values of a run, as doubles.
+std::vector<std::vector<double>> fetched(const gg::Program& p, const std::vector<Value>& vs) {
+  std::vector<std::vector<double>> out;
+  for (const Value& v : vs) out.push_back(values(p.get(v)));
+  return out;
+}
+
+}  // namespace
+
+// ---- feeding -----------------------------------------------------------------------------------
+
+TEST_CASE("feeding a wrong shape throws a one-line invalid_argument naming the input and both shapes", "[program][feed]") {
+  Mlp net(gg::f32, 20, 7, 5);
+  gg::Program p(net.g, net.fetches(), options());
+  const gg::Tensor y = one_hot(gg::f32, 5, 8, 1);
+  SECTION("a wrong fixed dimension") {
+    const gg::Tensor x(gg::f32, {19, 8});
+    const std::string msg = message_of<std::invalid_argument>([&] { p.run({{net.X, x}, {net.Y, y}}); });
+    CHECK_THAT(msg, Contains("'X'") && Contains("{20, dyn}") && Contains("{19, 8}"));
+    CHECK(msg.find('\n') == std::string::npos);
+  }
+  SECTION("a batch that differs between inputs") {
+    const gg::Tensor x(gg::f32, {20, 6});
+    const std::string msg = message_of<std::invalid_argument>([&] { p.run({{net.X, x}, {net.Y, y}}); });
+    // Whichever input is checked second is named, with its expected and fed shapes.
+    CHECK_THAT(msg, (Contains("'Y'") && Contains("{5, dyn}") && Contains("{5, 8}") && Contains("batch 6")) ||
+                        (Contains("'X'") && Contains("{20, dyn}") && Contains("{20, 6}") && Contains("batch 8")));
+    CHECK(msg.find('\n') == std::string::npos);
+  }
+  SECTION("a wrong rank") {
+    const gg::Tensor x(gg::f32, {20, 8, 1});
+    const std::string msg = message_of<std::invalid_argument>([&] { p.run({{net.X, x}, {net.Y, y}}); });
+    CHECK_THAT(msg, Contains("'X'") && Contains("{20, dyn}") && Contains("{20, 8, 1}"));
+    CHECK(msg.find('\n') == std::string::npos);
+  }
+}
+
+TEST_CASE("feeding the wrong dtype throws a one-line invalid_argument naming the input and both dtypes", "[program][feed]") {
+  Mlp net(gg::f32, 20, 7, 5);
+  gg::Program p(net.g, net.fetches(), options());
+  const gg::Tensor x(gg::f64, {20, 8});
+  const gg::Tensor y = one_hot(gg::f32, 5, 8, 1);
+  const std::string msg = message_of<std::invalid_argument>([&] { p.run({{net.X, x}, {net.Y, y}}); });
+  CHECK_THAT(msg, Contains("'X'") && Contains("float64") && Contains("float32"));
+  CHECK(msg.find('\n') == std::string::npos);
+}
+
+TEST_CASE("a missing feed throws an invalid_argument naming the input", "[program][feed]") {
+  Mlp net(gg::f32, 20, 7, 5);
+  gg::Program p(net.g, net.fetches(), options());
+  const gg::Tensor x(gg::f32, {20, 8});
+  const std::string msg = message_of<std::invalid_argument>([&] { p.run({{net.X, x}}); });
+  CHECK_THAT(msg, Contains("'Y'") && Contains("not fed"));
+  CHECK(msg.find('\n') == std::string::npos);
+}
+
+// ---- planning ----------------------------------------------------------------------------------
+
+TEST_CASE("changing the batch size re-plans, and results match a fresh program's", "[program][plan]") {
+  Mlp net(gg::f64, 30, 9, 4);
+  gg::Program p(net.g, net.fetches(), options());
+  const gg::Tensor x32 = random_tensor(gg::f64, {30, 32}, 0, 1, 2), y32 = one_hot(gg::f64, 4, 32, 3);
+  const gg::Tensor x17 = random_tensor(gg::f64, {30, 17}, 0, 1, 4), y17 = one_hot(gg::f64, 4, 17, 5);
+  p.run({{net.X, x32}, {net.Y, y32}});
+  const auto at32 = fetched(p, net.fetches());
+  p.run({{net.X, x17}, {net.Y, y17}});
+  const auto at17 = fetched(p, net.fetches());
+  CHECK(p.get(net.grads[0]).shape == net.W1.shape());
+
+  gg::Program fresh(net.g, net.fetches(), options());
+  fresh.run({{net.X, x17}, {net.Y, y17}});
+  CHECK(fetched(fresh, net.fetches()) == at17);
+  // And back: the first plan is reused and still right.
+  p.run({{net.X, x32}, {net.Y, y32}});
+  CHECK(fetched(p, net.fetches()) == at32);
+}
+
+TEST_CASE("the planned arena of the network is smaller than its buffers' unshared total", "[program][plan]") {
+  Mlp net(gg::f32, 784, 64, 10);
+  gg::Program p(net.g, net.fetches(), options());
+  const std::size_t planned = p.planned_bytes(64), unshared = p.unshared_bytes(64);
+  INFO("planned " << planned << " bytes, unshared " << unshared << " bytes");
+  CHECK(planned > 0);
+  CHECK(planned < unshared);
+  // The arena holds at least the largest single buffer: the {64, 64} activations (or the gradient of W1).
+  CHECK(planned >= static_cast<std::size_t>(64 * 784 * 4));
+}
+
+// ---- strided feeds -----------------------------------------------------------------------------
+
+TEST_CASE("a column slice fed to an input read only by GEMMs gives the same results as a contiguous copy",
+          "[program][feed][strided]") {
+  Mlp net(gg::f64, 40, 9, 4);
+  const gg::Tensor big = random_tensor(gg::f64, {40, 100}, 0, 1, 6), ybig = one_hot(gg::f64, 4, 100, 7);
+  const gg::Tensor xs = big.slice_trailing(10, 42), ys = ybig.slice_trailing(10, 42);  // {40, 32}, row stride 100
+  REQUIRE_FALSE(xs.view().is_contiguous());
+  const gg::Tensor xc = gg::Tensor::copy_of(xs), yc = gg::Tensor::copy_of(ys);
+  gg::Program strided(net.g, net.fetches(), options());
+  gg::Program contiguous(net.g, net.fetches(), options());
+  strided.run({{net.X, xs}, {net.Y, ys}});  // Y is read by the loss kernel, which needs contiguity
+  contiguous.run({{net.X, xc}, {net.Y, yc}});
+  const auto a = fetched(strided, net.fetches()), b = fetched(contiguous, net.fetches());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    INFO("fetch " << net.fetches()[i].name());
+    CHECK(max_rel_diff(a[i], b[i]) <= 1e-14);
+  }
+  // The feed itself is untouched.
+  CHECK(values(xs) == values(xc));
+}
+
+TEST_CASE("a transposed view fed to an input read only by GEMMs gives the same results as a contiguous copy",
+          "[program][feed][strided]") {
+  Mlp net(gg::f64, 40, 9, 4);
+  const gg::Tensor xt = random_tensor(gg::f64, {32, 40}, 0, 1, 8);  // examples x features
+  const gg::TensorView xv = xt.view().transposed();                  // {40, 32}, strides {1, 40}
+  REQUIRE_FALSE(xv.is_contiguous());
+  const gg::Tensor xc = gg::Tensor::copy_of(xv), y = one_hot(gg::f64, 4, 32, 9);
+  gg::Program strided(net.g, net.fetches(), options());
+  gg::Program contiguous(net.g, net.fetches(), options());
+  strided.run({{net.X, xv}, {net.Y, y}});
+  contiguous.run({{net.X, xc}, {net.Y, y}});
+  const auto a = fetched(strided, net.fetches()), b = fetched(contiguous, net.fetches());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    INFO("fetch " << net.fetches()[i].name());
+    CHECK(max_rel_diff(a[i], b[i]) <= 1e-14);
+  }
+}
+
+TEST_CASE("strided feeds to an input read by elementwise ops give the same results as contiguous copies",
+          "[program][feed][strided]") {
+  gg::Graph g(gg::f64);
+  Value X = g.input("X", {4, gg::dyn});
+  Value W = g.param("W", {4, 1}, gg::uniform(-1.0, 1.0));
+  Value b = g.param("b", {4, 1}, gg::uniform(-1.0, 1.0));
+  Value out = gg::tanh(X * W + b) + gg::exp(X);
+  Value loss = gg::sum(out * out);
+  const auto grads = gg::gradients(loss, {W, b, X});
+  std::vector<Value> fetch = {loss, out};
+  fetch.insert(fetch.end(), grads.begin(), grads.end());
+  const gg::Tensor big = random_tensor(gg::f64, {4, 50}, -1, 1, 10), t = random_tensor(gg::f64, {12, 4}, -1, 1, 11);
+  const gg::TensorView slice = big.view().slice_trailing(5, 17), transposed = t.view().transposed();  // both {4, 12}
+  for (const gg::TensorView& view : {slice, transposed}) {
+    REQUIRE_FALSE(view.is_contiguous());
+    const gg::Tensor copy = gg::Tensor::copy_of(view);
+    gg::Program strided(g, fetch, options());
+    gg::Program contiguous(g, fetch, options());
+    strided.run({{X, view}});
+    contiguous.run({{X, copy}});
+    CHECK(fetched(strided, fetch) == fetched(contiguous, fetch));
+    // Run again with the contiguous copy in the same program: the plan handles both.
+    strided.run({{X, copy}});
+    CHECK(fetched(strided, fetch) == fetched(contiguous, fetch));
+  }
+}
+
+// ---- parameters and initialisers ----------------------------------------------------------------
+
+TEST_CASE("parameters can be read and written by name", "[program][params]") {
+  gg::Graph g(gg::f32);
+  Value x = g.input("x", {3});
+  Value w = g.param("w", {3}, gg::uniform(-1.0, 1.0));
+  Value y = x * w;
+  gg::Program p(g, {y}, options());
+  CHECK(p.param_names() == std::vector<std::string>{"w"});
+  // Written from float64 data (converted), read back as the graph's float32.
+  const gg::Tensor v = gg::Tensor::from<double>({3}, {0.5, -2.0, 4.0});
+  p.set_param("w", v);
+  CHECK(p.param("w").dtype == gg::f32);
+  CHECK(values(p.param("w")) == values(v));
+  const gg::Tensor xv = gg::Tensor::from<float>({3}, {1.0f, 2.0f, 3.0f});
+  p.run({{x, xv}});
+  CHECK(values(p.get(y)) == std::vector<double>{0.5, -4.0, 12.0});
+  // The view is writable storage.
+  p.param("w").set({1}, 10.0);
+  p.run({{x, xv}});
+  CHECK(p.get(y).at({1}) == 20.0);
+  CHECK_THAT(message_of<std::invalid_argument>([&] { p.param("nope"); }), Contains("'nope'"));
+  const gg::Tensor wrong(gg::f32, {4});
+  CHECK_THAT(message_of<std::invalid_argument>([&] { p.set_param("w", wrong); }),
+             Contains("'w'") && Contains("{3}") && Contains("{4}"));
+}
+
+TEST_CASE("initialisers are deterministic for a seed and differ between seeds", "[program][init]") {
+  Mlp net(gg::f32, 20, 7, 5);
+  gg::Program a(net.g, net.fetches(), options(true, 11));
+  gg::Program b(net.g, net.fetches(), options(true, 11));
+  gg::Program c(net.g, net.fetches(), options(true, 12));
+  for (const std::string& name : a.param_names()) {
+    INFO("param " << name);
+    CHECK(values(a.param(name)) == values(b.param(name)));
+    CHECK(values(a.param(name)) != values(c.param(name)));
+  }
+  // Re-initialising with the same seed restores the initial values.
+  const auto w1 = values(a.param("W1"));
+  a.set_param("W1", gg::Tensor(gg::f32, {7, 20}));
+  gg::Generator rng(gg::RngKind::standard, 11);
+  a.init_params(rng);
+  CHECK(values(a.param("W1")) == w1);
+}
+
+TEST_CASE("He-normal weights have mean zero and standard deviation sqrt(2 / fan_in)", "[program][init]") {
+  const std::int64_t fan_in = GENERATE(400, 50);
+  gg::Graph g(gg::f64);
+  // 200,000 draws each: the sample standard deviation is within 0.2% (one sigma) of the true one.
+  Value W = g.param("W", {200000 / fan_in, fan_in}, gg::he_normal());
+  Value V = g.param("V", {500, 400}, gg::he_normal(fan_in));  // explicit fan-in
+  gg::Program p(g, {W, V}, options());
+  for (const char* name : {"W", "V"}) {
+    INFO("param " << name << ", fan_in " << fan_in);
+    const auto w = values(p.param(name));
+    double mean = 0, sq = 0;
+    for (double e : w) mean += e;
+    mean /= static_cast<double>(w.size());
+    for (double e : w) sq += (e - mean) * (e - mean);
+    const double sd = std::sqrt(sq / static_cast<double>(w.size())), want = std::sqrt(2.0 / static_cast<double>(fan_in));
+    CHECK(std::fabs(mean) <= 4 * want / std::sqrt(static_cast<double>(w.size())));
+    CHECK_THAT(sd, Catch::Matchers::WithinRel(want, 0.02));
+  }
+}
+
+TEST_CASE("uniform weights lie in their range and fill it", "[program][init]") {
+  gg::Graph g(gg::f64);
+  Value W = g.param("W", {100, 100}, gg::uniform(-0.3, 0.7));
+  gg::Program p(g, {W}, options());
+  const auto w = values(p.param("W"));
+  const auto [lo, hi] = std::minmax_element(w.begin(), w.end());
+  CHECK(*lo >= -0.3);
+  CHECK(*hi < 0.7);
+  CHECK(*lo < -0.29);
+  CHECK(*hi > 0.69);
+}
+
+// ---- optimizers --------------------------------------------------------------------------------
+
+TEST_CASE("the SGD update changes each parameter by exactly -lr times the gradient fetched in the same run",
+          "[program][optim]") {
+  Mlp net(gg::f64, 20, 7, 5);
+  const double lr = 0.1;
+  const auto ups = gg::sgd(net.params, net.grads, {lr, 0.0, 0.0});
+  std::vector<Value> fetch = net.fetches();
+  fetch.insert(fetch.end(), ups.begin(), ups.end());
+  gg::Program train(net.g, fetch, options());
+  gg::Program eval(net.g, net.fetches(), options());  // same seed: same initial parameters
+  const gg::Tensor x = random_tensor(gg::f64, {20, 8}, 0, 1, 20), y = one_hot(gg::f64, 5, 8, 21);
+  eval.run({{net.X, x}, {net.Y, y}});
+  std::vector<std::vector<double>> before;
+  for (const Value& p : net.params) before.push_back(values(train.param(p.name())));
+  train.run({{net.X, x}, {net.Y, y}});
+  // Every reader of a parameter ran before its update: the loss and gradients are the pre-update ones.
+  CHECK(train.scalar(net.loss) == eval.scalar(net.loss));
+  for (std::size_t k = 0; k < net.params.size(); ++k) {
+    INFO("param " << net.params[k].name());
+    const auto grad = values(train.get(net.grads[k]));
+    CHECK(grad == values(eval.get(net.grads[k])));
+    const auto after = values(train.param(net.params[k].name()));
+    bool changed = false;
+    for (std::size_t i = 0; i < after.size(); ++i) {
+      CHECK_THAT(after[i], Catch::Matchers::WithinULP(before[k][i] - lr * grad[i], 1));
+      changed = changed || after[i] != before[k][i];
+    }
+    CHECK(changed);
+  }
+  // The next run's loss is evaluated at the updated parameters.
+  gg::Program check(net.g, {net.loss}, options(true, 999));
+  for (const Value& p : net.params) check.set_param(p.name(), train.param(p.name()));
+  check.run({{net.X, x}, {net.Y, y}});
+  train.run({{net.X, x}, {net.Y, y}});
+  CHECK(train.scalar(net.loss) == check.scalar(net.loss));
+  CHECK(train.scalar(net.loss) < eval.scalar(net.loss));
+}
+
+namespace {
+
+// loss = 0.5 sum(x w^2): d loss / d w = x w, so the second step's gradient depends on the first step.
+struct Quadratic {
+  gg::Graph g{gg::f64};
+  Value x = g.input("x", {4});
+  Value w = g.param("w", {4}, gg::uniform(-1.0, 1.0));
+  Value loss = gg::sum(x * w * w) * 0.5;
+  Value grad = gg::gradients(loss, {w})[0];
+  gg::Tensor xv = gg::Tensor::from<double>({4}, {0.5, -1.5, 2.0, 3.0});
+};
+
+}  // namespace
+
+TEST_CASE("the momentum update matches a hand computation over two steps", "[program][optim]") {
+  Quadratic q;
+  const double lr = 0.05, mu = 0.9, wd = 0.01;
+  const auto ups = gg::sgd({q.w}, {q.grad}, {lr, mu, wd});
+  gg::Program p(q.g, {q.loss, q.grad, ups[0]}, options());
+  CHECK(p.state_names() == std::vector<std::string>{"w/velocity"});
+  std::vector<double> w = values(p.param("w")), v(4, 0.0);
+  const auto x = values(q.xv);
+  for (int step = 1; step <= 2; ++step) {
+    INFO("step " << step);
+    p.run({{q.x, q.xv}});
+    for (std::size_t i = 0; i < 4; ++i) {
+      const double g = x[i] * w[i];
+      v[i] = mu * v[i] + (g + wd * w[i]);
+      w[i] -= lr * v[i];
+    }
+    const auto got_w = values(p.param("w")), got_v = values(p.param("w/velocity"));
+    for (std::size_t i = 0; i < 4; ++i) {
+      CHECK_THAT(got_w[i], Catch::Matchers::WithinRel(w[i], 1e-14));
+      CHECK_THAT(got_v[i], Catch::Matchers::WithinRel(v[i], 1e-14));
+    }
+  }
+}
+
+TEST_CASE("the Adam update matches a hand computation over two steps", "[program][optim]") {
+  Quadratic q;
+  gg::AdamOptions o;
+  o.lr = 0.01;
+  o.beta1 = 0.8;
+  o.beta2 = 0.95;
+  o.eps = 1e-6;
+  o.weight_decay = 0.1;
+  const auto ups = gg::adam({q.w}, {q.grad}, o);
+  gg::Program p(q.g, {q.loss, q.grad, ups[0]}, options());
+  std::vector<double> w = values(p.param("w")), m(4, 0.0), v(4, 0.0);
+  const auto x = values(q.xv);
+  for (int t = 1; t <= 2; ++t) {
+    INFO("step " << t);
+    p.run({{q.x, q.xv}});
+    for (std::size_t i = 0; i < 4; ++i) {
+      const double g = x[i] * w[i];
+      m[i] = o.beta1 * m[i] + (1 - o.beta1) * g;
+      v[i] = o.beta2 * v[i] + (1 - o.beta2) * g * g;
+      const double mh = m[i] / (1 - std::pow(o.beta1, t)), vh = v[i] / (1 - std::pow(o.beta2, t));
+      w[i] = w[i] * (1 - o.lr * o.weight_decay) - o.lr * mh / (std::sqrt(vh) + o.eps);
+    }
+    const auto got_w = values(p.param("w")), got_m = values(p.param("w/adam_m")), got_v = values(p.param("w/adam_v"));
+    CHECK(p.param("w/adam_t").flat(0) == static_cast<double>(t));
+    for (std::size_t i = 0; i < 4; ++i) {
+      CHECK_THAT(got_w[i], Catch::Matchers::WithinRel(w[i], 1e-13));
+      CHECK_THAT(got_m[i], Catch::Matchers::WithinRel(m[i], 1e-13));
+      CHECK_THAT(got_v[i], Catch::Matchers::WithinRel(v[i], 1e-13));
+    }
+  }
+}
+
+// ---- fusion ------------------------------------------------------------------------------------
+
+TEST_CASE("fusion turns the network's bias add and relu into add_relu, with bitwise equal results", "[program][fuse]") {
+  const gg::DType dt = GENERATE(gg::f32, gg::f64);
+  INFO(gg::dtype_name(dt));
+  Mlp net(dt, 50, 16, 6);
+  gg::Program fused(net.g, net.fetches(), options(true));
+  gg::Program plain(net.g, net.fetches(), options(false));
+  const auto fs = fused.schedule(12), ps = plain.schedule(12);
+  CHECK(has_step(fs, "add_relu"));
+  CHECK_FALSE(has_step(fs, "relu"));
+  CHECK_FALSE(has_step(ps, "add_relu"));
+  CHECK(has_step(ps, "relu"));
+  CHECK(fused.num_steps(12) < plain.num_steps(12));
+  const gg::Tensor x = random_tensor(dt, {50, 12}, 0, 1, 30), y = one_hot(dt, 6, 12, 31);
+  fused.run({{net.X, x}, {net.Y, y}});
+  plain.run({{net.X, x}, {net.Y, y}});
+  CHECK(fetched(fused, net.fetches()) == fetched(plain, net.fetches()));
+}
+
+TEST_CASE("a scale read only by GEMMs is folded into their alpha, with results within 1e-12", "[program][fuse]") {
+  gg::Graph g(gg::f64);
+  Value X = g.input("X", {5, gg::dyn});
+  Value R = g.input("R", {3, gg::dyn});
+  Value W = g.param("W", {3, 5}, gg::uniform(-1.0, 1.0));
+  Value S = gg::scale(X, 1.0 / 255.0);              // read by the forward GEMM and by dW's GEMM
+  Value Z = gg::scale(gg::matmul(W, S), 0.5);       // a GEMM read only by a scale
+  Value loss = gg::sum(Z * R);
+  const Value dW = gg::gradients(loss, {W})[0];    // its scale(0.5) feeds a GEMM only
+  gg::Program fused(g, {loss, dW}, options(true));
+  gg::Program plain(g, {loss, dW}, options(false));
+  CHECK_FALSE(has_step(fused.schedule(7), "scale"));
+  CHECK(has_step(plain.schedule(7), "scale"));
+  const gg::Tensor x = random_tensor(gg::f64, {5, 7}, 0, 255, 32), r = random_tensor(gg::f64, {3, 7}, -1, 1, 33);
+  fused.run({{X, x}, {R, r}});
+  plain.run({{X, x}, {R, r}});
+  CHECK_THAT(fused.scalar(loss), Catch::Matchers::WithinRel(plain.scalar(loss), 1e-12));
+  CHECK(max_rel_diff(values(fused.get(dW)), values(plain.get(dW))) <= 1e-12);
+}
+
+TEST_CASE("a fetched scale is not folded away", "[program][fuse]") {
+  gg::Graph g(gg::f64);
+  Value X = g.input("X", {5, 2});
+  Value W = g.param("W", {3, 5}, gg::uniform(-1.0, 1.0));
+  Value S = gg::scale(X, 2.0);
+  Value Z = gg::matmul(W, S);
+  gg::Program p(g, {S, Z}, options(true));
+  CHECK(has_step(p.schedule(0), "scale"));
+  const gg::Tensor x = random_tensor(gg::f64, {5, 2}, -1, 1, 34);
+  p.run({{X, x}});
+  CHECK(p.get(S).at({1, 1}) == 2.0 * x.at({1, 1}));
+}
+
+// ---- shared parameters -------------------------------------------------------------------------
+
+TEST_CASE("a program compiled with share_params_with reads and writes the other program's parameters",
+          "[program][share]") {
+  Mlp net(gg::f64, 20, 7, 5);
+  const auto ups = gg::sgd(net.params, net.grads, {0.5, 0.0, 0.0});
+  std::vector<Value> fetch = {net.loss};
+  fetch.insert(fetch.end(), ups.begin(), ups.end());
+  gg::Program train(net.g, fetch, options(true, 1));
+  gg::CompileOptions eo = options(true, 2);  // a different seed: ignored, the storage is shared
+  eo.share_params_with = &train;
+  gg::Program eval(net.g, {net.loss}, eo);
+  for (const std::string& name : train.param_names()) CHECK(eval.param(name).data == train.param(name).data);
+
+  const gg::Tensor x = random_tensor(gg::f64, {20, 8}, 0, 1, 40), y = one_hot(gg::f64, 5, 8, 41);
+  eval.run({{net.X, x}, {net.Y, y}});
+  const double initial = eval.scalar(net.loss);
+  train.run({{net.X, x}, {net.Y, y}});
+  CHECK(train.scalar(net.loss) == initial);
+  eval.run({{net.X, x}, {net.Y, y}});  // sees the update
+  const double updated = eval.scalar(net.loss);
+  CHECK(updated < initial);
+  train.run({{net.X, x}, {net.Y, y}});
+  CHECK(train.scalar(net.loss) == updated);
+  // Writes through one program are seen by the other.
+  eval.set_param("b2", gg::Tensor::from<double>({5, 1}, {1, 2, 3, 4, 5}));
+  CHECK(train.param("b2").at({4, 0}) == 5.0);
+
+  gg::Graph other(gg::f64);
+  Value w = other.param("w", {2});
+  gg::CompileOptions bad = options();
+  bad.share_params_with = &train;
+  CHECK_THROWS_AS(gg::Program(other, {w}, bad), gg::GraphError);
+}
