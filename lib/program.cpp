@@ -4,7 +4,6 @@
 
 #include "program_ir.hpp"
 
-#include <blis.h>
 #include <omp.h>
 
 #include <boost/graph/topological_sort.hpp>
@@ -458,12 +457,6 @@ void Program::run_impl(const Feed* feeds, std::size_t nf) {
     const std::size_t ui = static_cast<std::size_t>(i);
     p.slots[ui] = TensorView(p.slots[static_cast<std::size_t>(ir_[ui].node.inputs[0])].data, graph_->dtype(),
                              ir_[ui].node.shape.resolved(p.batch));
-  }
-  // BLIS threads are a global setting; set them only when they change.
-  static thread_local int blis_threads = -1;
-  if (blis_threads != threads_) {
-    bli_thread_set_num_threads(threads_);
-    blis_threads = threads_;
   }
   detail::KernelArgs a;
   a.threads = threads_;

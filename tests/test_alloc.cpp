@@ -16,7 +16,9 @@ std::atomic<long> allocations{0};
 
 #if defined(__SANITIZE_ADDRESS__)
 // ASan owns malloc: count through its allocator hooks instead of interposing.
-#include <sanitizer/allocator_interface.h>
+// (declared here: GCC ships the runtime but not clang's <sanitizer/allocator_interface.h>)
+extern "C" int __sanitizer_install_malloc_and_free_hooks(void (*)(const volatile void*, std::size_t),
+                                                         void (*)(const volatile void*));
 namespace {
 void on_malloc(const volatile void*, std::size_t) {
   if (counting.load(std::memory_order_relaxed)) ++allocations;

@@ -76,7 +76,9 @@ Split3 split_at(const Shape& s, int axis);
 // work is too small to pay for a parallel region.
 template <typename F>
 void parallel_for(std::int64_t n, int threads, std::int64_t work_per_item, F&& f) {
-  const std::int64_t kMinWork = 1 << 15;
+  // Below this much work a parallel region costs more than it saves (and on a busy machine a
+  // descheduled worker can stall it for a whole time slice).
+  const std::int64_t kMinWork = 1 << 18;
   if (threads <= 1 || n < 2 || n * work_per_item < kMinWork) {
     f(std::int64_t{0}, n);
     return;
