@@ -30,7 +30,7 @@ struct GraphWriter {
   void operator()(std::ostream& os) const {
     os << "node [shape=box, style=filled, fontname=\"Helvetica\", fontsize=10];\n"
        << "edge [arrowsize=0.6];\n"
-       << "labelloc=t; label=\"gold: parameters, grey: inputs, blue: forward, red: backward, green: updates\";\n";
+       << "labelloc=t; label=\"gold: parameters, khaki: optimizer state, grey: inputs, blue: forward, red: backward, green: updates\";\n";
   }
 };
 

@@ -22,7 +22,7 @@ std::vector<std::vector<int>> readers_of(const std::vector<IrNode>& ir) {
 }
 
 void fold_alpha(Attrs& mm, const Attrs& sc) {
-  mm.scalar *= sc.scalar;
+  mm.alpha *= sc.scalar;
   mm.batch_power += sc.batch_power;
 }
 

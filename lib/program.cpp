@@ -213,7 +213,7 @@ Program::Program(Graph& g, const std::vector<Value>& fetches, const CompileOptio
     Generator rng(opts.rng, opts.seed);
     params_->init(rng);
   }
-  threads_ = opts.threads > 0 ? opts.threads : omp_get_max_threads();
+  set_threads(opts.threads);
 }
 
 Program::~Program() = default;
@@ -371,7 +371,7 @@ Plan& Program::plan_for(std::int64_t batch) {
     Step s;
     s.fn = dt == DType::f32 ? def.fwd32 : def.fwd64;
     s.attrs = &x.node.attrs;
-    s.scale = x.node.attrs.scalar;
+    s.scale = x.node.op == Op::MatMul ? x.node.attrs.alpha : x.node.attrs.scalar;
     if (x.node.attrs.batch_power != 0) s.scale *= std::pow(static_cast<double>(batch), x.node.attrs.batch_power);
     s.out = i;
     s.n_in = static_cast<int>(x.node.inputs.size());
@@ -549,8 +549,13 @@ void Program::write_dot(std::ostream& os) const {
   os << "digraph program {\n  node [shape=box, style=filled, fontname=\"Helvetica\"];\n";
   for (std::size_t i = 0; i < ir_.size(); ++i) {
     const Node& n = ir_[i].node;
-    const char* color = n.op == Op::Param ? "gold" : n.op == Op::Input ? "lightgrey" : n.fused ? "palegreen"
-                        : n.backward ? "lightcoral" : "lightblue";
+    const char* color = n.op == Op::Param                                   ? "gold"
+                        : n.op == Op::State                                 ? "khaki"
+                        : n.op == Op::Input || n.op == Op::Constant         ? "lightgrey"
+                        : op_def(n.op).flags & detail::kSideEffect          ? "palegreen"
+                        : n.fused                                           ? "plum"
+                        : n.backward                                        ? "lightcoral"
+                                                                            : "lightblue";
     os << "  n" << i << " [label=\"" << i << ": " << op_def(n.op).name << "\\n" << n.name << "\\n" << to_string(n.shape)
        << "\", fillcolor=" << color << "];\n";
     for (int j : n.inputs) os << "  n" << j << " -> n" << i << ";\n";
@@ -558,7 +563,9 @@ void Program::write_dot(std::ostream& os) const {
   os << "}\n";
 }
 
-void Program::set_threads(int threads) { threads_ = threads > 0 ? threads : omp_get_max_threads(); }
+void Program::set_threads(int threads) {
+  threads_ = std::min(threads > 0 ? threads : omp_get_max_threads(), detail::kMaxThreads);
+}
 
 void Program::set_learning_rate(double lr) {
   for (IrNode& x : ir_)

@@ -32,6 +32,8 @@ void* __libc_malloc(std::size_t);
 void* __libc_calloc(std::size_t, std::size_t);
 void* __libc_realloc(void*, std::size_t);
 void* __libc_memalign(std::size_t, std::size_t);
+void* __libc_valloc(std::size_t);
+void* __libc_pvalloc(std::size_t);
 
 void* malloc(std::size_t n) {
   if (counting.load(std::memory_order_relaxed)) ++allocations;
@@ -48,6 +50,18 @@ void* realloc(void* p, std::size_t n) {
 void* aligned_alloc(std::size_t al, std::size_t n) {
   if (counting.load(std::memory_order_relaxed)) ++allocations;
   return __libc_memalign(al, n);
+}
+void* memalign(std::size_t al, std::size_t n) {
+  if (counting.load(std::memory_order_relaxed)) ++allocations;
+  return __libc_memalign(al, n);
+}
+void* valloc(std::size_t n) {
+  if (counting.load(std::memory_order_relaxed)) ++allocations;
+  return __libc_valloc(n);
+}
+void* pvalloc(std::size_t n) {
+  if (counting.load(std::memory_order_relaxed)) ++allocations;
+  return __libc_pvalloc(n);
 }
 int posix_memalign(void** out, std::size_t al, std::size_t n) {
   if (counting.load(std::memory_order_relaxed)) ++allocations;
@@ -86,6 +100,8 @@ struct Mlp {
 TEST_CASE("a training step allocates nothing after the first run at each batch size") {
   Mlp net;
   gg::CompileOptions opts;
+  // Two threads: libgomp reuses a cached team for every BLIS region of that size (a team of
+  // one it allocates afresh each time, see lib/ops/matmul.cpp).
   opts.threads = 2;
   gg::Program p(net.g, net.fetch, opts);
   const std::int64_t big = 256, small = 96;

@@ -92,7 +92,7 @@ void check_options(const Options& o) {
   if (o.eval_every < 0) bad("eval-every", "must be 0 (off) or positive", std::to_string(o.eval_every));
   if (!(o.test_divisor > 0) || !std::isfinite(o.test_divisor))
     bad("test-divisor", "must be a positive number", format("%g", o.test_divisor));
-  if (o.threads < 0) bad("threads", "must be 0 (all cores) or positive", std::to_string(o.threads));
+  if (o.threads < 0 || o.threads > 64) bad("threads", "must be 0 (all cores) to 64", std::to_string(o.threads));
   if (!(o.momentum >= 0 && o.momentum < 1)) bad("momentum", "must be in [0, 1)", format("%g", o.momentum));
   if (o.init != "numpy" && o.init != "default") bad("init", "must be numpy or default", o.init);
   if (o.dtype != "float32" && o.dtype != "float64") bad("dtype", "must be float32 or float64", o.dtype);

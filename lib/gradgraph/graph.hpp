@@ -78,8 +78,9 @@ struct Attrs {
   bool keepdims = false;   // Sum/Argmax
   bool trans_a = false, trans_b = false;  // MatMul
   double scalar = 0.0;     // Scale, AddScalar, PowScalar, Fill, Greater threshold
-  // Scale's factor is scalar * batch^batch_power, so a mean over an open dimension divides by
-  // the batch size the program is planned for.
+  double alpha = 1.0;      // MatMul: C = alpha op(A) op(B) (the fusion pass folds scales into it)
+  // Scale's factor is scalar * batch^batch_power and MatMul's alpha * batch^batch_power, so a
+  // mean over an open dimension divides by the batch size the program is planned for.
   int batch_power = 0;
   Shape shape;             // Reshape / SumTo / BroadcastTo target, Fill shape
   int perm[kMaxRank] = {}; // Transpose

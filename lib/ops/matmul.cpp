@@ -2,7 +2,7 @@
 //
 // Transposes never copy: op(X) is X's view with its two strides swapped, handed to BLIS's
 // typed gemm, which packs panels itself and takes any row/column strides. alpha is 1 for user
-// nodes; the fusion pass folds a Scale that only feeds GEMMs into it (attrs.scalar and
+// nodes; the fusion pass folds a Scale that only feeds GEMMs into it (attrs.alpha and
 // attrs.batch_power, resolved for the planned batch size into KernelArgs::scale).
 #include "op.hpp"
 
@@ -13,9 +13,6 @@ namespace {
 
 using namespace detail;
 
-// Below this many floating-point operations a GEMM runs single-threaded (measured with
-// tools/bench: a 784-64-10 step at batch 128 is faster on one thread per GEMM).
-constexpr double kParallelGemmFlops = 2e7;
 
 Shape infer(const Graph& g, const Node& n) {
   const Shape& a = g.node(n.inputs[0]).shape;
@@ -24,9 +21,8 @@ Shape infer(const Graph& g, const Node& n) {
   std::int64_t m = n.attrs.trans_a ? a[1] : a[0], ka = n.attrs.trans_a ? a[0] : a[1];
   std::int64_t kb = n.attrs.trans_b ? b[1] : b[0], nn = n.attrs.trans_b ? b[0] : b[1];
   if (ka != kb)
-    fail(g, n,
-         std::string("inner dimensions differ: ") + describe(g, n.inputs[0]) + (n.attrs.trans_a ? "^T" : "") + " times " +
-             describe(g, n.inputs[1]) + (n.attrs.trans_b ? "^T" : ""));
+    throw GraphError(std::string("matmul: inner dimensions differ: ") + describe(g, n.inputs[0]) +
+                     (n.attrs.trans_a ? "^T" : "") + " times " + describe(g, n.inputs[1]) + (n.attrs.trans_b ? "^T" : ""));
   return Shape{m, nn};
 }
 
@@ -45,11 +41,12 @@ void forward(const KernelArgs& k) {
       for (dim_t j = 0; j < n; ++j) data<T>(c)[i * c.strides[0] + j * c.strides[1]] = 0;
     return;
   }
-  // Threads per call (not BLIS's global setting): a small GEMM runs on one thread, where a
-  // parallel region would cost more than it saves.
+  // Threads per call (not BLIS's global setting). Every call of a program uses the program's
+  // thread count: libgomp caches the team of the last parallel region and reuses it when the
+  // next one asks for the same size, so steady-state steps allocate nothing (a team of one is
+  // never cached, so single-threaded programs do allocate one per GEMM, inside libgomp).
   rntm_t rntm = BLIS_RNTM_INITIALIZER;
-  const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(kk);
-  bli_rntm_set_num_threads(flops >= kParallelGemmFlops ? k.threads : 1, &rntm);
+  bli_rntm_set_num_threads(k.threads, &rntm);
   if constexpr (std::is_same_v<T, float>)
     bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, kk, &alpha, data<T>(a), a.strides[0], a.strides[1],
                  data<T>(b), b.strides[0], b.strides[1], &beta, data<T>(c), c.strides[0], c.strides[1], nullptr, &rntm);
@@ -67,7 +64,7 @@ std::vector<Value> vjp(Graph& g, const Node& node, Value, Value grad, const std:
     Attrs at;
     at.trans_a = tx;
     at.trans_b = ty;
-    at.scalar = node.attrs.scalar;
+    at.alpha = node.attrs.alpha;
     at.batch_power = node.attrs.batch_power;
     return g.add_node(Op::MatMul, {x, y}, at);
   };
@@ -87,7 +84,6 @@ Value matmul(Value a, Value b, bool trans_a, bool trans_b) {
   Attrs at;
   at.trans_a = trans_a;
   at.trans_b = trans_b;
-  at.scalar = 1.0;
   return detail::graph_of(a).add_node(Op::MatMul, {a, b}, at);
 }
 

@@ -93,8 +93,9 @@ void parallel_for(std::int64_t n, int threads, std::int64_t work_per_item, F&& f
   }
 }
 
-// Sums `partial[0..n)` computed per thread in a fixed order, so reductions are deterministic
-// for a fixed thread count.
+// Reductions keep one partial sum per thread (indexed by the OpenMP thread number) and add them
+// in thread order, so results are deterministic for a fixed thread count. Programs clamp their
+// thread count to this.
 constexpr int kMaxThreads = 64;
 
 // Offsets of an N-d index walk, used by the general (slow) broadcast paths.

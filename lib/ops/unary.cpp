@@ -7,8 +7,8 @@
 //   sigmoid:    g y (1 - y)            tanh:       g (1 - y^2)
 // relu_grad(g, y) = g 1[y > 0] is an op of its own so that the mask costs one pass; it is
 // linear in g (its VJP is itself) and has zero derivative in y almost everywhere.
-// NaN inputs propagate through every op except relu, where max(NaN, 0) follows std::max
-// (returns NaN for x = NaN because the comparison NaN < 0 is false).
+// NaN inputs propagate through every op except relu, which computes x > 0 ? x : 0 and so maps
+// NaN to 0 (the comparison is false); a NaN loss still shows it.
 #include "kernels.hpp"
 
 #include <cmath>
