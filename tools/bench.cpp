@@ -18,6 +18,7 @@
 #include <boost/program_options.hpp>
 
 #include <dirent.h>
+#include <xmmintrin.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -147,18 +148,31 @@ std::map<int, long long> thread_cpu_ticks() {
   return out;
 }
 
+// Busy clock ticks of the whole machine (all CPUs), from the first line of /proc/stat.
+long long system_busy_ticks() {
+  std::ifstream in("/proc/stat");
+  std::string cpu;
+  long long v[8] = {};
+  in >> cpu;
+  for (long long& x : v) in >> x;
+  return v[0] + v[1] + v[2] + v[5] + v[6] + v[7];  // user nice system irq softirq steal
+}
+
 // Which threads burned CPU during a timed phase: oversubscription shows as more busy threads
 // than --threads, or as CPU time above threads x wall time.
 struct ThreadWatch {
   std::map<int, long long> before;
   Clock::time_point t0;
   struct rusage ru0 {};
+  long long sys0 = 0;
   void start() {
     before = thread_cpu_ticks();
+    sys0 = system_busy_ticks();
     getrusage(RUSAGE_SELF, &ru0);
     t0 = Clock::now();
   }
-  std::string report() const {
+  double others = 0;  // other processes' CPUs during the last reported phase
+  std::string report() {
     const double wall = seconds_since(t0);
     struct rusage ru1 {};
     getrusage(RUSAGE_SELF, &ru1);
@@ -175,10 +189,31 @@ struct ThreadWatch {
       if (!each.empty()) each.push_back(' ');
       each.append(fmt("%.0f%%", 100.0 * used / std::max(wall, 1e-9)));
     }
+    // Other processes on the machine during the phase, in CPUs: the timings are only as good as this is small.
+    others = std::max(0.0, static_cast<double>(system_busy_ticks() - sys0) / hz - cpu) / std::max(wall, 1e-9);
     return std::to_string(after.size()) + " threads (" + each + " of wall), busy " + std::to_string(busy) +
-           ", CPU/wall " + fmt("%.2f", cpu / std::max(wall, 1e-9));
+           ", CPU/wall " + fmt("%.2f", cpu / std::max(wall, 1e-9)) + "; other processes " +
+           fmt("%.2f", others) + " CPUs" + (others > 0.1 ? " (NOISY: the machine was not idle)" : "");
   }
 };
+
+// Waits (up to `limit` seconds) until other processes use less than 5% of one CPU over half a
+// second: on a shared machine a compile in the background halves every number here.
+void wait_quiet(double limit) {
+  if (limit <= 0) return;
+  const double hz = static_cast<double>(sysconf(_SC_CLK_TCK));
+  auto t0 = Clock::now();
+  for (;;) {
+    const long long b0 = system_busy_ticks();
+    usleep(500000);
+    const double others = static_cast<double>(system_busy_ticks() - b0) / hz / 0.5;
+    if (others < 0.05) return;
+    if (seconds_since(t0) > limit) {
+      std::printf("    (the machine stayed busy: other processes use %.2f CPUs; timing anyway)\n", others);
+      return;
+    }
+  }
+}
 
 const char* env_or(const char* name, const char* fallback) {
   const char* v = std::getenv(name);
@@ -214,9 +249,10 @@ double step_flops(std::int64_t m) {
 struct GemmSet {
   std::int64_t m;
   const float* X;  // [m][784]
+  int threads;
   std::vector<float> W1, W2, H, Z2, dZ2, G, dW1, dW2;
 
-  GemmSet(std::int64_t m_, const float* x) : m(m_), X(x) {
+  GemmSet(std::int64_t m_, const float* x, int threads_) : m(m_), X(x), threads(threads_) {
     const auto M = static_cast<std::size_t>(m);
     W1.resize(kHidden * kIn);
     W2.resize(kOut * kHidden);
@@ -240,26 +276,29 @@ struct GemmSet {
   void run(int which) {
     float one = 1.0f, zero = 0.0f;
     const dim_t M = m;
+    // Threads per call, as the program sets them (BLIS's expert API), not BLIS's global setting.
+    rntm_t rntm = BLIS_RNTM_INITIALIZER;
+    bli_rntm_set_num_threads(threads, &rntm);
     switch (which) {
       case 0:
-        bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kHidden, M, kIn, &one, W1.data(), kIn, 1, const_cast<float*>(X), 1,
-                  kIn, &zero, H.data(), M, 1);
+        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kHidden, M, kIn, &one, W1.data(), kIn, 1, const_cast<float*>(X), 1,
+                  kIn, &zero, H.data(), M, 1, nullptr, &rntm);
         break;
       case 1:
-        bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kOut, M, kHidden, &one, W2.data(), kHidden, 1, H.data(), M, 1, &zero,
-                  Z2.data(), M, 1);
+        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kOut, M, kHidden, &one, W2.data(), kHidden, 1, H.data(), M, 1, &zero,
+                  Z2.data(), M, 1, nullptr, &rntm);
         break;
       case 2:
-        bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kOut, kHidden, M, &one, dZ2.data(), M, 1, H.data(), 1, M, &zero,
-                  dW2.data(), kHidden, 1);
+        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kOut, kHidden, M, &one, dZ2.data(), M, 1, H.data(), 1, M, &zero,
+                  dW2.data(), kHidden, 1, nullptr, &rntm);
         break;
       case 3:
-        bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kHidden, M, kOut, &one, W2.data(), 1, kHidden, dZ2.data(), M, 1,
-                  &zero, G.data(), M, 1);
+        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kHidden, M, kOut, &one, W2.data(), 1, kHidden, dZ2.data(), M, 1,
+                  &zero, G.data(), M, 1, nullptr, &rntm);
         break;
       default:
-        bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kHidden, kIn, M, &one, G.data(), M, 1, const_cast<float*>(X), kIn, 1,
-                  &zero, dW1.data(), kIn, 1);
+        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kHidden, kIn, M, &one, G.data(), M, 1, const_cast<float*>(X), kIn, 1,
+                  &zero, dW1.data(), kIn, 1, nullptr, &rntm);
         break;
     }
   }
@@ -271,32 +310,50 @@ struct GemmTimes {
   double floor = 0;              // median of the per-rep sum
 };
 
-GemmTimes time_gemms(std::int64_t m, const float* X, int reps, int warmup) {
-  GemmSet s(m, X);
-  std::array<std::vector<double>, 5> t;
-  std::vector<double> sums;
-  for (int r = 0; r < warmup + reps; ++r) {
+// Times repetitions of the five calls; rep() can be interleaved with gradgraph steps so that the
+// floor and the step see the same machine (a shared or throttled VM drifts by 10% and more).
+class GemmTimer {
+ public:
+  GemmTimer(std::int64_t m, const float* X, int threads) : set_(m, X, threads) {}
+  // One repetition of the five GEMMs; returns its total time. Untimed when record is false.
+  double rep(bool record = true) {
     double sum = 0;
     for (int g = 0; g < 5; ++g) {
       auto t0 = Clock::now();
-      s.run(g);
+      set_.run(g);
       const double dt = seconds_since(t0);
       sum += dt;
-      if (r >= warmup) t[static_cast<std::size_t>(g)].push_back(dt);
+      if (record) t_[static_cast<std::size_t>(g)].push_back(dt);
     }
-    if (r >= warmup) sums.push_back(sum);
+    if (record) sums_.push_back(sum);
+    return sum;
   }
-  GemmTimes out;
-  out.m = m;
-  for (std::size_t g = 0; g < 5; ++g) out.each[g] = median(t[g]);
-  out.floor = median(sums);
-  return out;
+  GemmTimes result() const {
+    GemmTimes out;
+    out.m = set_.m;
+    for (std::size_t g = 0; g < 5; ++g) out.each[g] = median(t_[g]);
+    out.floor = median(sums_);
+    return out;
+  }
+
+ private:
+  GemmSet set_;
+  std::array<std::vector<double>, 5> t_;
+  std::vector<double> sums_;
+};
+
+GemmTimes time_gemms(std::int64_t m, const float* X, int threads, int reps, int warmup) {
+  GemmTimer t(m, X, threads);
+  for (int r = 0; r < warmup; ++r) t.rep(false);
+  for (int r = 0; r < reps; ++r) t.rep();
+  return t.result();
 }
 
 void print_gemms(const GemmTimes& g) {
   const auto fl = gemm_flops(g.m);
   std::printf("  raw BLIS sgemm, m = %lld (median of each call; floor = median of the 5-call sum)\n",
               static_cast<long long>(g.m));
+  std::printf("    %-16s %12s  %7s\n", "GEMM", "time", "rate");
   for (std::size_t i = 0; i < 5; ++i)
     std::printf("    %-16s %12s  %7.1f GFLOP/s\n", GemmNames::name[i], fmt_time(g.each[i]).c_str(),
                 fl[i] / g.each[i] / 1e9);
@@ -368,28 +425,67 @@ struct Row {
   std::int64_t m = 0;
   double time = 0, floor = 0, flops = 0, target = 0;
   std::optional<double> planned, peak;
+  double others = 0;  // the most CPUs other processes used while this row was timed
 };
 
 void print_table(const std::vector<Row>& rows) {
-  std::printf("\n%-30s %6s %11s %11s %7s %7s %8s %10s %10s\n", "case", "m", "time", "GEMM floor", "ratio", "target",
-              "GFLOP/s", "planned", "peak RSS");
+  std::printf("\n%-30s %6s %11s %11s %7s %7s %8s %10s %10s %6s\n", "case", "m", "time", "GEMM floor", "ratio", "target",
+              "GFLOP/s", "planned", "peak RSS", "noise");
   for (const Row& r : rows) {
     const std::string ratio = r.floor > 0 ? fmt("%.2fx", r.time / r.floor) : "-";
     const std::string target = r.target > 0 ? fmt("<=%.2fx", r.target) : "-";
     const bool miss = r.floor > 0 && r.target > 0 && r.time / r.floor > r.target;
-    std::printf("%-30s %6lld %11s %11s %7s %7s %8.1f %10s %10s%s\n", r.what.c_str(), static_cast<long long>(r.m),
+    std::printf("%-30s %6lld %11s %11s %7s %7s %8.1f %10s %10s %6.2f%s\n", r.what.c_str(), static_cast<long long>(r.m),
                 fmt_time(r.time).c_str(), r.floor > 0 ? fmt_time(r.floor).c_str() : "-", ratio.c_str(), target.c_str(),
                 r.flops > 0 ? r.flops / r.time / 1e9 : 0.0, r.planned ? mb(*r.planned).c_str() : "-",
-                r.peak ? mb(*r.peak).c_str() : "-", miss ? "  MISSED" : "");
+                r.peak ? mb(*r.peak).c_str() : "-", r.others, miss ? "  MISSED" : "");
   }
+  std::printf("(noise: the most CPUs other processes used while a row was timed; above 0.10 the row is not trustworthy)\n");
+}
+
+// Per-kernel wall time of `runs` more steps with the program's profiling on, and the share of
+// the step that is not in the five GEMMs.
+template <typename RunStep>
+void print_profile(gg::Program& p, std::int64_t batch, int runs, double step, double quiet, RunStep&& run_step) {
+  wait_quiet(quiet);
+  ThreadWatch w;
+  w.start();
+  p.set_profiling(true);
+  auto t0 = Clock::now();
+  for (int r = 0; r < runs; ++r) run_step();
+  const double wall = seconds_since(t0) / runs;
+  p.set_profiling(false);
+  const std::string threads = w.report();
+  const auto prof = p.profile(batch);
+  double total = 0, gemm = 0;
+  for (const auto& s : prof) {
+    total += s.seconds;
+    if (s.op == "matmul") gemm += s.seconds;
+  }
+  const double per = 1.0 / std::max<std::int64_t>(1, prof.empty() ? 1 : prof.front().calls);
+  std::printf("  per-kernel profile (mean of %d profiled steps, m = %lld):\n", runs, static_cast<long long>(batch));
+  std::vector<std::size_t> order(prof.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return prof[a].seconds > prof[b].seconds; });
+  for (std::size_t i : order) {
+    const auto& s = prof[i];
+    std::printf("    %2zu %-28s %-26s %12s %6.1f%%\n", i, s.op.c_str(), s.name.c_str(), fmt_time(s.seconds * per).c_str(),
+                100.0 * s.seconds / std::max(total, 1e-12));
+  }
+  std::printf("    kernels %s (GEMMs %s, other kernels %s); profiled steps took %s each (timed steps: median %s),\n"
+              "    so %s per step is outside the kernels (feeds, fetches, dispatch)\n",
+              fmt_time(total * per).c_str(), fmt_time(gemm * per).c_str(), fmt_time((total - gemm) * per).c_str(),
+              fmt_time(wall).c_str(), fmt_time(step).c_str(), fmt_time(wall - total * per).c_str());
+  std::printf("    threads during the profiled steps: %s\n", threads.c_str());
 }
 
 // ---- options ---------------------------------------------------------------------------------
 
 struct Options {
   int threads = 2, reps = 20, warmup = 3, steps = 2000, epochs = 3;
+  double wait_quiet = 0;
   std::string data, only = "all";
-  bool arch_sweep = false, sweep_child = false;
+  bool arch_sweep = false, sweep_child = false, profile = true, ftz = false;
 };
 
 // Arch ids of BLIS 0.9's arch_t that run on an x86-64 CPU with AVX-512 (knl needs AVX512PF,
@@ -421,20 +517,20 @@ void blis_header(const CpuInfo& cpu, int threads) {
         "        BLIS_ARCH_TYPE=%d forces skx; `bench --arch-sweep` measures each kernel set.\n",
         bli_arch_string(id), id == BLIS_ARCH_HASWELL ? "AVX2, 256-bit" : "not AVX-512", cpu.model.c_str(),
         static_cast<int>(BLIS_ARCH_SKX));
-  std::printf("threads: %d (BLIS and gradgraph kernels, one libgomp pool); OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s "
+  std::printf("threads: %d (BLIS and gradgraph kernels, one libgomp pool); denormals %s; OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s "
               "OMP_NUM_THREADS=%s BLIS_NUM_THREADS=%s\n",
-              threads, env_or("OMP_WAIT_POLICY", "unset"), env_or("GOMP_SPINCOUNT", "unset"),
+              threads, (_mm_getcsr() & 0x8040) == 0x8040 ? "flushed to zero (--ftz)" : "IEEE (gradgraph's default)", env_or("OMP_WAIT_POLICY", "unset"), env_or("GOMP_SPINCOUNT", "unset"),
               env_or("OMP_NUM_THREADS", "unset"), env_or("BLIS_NUM_THREADS", "unset"));
 }
 
 int arch_sweep(const Options& o, const char* self) {
   std::printf("sgemm under each BLIS sub-configuration (BLIS_ARCH_TYPE=<id>), %d threads, median of %d reps:\n",
               o.threads, o.reps);
-  std::printf("%-12s %4s %4s %4s | %-36s | %-36s\n", "config", "id", "MR", "NR", "full batch m=60000: floor, GFLOP/s",
-              "mini-batch m=128: floor, GFLOP/s");
+  std::printf("%-12s %4s %4s %4s | %-36s | %-36s | %s\n", "config", "id", "MR", "NR", "full batch m=60000: floor, GFLOP/s",
+              "mini-batch m=128: floor, GFLOP/s", "noise");
   for (const ArchChoice& a : kSweep) {
     std::string cmd = "BLIS_ARCH_TYPE=" + std::to_string(a.id) + " '" + std::string(self) + "' --sweep-child --threads " +
-                      std::to_string(o.threads) + " --reps " + std::to_string(o.reps) + " --data '" + o.data + "'";
+                      std::to_string(o.threads) + " --reps " + std::to_string(o.reps) + " --wait-quiet " + std::to_string(o.wait_quiet) + " --data '" + o.data + "'";
     std::fflush(stdout);
     FILE* p = popen(cmd.c_str(), "r");
     if (!p) throw std::runtime_error("cannot run " + cmd);
@@ -463,6 +559,9 @@ std::optional<Options> parse(int argc, char** argv) {
     ("epochs", po::value(&o.epochs)->default_value(3), "timed mini-batch epochs (469 shuffled batches each) after one warm-up epoch")
     ("data", po::value(&o.data)->default_value(gg::data::default_data_dir()), "MNIST directory (raw or gzipped IDX files)")
     ("only", po::value(&o.only)->default_value("all"), "fullbatch, minibatch, all, or gemm (raw GEMMs only)")
+    ("wait-quiet", po::value(&o.wait_quiet)->default_value(0), "before each timed phase, wait up to this many seconds for the machine to be idle")
+    ("ftz", "flush denormals to zero (FTZ and DAZ in MXCSR, set before any thread starts): an experiment, gradgraph does not")
+    ("no-profile", "skip the per-kernel profile (extra profiled steps after the timed ones)")
     ("arch-sweep", "time the raw GEMMs under every BLIS sub-configuration that runs on this CPU (re-runs itself with BLIS_ARCH_TYPE)")
     ("sweep-child", "internal: one line of --arch-sweep");
   // clang-format on
@@ -476,6 +575,8 @@ std::optional<Options> parse(int argc, char** argv) {
   po::notify(vm);
   o.arch_sweep = vm.count("arch-sweep") > 0;
   o.sweep_child = vm.count("sweep-child") > 0;
+  o.profile = vm.count("no-profile") == 0;
+  o.ftz = vm.count("ftz") > 0;
   if (o.threads < 1) throw std::invalid_argument("--threads must be at least 1");
   if (o.reps < 1 || o.steps < 1 || o.epochs < 1 || o.warmup < 0)
     throw std::invalid_argument("--reps, --steps and --epochs must be at least 1, --warmup at least 0");
@@ -488,6 +589,8 @@ std::optional<Options> parse(int argc, char** argv) {
 
 int run(const Options& o, const char* self) {
   if (o.arch_sweep) return arch_sweep(o, self);
+  // Threads created later (libgomp's pool) inherit the floating-point environment.
+  if (o.ftz) _mm_setcsr(_mm_getcsr() | 0x8040);
 
   bli_thread_set_num_threads(o.threads);
   omp_set_num_threads(o.threads);
@@ -510,169 +613,210 @@ int run(const Options& o, const char* self) {
   const std::int64_t last_batch = n - (steps_per_epoch - 1) * kBatch;
 
   if (o.sweep_child) {
-    GemmTimes big = time_gemms(n, train.images.data(), o.reps, 2);
-    GemmTimes small = time_gemms(kBatch, train.images.data(), std::max(o.steps, 200), 50);
+    wait_quiet(o.wait_quiet);
+    ThreadWatch w;
+    w.start();
+    GemmTimes big = time_gemms(n, train.images.data(), o.threads, o.reps, 2);
+    GemmTimes small = time_gemms(kBatch, train.images.data(), o.threads, std::max(o.steps, 200), 50);
+    w.report();
     cntx_t* c = bli_gks_query_cntx();
-    std::printf("%4ld %4ld | %10s %7.1f GFLOP/s (Z1 %5.1f) | %10s %7.1f GFLOP/s (Z1 %5.1f)\n",
+    std::printf("%4ld %4ld | %10s %7.1f GFLOP/s (Z1 %5.1f) | %10s %7.1f GFLOP/s (Z1 %5.1f) | %5.2f\n",
                 static_cast<long>(bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_MR, c)),
                 static_cast<long>(bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_NR, c)), fmt_time(big.floor).c_str(),
                 step_flops(n) / big.floor / 1e9, gemm_flops(n)[0] / big.each[0] / 1e9, fmt_time(small.floor).c_str(),
-                step_flops(kBatch) / small.floor / 1e9, gemm_flops(kBatch)[0] / small.each[0] / 1e9);
+                step_flops(kBatch) / small.floor / 1e9, gemm_flops(kBatch)[0] / small.each[0] / 1e9, w.others);
     return 0;
   }
 
   std::vector<Row> rows;
-  std::vector<std::string> notes;
 
   // -- full batch --------------------------------------------------------------------------------
-  if (full || gemm_only) {
-    std::printf("\n[full batch, m = %lld]\n", static_cast<long long>(n));
+  if (gemm_only) {
+    std::printf("\n[raw GEMMs only]\n");
     ThreadWatch w;
+    wait_quiet(o.wait_quiet);
     w.start();
-    GemmTimes g = time_gemms(n, train.images.data(), o.reps, 2);
+    GemmTimes g = time_gemms(n, train.images.data(), o.threads, o.reps, 2);
+    GemmTimes g128 = time_gemms(kBatch, train.images.data(), o.threads, std::max(o.steps, 200), 100);
+    GemmTimes glast = time_gemms(last_batch, train.images.data(), o.threads, std::max(o.steps, 200), 100);
+    GemmTimes g128_1 = time_gemms(kBatch, train.images.data(), 1, std::max(o.steps, 200), 100);
     print_gemms(g);
+    print_gemms(g128);
+    std::printf("    (on one thread, m = 128: floor %s)\n", fmt_time(g128_1.floor).c_str());
     std::printf("    threads during the raw GEMMs: %s\n", w.report().c_str());
-    if (full) {
-      // The one-hot targets, {10, n}, as the training tool keeps them.
-      std::vector<float> onehot(static_cast<std::size_t>(kOut * n), 0.0f);
-      for (std::int64_t i = 0; i < n; ++i) onehot[static_cast<std::size_t>(train.labels[static_cast<std::size_t>(i)] * n + i)] = 1.0f;
-      const bool phase_peak = reset_peak_rss();
-      const std::int64_t rss_before = current_rss();
-      Net net(gg::SgdOptions{0.1, 0.0, 0.0});
-      gg::Program p = net.compile(o.threads);
-      const double planned = static_cast<double>(p.planned_bytes(n));
-      const std::vector<gg::Program::Feed> feeds = {{net.X, images_view(train.images.data(), n)},
-                                                    {net.Y, gg::TensorView(onehot.data(), gg::f32, gg::Shape{kOut, n})}};
-      double loss = 0, acc = 0;
-      for (int r = 0; r < o.warmup; ++r) p.run(feeds);
-      std::vector<double> t;
-      w.start();
-      for (int r = 0; r < o.reps; ++r) {
-        auto t0 = Clock::now();
-        p.run(feeds);
-        loss = p.scalar(net.loss);
-        acc = p.scalar(net.acc);
-        t.push_back(seconds_since(t0));
-      }
-      const std::string threads_seen = w.report();
-      const double step = median(t);
-      const double peak = static_cast<double>(peak_rss());
-      std::printf("  gradgraph step: median %s over %d steps (min %s, max %s), %d kernels, loss %.4f, accuracy %.2f%%\n",
-                  fmt_time(step).c_str(), o.reps, fmt_time(*std::min_element(t.begin(), t.end())).c_str(),
-                  fmt_time(*std::max_element(t.begin(), t.end())).c_str(), p.num_steps(n), loss, acc * 100);
-      std::printf("    threads during the steps: %s\n", threads_seen.c_str());
-      std::printf("  memory: training set f32 %s + planned arena %s (unshared %s) + parameters %s; one-hot Y %s\n",
-                  mb(train_bytes).c_str(), mb(planned).c_str(), mb(static_cast<double>(p.unshared_bytes(n))).c_str(),
-                  mb(static_cast<double>(p.param_bytes())).c_str(), mb(static_cast<double>(onehot.size() * 4)).c_str());
-      std::printf("    peak RSS %s%s (RSS before compiling %s); peak / (train f32 + planned) = %.3f (target <= 1.25)%s\n",
-                  mb(peak).c_str(), phase_peak ? " during the gradgraph phase" : " of the process",
-                  mb(static_cast<double>(rss_before)).c_str(), peak / (train_bytes + planned),
-                  peak / (train_bytes + planned) > 1.25 ? "  MISSED" : "");
-      rows.push_back({"full-batch step (SGD)", n, step, g.floor, step_flops(n), 1.10, planned, peak});
-    } else {
-      rows.push_back({"raw GEMM floor", n, g.floor, g.floor, step_flops(n), 0, std::nullopt, std::nullopt});
+    const double epoch_floor = static_cast<double>(steps_per_epoch - 1) * g128.floor + glast.floor;
+    rows.push_back({"raw GEMM floor", n, g.floor, g.floor, step_flops(n), 0, std::nullopt, std::nullopt, w.others});
+    rows.push_back({"raw GEMM floor", kBatch, g128.floor, g128.floor, step_flops(kBatch), 0, std::nullopt, std::nullopt,
+                    w.others});
+    rows.push_back({"raw GEMM floor, epoch", n, epoch_floor, epoch_floor,
+                    static_cast<double>(steps_per_epoch - 1) * step_flops(kBatch) + step_flops(last_batch), 0,
+                    std::nullopt, std::nullopt, w.others});
+  }
+
+  if (full) {
+    std::printf("\n[full batch, m = %lld, plain SGD, lr 0.1]\n", static_cast<long long>(n));
+    // The one-hot targets, {10, n}, as the training tool keeps them.
+    std::vector<float> onehot(static_cast<std::size_t>(kOut * n), 0.0f);
+    for (std::int64_t i = 0; i < n; ++i) onehot[static_cast<std::size_t>(train.labels[static_cast<std::size_t>(i)] * n + i)] = 1.0f;
+    // Memory first, with nothing else allocated: the program's peak RSS over the training data.
+    const bool phase_peak = reset_peak_rss();
+    const std::int64_t rss_before = current_rss();
+    Net net(gg::SgdOptions{0.1, 0.0, 0.0});
+    gg::Program p = net.compile(o.threads);
+    const double planned = static_cast<double>(p.planned_bytes(n));
+    const std::vector<gg::Program::Feed> feeds = {{net.X, images_view(train.images.data(), n)},
+                                                  {net.Y, gg::TensorView(onehot.data(), gg::f32, gg::Shape{kOut, n})}};
+    for (int r = 0; r < o.warmup; ++r) p.run(feeds);
+    const double peak = static_cast<double>(peak_rss());
+
+    // Then the step and the raw GEMMs, interleaved rep by rep (same machine state for both).
+    GemmTimer gt(n, train.images.data(), o.threads);
+    gt.rep(false);
+    double loss = 0, acc = 0;
+    std::vector<double> t;
+    ThreadWatch w;
+    wait_quiet(o.wait_quiet);
+    w.start();
+    for (int r = 0; r < o.reps; ++r) {
+      gt.rep();
+      auto t0 = Clock::now();
+      p.run(feeds);
+      loss = p.scalar(net.loss);
+      acc = p.scalar(net.acc);
+      t.push_back(seconds_since(t0));
     }
+    const std::string threads_seen = w.report();
+    const GemmTimes g = gt.result();
+    const double step = median(t);
+    print_gemms(g);
+    std::printf("  gradgraph step: median %s over %d steps (min %s, max %s), %d kernels, loss %.4f, accuracy %.2f%%\n",
+                fmt_time(step).c_str(), o.reps, fmt_time(*std::min_element(t.begin(), t.end())).c_str(),
+                fmt_time(*std::max_element(t.begin(), t.end())).c_str(), p.num_steps(n), loss, acc * 100);
+    std::printf("    threads during the steps and raw GEMMs: %s\n", threads_seen.c_str());
+    std::printf("  memory: training set f32 %s + planned arena %s (unshared %s) + parameters %s; one-hot Y %s\n",
+                mb(train_bytes).c_str(), mb(planned).c_str(), mb(static_cast<double>(p.unshared_bytes(n))).c_str(),
+                mb(static_cast<double>(p.param_bytes())).c_str(), mb(static_cast<double>(onehot.size() * 4)).c_str());
+    std::printf("    peak RSS %s%s (RSS before compiling %s); peak / (train f32 + planned) = %.3f (target <= 1.25)%s\n",
+                mb(peak).c_str(), phase_peak ? " while compiling and running the program" : " of the process",
+                mb(static_cast<double>(rss_before)).c_str(), peak / (train_bytes + planned),
+                peak / (train_bytes + planned) > 1.25 ? "  MISSED" : "");
+    if (o.profile) print_profile(p, n, std::max(5, o.reps / 2), step, o.wait_quiet, [&] { p.run(feeds); });
+    rows.push_back({"full-batch step (SGD)", n, step, g.floor, step_flops(n), 1.10, planned, peak, w.others});
   }
 
   // -- mini-batch --------------------------------------------------------------------------------
-  if (mini || gemm_only) {
+  if (mini) {
     std::printf("\n[mini-batch, m = %lld, momentum 0.9, lr 0.05; epoch = %lld steps, last batch %lld]\n",
                 static_cast<long long>(kBatch), static_cast<long long>(steps_per_epoch), static_cast<long long>(last_batch));
+    reset_peak_rss();
     // The batch buffers a training loop gathers into: rows [b][784] and one-hot {10, b}.
     std::vector<float> bx(static_cast<std::size_t>(kBatch * kIn)), by(static_cast<std::size_t>(kBatch * kOut));
-    std::copy(train.images.begin(), train.images.begin() + kBatch * kIn, bx.begin());
-    ThreadWatch w;
-    w.start();
-    const int gemm_reps = std::max(o.steps, 200);
-    GemmTimes g128 = time_gemms(kBatch, bx.data(), gemm_reps, 100);
-    GemmTimes glast = time_gemms(last_batch, bx.data(), gemm_reps, 100);
-    print_gemms(g128);
-    std::printf("    (last batch m = %lld: floor %s)\n", static_cast<long long>(last_batch), fmt_time(glast.floor).c_str());
-    std::printf("    threads during the raw GEMMs: %s\n", w.report().c_str());
-    const double epoch_floor = static_cast<double>(steps_per_epoch - 1) * g128.floor + glast.floor;
-    const double epoch_flops = static_cast<double>(steps_per_epoch - 1) * step_flops(kBatch) + step_flops(last_batch);
-
-    if (mini) {
-      reset_peak_rss();
-      Net net(gg::SgdOptions{0.05, 0.9, 0.0});
-      gg::Program p = net.compile(o.threads);
-      const double planned = static_cast<double>(p.planned_bytes(kBatch));
-      auto gather = [&](const std::int64_t* idx, std::int64_t b) {
-        for (std::int64_t j = 0; j < b; ++j) {
-          const std::int64_t src = idx[j];
-          std::memcpy(bx.data() + j * kIn, train.images.data() + src * kIn, kIn * sizeof(float));
-          for (std::int64_t c = 0; c < kOut; ++c) by[static_cast<std::size_t>(c * b + j)] = 0.0f;
-          by[static_cast<std::size_t>(train.labels[static_cast<std::size_t>(src)] * b + j)] = 1.0f;
-        }
-      };
-      auto step_on = [&](std::int64_t b) {
-        p.run({{net.X, images_view(bx.data(), b)}, {net.Y, gg::TensorView(by.data(), gg::f32, gg::Shape{kOut, b})}});
-        return p.scalar(net.loss);
-      };
-
-      // Steps on one fixed batch (the first 128 images): the per-step cost without the gather.
-      std::vector<std::int64_t> first(static_cast<std::size_t>(kBatch));
-      for (std::int64_t j = 0; j < kBatch; ++j) first[static_cast<std::size_t>(j)] = j;
-      gather(first.data(), kBatch);
-      for (int r = 0; r < 100; ++r) step_on(kBatch);
-      std::vector<double> t;
-      t.reserve(static_cast<std::size_t>(o.steps));
-      w.start();
-      for (int r = 0; r < o.steps; ++r) {
-        auto t0 = Clock::now();
-        step_on(kBatch);
-        t.push_back(seconds_since(t0));
+    Net net(gg::SgdOptions{0.05, 0.9, 0.0});
+    gg::Program p = net.compile(o.threads);
+    const double planned = static_cast<double>(p.planned_bytes(kBatch));
+    auto gather = [&](const std::int64_t* idx, std::int64_t b) {
+      for (std::int64_t j = 0; j < b; ++j) {
+        const std::int64_t src = idx[j];
+        std::memcpy(bx.data() + j * kIn, train.images.data() + src * kIn, kIn * sizeof(float));
+        for (std::int64_t c = 0; c < kOut; ++c) by[static_cast<std::size_t>(c * b + j)] = 0.0f;
+        by[static_cast<std::size_t>(train.labels[static_cast<std::size_t>(src)] * b + j)] = 1.0f;
       }
-      const std::string threads_steps = w.report();
-      const double step = median(t);
-      double mean = 0;
-      for (double x : t) mean += x;
-      mean /= static_cast<double>(t.size());
-      std::printf("  gradgraph step: median %s (mean %s) over %d steps, %d kernels\n", fmt_time(step).c_str(),
-                  fmt_time(mean).c_str(), o.steps, p.num_steps(kBatch));
-      std::printf("    threads during the steps: %s\n", threads_steps.c_str());
+    };
+    auto step_on = [&](std::int64_t b) {
+      p.run({{net.X, images_view(bx.data(), b)}, {net.Y, gg::TensorView(by.data(), gg::f32, gg::Shape{kOut, b})}});
+      return p.scalar(net.loss);
+    };
+    GemmTimer g128(kBatch, bx.data(), o.threads), glast(last_batch, bx.data(), o.threads), g128_1(kBatch, bx.data(), 1);
 
-      // Epochs: a fresh shuffle, each batch gathered into the batch buffers, one step, the loss read.
-      gg::Generator rng(gg::RngKind::standard, 7);
-      std::vector<std::int64_t> order(static_cast<std::size_t>(n));
-      for (std::int64_t i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
-      std::vector<double> epoch_t, gather_t;
-      double last_loss = 0;
-      for (int e = 0; e <= o.epochs; ++e) {  // epoch 0 is the warm-up (it plans the last batch's size)
-        rng.shuffle(order);
-        double gsum = 0;
-        if (e == 1) w.start();
-        auto t0 = Clock::now();
-        for (std::int64_t s = 0; s < steps_per_epoch; ++s) {
-          const std::int64_t b = std::min(kBatch, n - s * kBatch);
-          auto tg = Clock::now();
-          gather(order.data() + s * kBatch, b);
-          gsum += seconds_since(tg);
-          last_loss = step_on(b);
-        }
-        if (e > 0) {
-          epoch_t.push_back(seconds_since(t0));
-          gather_t.push_back(gsum);
-        }
-      }
-      const std::string threads_epochs = w.report();
-      const double epoch = median(epoch_t), gath = median(gather_t);
-      const double peak = static_cast<double>(peak_rss());
-      std::printf("  epoch: median %s over %d epochs (gather %s of it, %s per batch), loss after the last %.4f\n",
-                  fmt_time(epoch).c_str(), o.epochs, fmt_time(gath).c_str(),
-                  fmt_time(gath / static_cast<double>(steps_per_epoch)).c_str(), last_loss);
-      std::printf("    threads during the epochs: %s\n", threads_epochs.c_str());
-      std::printf("  epoch GEMM floor: %lld x %s + %s = %s\n", static_cast<long long>(steps_per_epoch - 1),
-                  fmt_time(g128.floor).c_str(), fmt_time(glast.floor).c_str(), fmt_time(epoch_floor).c_str());
-      std::printf("  memory: planned arena %s at m = 128, peak RSS %s\n", mb(planned).c_str(), mb(peak).c_str());
-      rows.push_back({"mini-batch step (momentum)", kBatch, step, g128.floor, step_flops(kBatch), 0, planned, peak});
-      rows.push_back({"mini-batch epoch (469 steps)", n, epoch, epoch_floor, epoch_flops, 1.5, planned, peak});
-      rows.push_back({"  of which gather", n, gath, 0, 0, 0, std::nullopt, std::nullopt});
-      rows.push_back({"  epoch without gather", n, epoch - gath, epoch_floor, epoch_flops, 0, std::nullopt, std::nullopt});
-    } else {
-      rows.push_back({"raw GEMM floor", kBatch, g128.floor, g128.floor, step_flops(kBatch), 0, std::nullopt, std::nullopt});
-      rows.push_back({"raw GEMM floor, epoch", n, epoch_floor, epoch_floor, epoch_flops, 0, std::nullopt, std::nullopt});
+    // Steps on one fixed batch (the first 128 images), each followed by one rep of the raw GEMMs.
+    std::vector<std::int64_t> first(static_cast<std::size_t>(kBatch));
+    for (std::int64_t j = 0; j < kBatch; ++j) first[static_cast<std::size_t>(j)] = j;
+    gather(first.data(), kBatch);
+    for (int r = 0; r < 100; ++r) {
+      step_on(kBatch);
+      g128.rep(false);
+      glast.rep(false);
     }
+    std::vector<double> t;
+    t.reserve(static_cast<std::size_t>(o.steps));
+    ThreadWatch w;
+    wait_quiet(o.wait_quiet);
+    w.start();
+    for (int r = 0; r < o.steps; ++r) {
+      g128.rep();
+      if (r % 4 == 0) glast.rep();
+      if (r % 4 == 2) g128_1.rep();
+      auto t0 = Clock::now();
+      step_on(kBatch);
+      t.push_back(seconds_since(t0));
+    }
+    const std::string threads_steps = w.report();
+    const double step_noise = w.others;
+    const GemmTimes f128 = g128.result(), flast = glast.result(), f128_1 = g128_1.result();
+    const double step = median(t);
+    double mean = 0;
+    for (double x : t) mean += x;
+    mean /= static_cast<double>(t.size());
+    print_gemms(f128);
+    std::printf("    (last batch m = %lld: floor %s; m = 128 on one thread: floor %s)\n", static_cast<long long>(last_batch),
+                fmt_time(flast.floor).c_str(), fmt_time(f128_1.floor).c_str());
+    std::printf("  gradgraph step: median %s (mean %s) over %d steps, %d kernels\n", fmt_time(step).c_str(),
+                fmt_time(mean).c_str(), o.steps, p.num_steps(kBatch));
+    std::printf("    threads during the steps and raw GEMMs: %s\n", threads_steps.c_str());
+    if (o.profile) print_profile(p, kBatch, 500, step, o.wait_quiet, [&] { step_on(kBatch); });
+
+    // Epochs: a fresh shuffle, each batch gathered into the batch buffers, one step, the loss read.
+    // After each, the raw GEMMs of an epoch (468 reps at m = 128, one at the last batch's size),
+    // timed the same way, as a sum.
+    gg::Generator rng(gg::RngKind::standard, 7);
+    std::vector<std::int64_t> order(static_cast<std::size_t>(n));
+    for (std::int64_t i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
+    std::vector<double> epoch_t, gather_t, floor_t;
+    double last_loss = 0;
+    for (int e = 0; e <= o.epochs; ++e) {  // epoch 0 is the warm-up (it plans the last batch's size)
+      rng.shuffle(order);
+      double gsum = 0;
+      if (e == 1) {
+        wait_quiet(o.wait_quiet);
+        w.start();
+      }
+      auto t0 = Clock::now();
+      for (std::int64_t s = 0; s < steps_per_epoch; ++s) {
+        const std::int64_t b = std::min(kBatch, n - s * kBatch);
+        auto tg = Clock::now();
+        gather(order.data() + s * kBatch, b);
+        gsum += seconds_since(tg);
+        last_loss = step_on(b);
+      }
+      const double et = seconds_since(t0);
+      double fsum = 0;
+      for (std::int64_t s = 0; s + 1 < steps_per_epoch; ++s) fsum += g128.rep(false);
+      fsum += glast.rep(false);
+      if (e > 0) {
+        epoch_t.push_back(et);
+        gather_t.push_back(gsum);
+        floor_t.push_back(fsum);
+      }
+    }
+    const std::string threads_epochs = w.report();
+    const double epoch_noise = w.others;
+    const double epoch = median(epoch_t), gath = median(gather_t), epoch_floor = median(floor_t);
+    const double epoch_flops = static_cast<double>(steps_per_epoch - 1) * step_flops(kBatch) + step_flops(last_batch);
+    const double peak = static_cast<double>(peak_rss());
+    std::printf("  epoch: median %s over %d epochs (gather %s of it, %s per batch), loss after the last %.4f\n",
+                fmt_time(epoch).c_str(), o.epochs, fmt_time(gath).c_str(),
+                fmt_time(gath / static_cast<double>(steps_per_epoch)).c_str(), last_loss);
+    std::printf("  epoch GEMM floor: %s measured (469 reps after each epoch); from the step medians %lld x %s + %s = %s\n",
+                fmt_time(epoch_floor).c_str(), static_cast<long long>(steps_per_epoch - 1), fmt_time(f128.floor).c_str(),
+                fmt_time(flast.floor).c_str(),
+                fmt_time(static_cast<double>(steps_per_epoch - 1) * f128.floor + flast.floor).c_str());
+    std::printf("    threads during the epochs and their raw GEMMs: %s\n", threads_epochs.c_str());
+    std::printf("  memory: planned arena %s at m = 128, peak RSS %s\n", mb(planned).c_str(), mb(peak).c_str());
+    rows.push_back({"mini-batch step (momentum)", kBatch, step, f128.floor, step_flops(kBatch), 0, planned, peak, step_noise});
+    rows.push_back({"mini-batch epoch (469 steps)", n, epoch, epoch_floor, epoch_flops, 1.5, planned, peak, epoch_noise});
+    rows.push_back({"  of which gather", n, gath, 0, 0, 0, std::nullopt, std::nullopt, epoch_noise});
+    rows.push_back({"  epoch without gather", n, epoch - gath, epoch_floor, epoch_flops, 0, std::nullopt, std::nullopt,
+                    epoch_noise});
   }
 
   print_table(rows);
