@@ -1,4 +1,5 @@
 // Program: compile (collect, fuse, order) once; plan buffers once per batch size; run.
+#include <gradgraph/backend.hpp>
 #include <gradgraph/init.hpp>
 #include <gradgraph/program.hpp>
 
@@ -119,6 +120,7 @@ void strided_copy(const TensorView& src, const TensorView& dst) {
 // ---- compile ---------------------------------------------------------------------------------
 
 Program::Program(Graph& g, const std::vector<Value>& fetches, const CompileOptions& opts) : graph_(&g) {
+  select_blis_kernels();
   if (fetches.empty()) throw GraphError("compile: nothing to fetch");
   const int n = g.size();
   std::vector<char> needed(static_cast<std::size_t>(n), 0), fetched(static_cast<std::size_t>(n), 0);

@@ -273,6 +273,10 @@ int train(const Options& o) {
         cursor = 0;
       }
       const std::int64_t b = std::min(bs, n - cursor);
+      // The gather is memory-latency bound (random rows): split it over the program's threads
+      // (the same team size as its GEMMs, so libgomp reuses the team).
+      const int gather_threads = step.threads();
+#pragma omp parallel for num_threads(gather_threads) schedule(static)
       for (std::int64_t j = 0; j < b; ++j) {
         const std::int64_t src = order[static_cast<std::size_t>(cursor + j)];
         std::memcpy(bx.data() + j * 784, train_set.images.data() + src * 784, 784 * sizeof(T));

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <gradgraph/autodiff.hpp>
+#include <gradgraph/backend.hpp>
 #include <gradgraph/check.hpp>
 #include <gradgraph/dot.hpp>
 #include <gradgraph/graph.hpp>

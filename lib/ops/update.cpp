@@ -5,9 +5,13 @@
 //   adam:     t += 1;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
 //             p -= lr wd p  (decoupled, AdamW);  p -= lr m^ / (sqrt(v^) + eps),
 //             m^ = m / (1 - b1^t),  v^ = v / (1 - b2^t)   (t starts at 1; eps outside the root)
+// Optimizer state that decays below the smallest normal float is flushed to zero: such a value
+// moves a parameter by less than lr * 1e-38, and denormal arithmetic is ~20x slower (a quarter
+// of MNIST's border pixels never light up, so their velocities decay into that range).
 #include "kernels.hpp"
 
 #include <cmath>
+#include <limits>
 
 namespace gg {
 namespace {
@@ -24,6 +28,11 @@ Shape infer(const Graph& g, const Node& n) {
     if (i >= 2 && in.op != Op::State) fail(g, n, "optimizer state '" + in.name + "' must be a state node");
   }
   return p;
+}
+
+template <typename T>
+inline T flush_denormal(T x) {
+  return std::fabs(x) < std::numeric_limits<T>::min() ? T(0) : x;
 }
 
 template <typename T>
@@ -48,7 +57,7 @@ void momentum_fwd(const KernelArgs& k) {
           wd = static_cast<T>(k.attrs->weight_decay);
   parallel_for(k.in[0].numel(), k.threads, 1, [&](std::int64_t lo, std::int64_t hi) {
     for (std::int64_t i = lo; i < hi; ++i) {
-      v[i] = mu * v[i] + (g[i] + wd * p[i]);
+      v[i] = flush_denormal(mu * v[i] + (g[i] + wd * p[i]));
       p[i] -= lr * v[i];
     }
   });
@@ -70,8 +79,8 @@ void adam_fwd(const KernelArgs& k) {
   const T lr = static_cast<T>(a.lr), decay = static_cast<T>(1.0 - a.lr * a.weight_decay);
   parallel_for(k.in[0].numel(), k.threads, 4, [&](std::int64_t lo, std::int64_t hi) {
     for (std::int64_t i = lo; i < hi; ++i) {
-      m[i] = b1 * m[i] + (T(1) - b1) * g[i];
-      v[i] = b2 * v[i] + (T(1) - b2) * g[i] * g[i];
+      m[i] = flush_denormal(b1 * m[i] + (T(1) - b1) * g[i]);
+      v[i] = flush_denormal(b2 * v[i] + (T(1) - b2) * g[i] * g[i]);
       p[i] = p[i] * decay - lr * (m[i] * c1) / (std::sqrt(v[i] * c2) + eps);
     }
   });
