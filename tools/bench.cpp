@@ -90,11 +90,16 @@ CpuInfo read_cpuinfo() {
     return v;
   };
   while (std::getline(in, line)) {
-    if (line.rfind("processor", 0) == 0) ++c.logical;
-    else if (line.rfind("model name", 0) == 0 && c.model == "?") c.model = value(line);
-    else if (line.rfind("cpu family", 0) == 0 && c.family < 0) c.family = std::atoi(value(line).c_str());
-    else if (line.rfind("model\t", 0) == 0 && c.model_id < 0) c.model_id = std::atoi(value(line).c_str());
-    else if (line.rfind("flags", 0) == 0 && c.flags.empty()) c.flags = value(line);
+    if (line.rfind("processor", 0) == 0)
+      ++c.logical;
+    else if (line.rfind("model name", 0) == 0 && c.model == "?")
+      c.model = value(line);
+    else if (line.rfind("cpu family", 0) == 0 && c.family < 0)
+      c.family = std::atoi(value(line).c_str());
+    else if (line.rfind("model\t", 0) == 0 && c.model_id < 0)
+      c.model_id = std::atoi(value(line).c_str());
+    else if (line.rfind("flags", 0) == 0 && c.flags.empty())
+      c.flags = value(line);
   }
   return c;
 }
@@ -192,8 +197,8 @@ struct ThreadWatch {
     // Other processes on the machine during the phase, in CPUs: the timings are only as good as this is small.
     others = std::max(0.0, static_cast<double>(system_busy_ticks() - sys0) / hz - cpu) / std::max(wall, 1e-9);
     return std::to_string(after.size()) + " threads (" + each + " of wall), busy " + std::to_string(busy) +
-           ", CPU/wall " + fmt("%.2f", cpu / std::max(wall, 1e-9)) + "; other processes " +
-           fmt("%.2f", others) + " CPUs" + (others > 0.1 ? " (NOISY: the machine was not idle)" : "");
+           ", CPU/wall " + fmt("%.2f", cpu / std::max(wall, 1e-9)) + "; other processes " + fmt("%.2f", others) +
+           " CPUs" + (others > 0.1 ? " (NOISY: the machine was not idle)" : "");
   }
 };
 
@@ -280,25 +285,25 @@ struct GemmSet {
     rntm_t rntm = BLIS_RNTM_INITIALIZER;
     bli_rntm_set_num_threads(threads, &rntm);
     switch (which) {
-      case 0:
-        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kHidden, M, kIn, &one, W1.data(), kIn, 1, const_cast<float*>(X), 1,
-                  kIn, &zero, H.data(), M, 1, nullptr, &rntm);
+      case 0:  // Z1 {64, m} = W1 {64, 784} . X {784, m}, X strides (1, 784)
+        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kHidden, M, kIn, &one, W1.data(), kIn, 1,
+                     const_cast<float*>(X), 1, kIn, &zero, H.data(), M, 1, nullptr, &rntm);
         break;
-      case 1:
-        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kOut, M, kHidden, &one, W2.data(), kHidden, 1, H.data(), M, 1, &zero,
-                  Z2.data(), M, 1, nullptr, &rntm);
+      case 1:  // Z2 {10, m} = W2 {10, 64} . A1 {64, m}
+        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kOut, M, kHidden, &one, W2.data(), kHidden, 1, H.data(), M,
+                     1, &zero, Z2.data(), M, 1, nullptr, &rntm);
         break;
-      case 2:
-        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kOut, kHidden, M, &one, dZ2.data(), M, 1, H.data(), 1, M, &zero,
-                  dW2.data(), kHidden, 1, nullptr, &rntm);
+      case 2:  // dW2 {10, 64} = dZ2 {10, m} . A1^T {m, 64}, A1^T strides (1, m)
+        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kOut, kHidden, M, &one, dZ2.data(), M, 1, H.data(), 1, M,
+                     &zero, dW2.data(), kHidden, 1, nullptr, &rntm);
         break;
-      case 3:
-        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kHidden, M, kOut, &one, W2.data(), 1, kHidden, dZ2.data(), M, 1,
-                  &zero, G.data(), M, 1, nullptr, &rntm);
+      case 3:  // dA1 {64, m} = W2^T {64, 10} . dZ2 {10, m}, W2^T strides (1, 64)
+        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kHidden, M, kOut, &one, W2.data(), 1, kHidden, dZ2.data(), M,
+                     1, &zero, G.data(), M, 1, nullptr, &rntm);
         break;
-      default:
-        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kHidden, kIn, M, &one, G.data(), M, 1, const_cast<float*>(X), kIn, 1,
-                  &zero, dW1.data(), kIn, 1, nullptr, &rntm);
+      default:  // dW1 {64, 784} = dZ1 {64, m} . X^T {m, 784}, X^T strides (784, 1)
+        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, kHidden, kIn, M, &one, G.data(), M, 1, const_cast<float*>(X),
+                     kIn, 1, &zero, dW1.data(), kIn, 1, nullptr, &rntm);
         break;
     }
   }
@@ -402,7 +407,7 @@ gg::TensorView images_view(const float* rows, std::int64_t count) {
 
 struct TrainSet {
   std::int64_t n = 0;
-  std::vector<float> images;        // [n][784], pixel / 255
+  std::vector<float> images;         // [n][784], pixel / 255
   std::vector<std::uint8_t> labels;  // [n]
 };
 
@@ -440,42 +445,58 @@ void print_table(const std::vector<Row>& rows) {
                 r.flops > 0 ? r.flops / r.time / 1e9 : 0.0, r.planned ? mb(*r.planned).c_str() : "-",
                 r.peak ? mb(*r.peak).c_str() : "-", r.others, miss ? "  MISSED" : "");
   }
-  std::printf("(noise: the most CPUs other processes used while a row was timed; above 0.10 the row is not trustworthy)\n");
+  std::printf(
+      "(noise: the most CPUs other processes used while a row was timed; above 0.10 the row is not trustworthy)\n");
 }
 
-// Per-kernel wall time of `runs` more steps with the program's profiling on, and the share of
-// the step that is not in the five GEMMs.
+// Per-kernel wall time between two snapshots of the program's profile (the program only
+// accumulates): the mean per step of each kernel, largest first, and the share of the step that
+// is not in the five GEMMs. `wall` is the measured time per step over the same runs.
+void print_kernel_table(const std::vector<gg::Program::StepProfile>& before,
+                        const std::vector<gg::Program::StepProfile>& after, double wall, const std::string& title) {
+  std::vector<gg::Program::StepProfile> prof = after;
+  for (std::size_t i = 0; i < prof.size() && i < before.size(); ++i) {
+    prof[i].seconds -= before[i].seconds;
+    prof[i].calls -= before[i].calls;
+  }
+  double total = 0, gemm = 0;
+  for (const auto& s : prof) {
+    total += s.seconds;
+    if (s.op == "matmul") gemm += s.seconds;
+  }
+  const double per = 1.0 / static_cast<double>(std::max<std::int64_t>(1, prof.empty() ? 1 : prof.front().calls));
+  std::printf("  per-kernel profile, %s:\n", title.c_str());
+  std::vector<std::size_t> order(prof.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return prof[a].seconds > prof[b].seconds; });
+  for (std::size_t i : order) {
+    const auto& s = prof[i];
+    std::printf("    %2zu %-28s %-26s %12s %6.1f%%\n", i, s.op.c_str(), s.name.c_str(),
+                fmt_time(s.seconds * per).c_str(), 100.0 * s.seconds / std::max(total, 1e-12));
+  }
+  std::printf(
+      "    kernels %s per step (GEMMs %s, other kernels %s); the profiled steps took %s each,\n"
+      "    so %s per step is outside the kernels (feeds, fetches, dispatch)\n",
+      fmt_time(total * per).c_str(), fmt_time(gemm * per).c_str(), fmt_time((total - gemm) * per).c_str(),
+      fmt_time(wall).c_str(), fmt_time(wall - total * per).c_str());
+}
+
+// Runs `runs` more steps with the program's profiling on and prints the kernel table.
 template <typename RunStep>
-void print_profile(gg::Program& p, std::int64_t batch, int runs, double step, double quiet, RunStep&& run_step) {
+void print_profile(gg::Program& p, std::int64_t batch, int runs, double quiet, RunStep&& run_step) {
   wait_quiet(quiet);
   ThreadWatch w;
   w.start();
+  const auto before = p.profile(batch);
   p.set_profiling(true);
   auto t0 = Clock::now();
   for (int r = 0; r < runs; ++r) run_step();
   const double wall = seconds_since(t0) / runs;
   p.set_profiling(false);
   const std::string threads = w.report();
-  const auto prof = p.profile(batch);
-  double total = 0, gemm = 0;
-  for (const auto& s : prof) {
-    total += s.seconds;
-    if (s.op == "matmul") gemm += s.seconds;
-  }
-  const double per = 1.0 / std::max<std::int64_t>(1, prof.empty() ? 1 : prof.front().calls);
-  std::printf("  per-kernel profile (mean of %d profiled steps, m = %lld):\n", runs, static_cast<long long>(batch));
-  std::vector<std::size_t> order(prof.size());
-  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return prof[a].seconds > prof[b].seconds; });
-  for (std::size_t i : order) {
-    const auto& s = prof[i];
-    std::printf("    %2zu %-28s %-26s %12s %6.1f%%\n", i, s.op.c_str(), s.name.c_str(), fmt_time(s.seconds * per).c_str(),
-                100.0 * s.seconds / std::max(total, 1e-12));
-  }
-  std::printf("    kernels %s (GEMMs %s, other kernels %s); profiled steps took %s each (timed steps: median %s),\n"
-              "    so %s per step is outside the kernels (feeds, fetches, dispatch)\n",
-              fmt_time(total * per).c_str(), fmt_time(gemm * per).c_str(), fmt_time((total - gemm) * per).c_str(),
-              fmt_time(wall).c_str(), fmt_time(step).c_str(), fmt_time(wall - total * per).c_str());
+  print_kernel_table(before, p.profile(batch), wall,
+                     std::to_string(runs) + " more steps, m = " + std::to_string(batch) + ", mean per step");
   std::printf("    threads during the profiled steps: %s\n", threads.c_str());
 }
 
@@ -488,14 +509,15 @@ struct Options {
   bool arch_sweep = false, sweep_child = false, profile = true, ftz = false;
 };
 
-// Arch ids of BLIS 0.9's arch_t that run on an x86-64 CPU with AVX-512 (knl needs AVX512PF,
-// the Bulldozer family FMA4: both would fault here).
+// Arch ids of BLIS 0.9's arch_t worth timing on an x86-64 CPU with AVX-512 (knl needs AVX512PF,
+// bulldozer, piledriver and steamroller need FMA4: they die with SIGILL on Intel).
 struct ArchChoice {
   int id;
   const char* name;
 };
-constexpr ArchChoice kSweep[] = {{BLIS_ARCH_SKX, "skx"},     {BLIS_ARCH_HASWELL, "haswell"}, {BLIS_ARCH_ZEN3, "zen3"},
-                                 {BLIS_ARCH_ZEN2, "zen2"},   {BLIS_ARCH_ZEN, "zen"},         {BLIS_ARCH_SANDYBRIDGE, "sandybridge"},
+constexpr ArchChoice kSweep[] = {{BLIS_ARCH_SKX, "skx"},        {BLIS_ARCH_HASWELL, "haswell"},
+                                 {BLIS_ARCH_ZEN3, "zen3"},      {BLIS_ARCH_ZEN2, "zen2"},
+                                 {BLIS_ARCH_ZEN, "zen"},        {BLIS_ARCH_SANDYBRIDGE, "sandybridge"},
                                  {BLIS_ARCH_GENERIC, "generic"}};
 
 void blis_header(const CpuInfo& cpu, int threads) {
@@ -504,11 +526,13 @@ void blis_header(const CpuInfo& cpu, int threads) {
   auto bs = [&](bszid_t b) { return static_cast<long>(bli_cntx_get_blksz_def_dt(BLIS_FLOAT, b, c)); };
   std::printf("machine: %s, family %d model %d, %d logical CPUs (%s)\n", cpu.model.c_str(), cpu.family, cpu.model_id,
               cpu.logical,
-              cpu.has("avx512f") ? "AVX-512F, AVX2, FMA" : cpu.has("avx2") ? "AVX2, FMA, no AVX-512" : "no AVX2");
+              cpu.has("avx512f") ? "AVX-512F, AVX2, FMA"
+              : cpu.has("avx2")  ? "AVX2, FMA, no AVX-512"
+                                 : "no AVX2");
   std::printf("BLIS %s, sub-configuration '%s' (arch id %d%s), sgemm blocksizes MR %ld NR %ld KC %ld MC %ld NC %ld\n",
               bli_info_get_version_str(), bli_arch_string(id), static_cast<int>(id),
-              std::getenv("BLIS_ARCH_TYPE") ? ", forced by BLIS_ARCH_TYPE" : ", auto-detected", bs(BLIS_MR), bs(BLIS_NR),
-              bs(BLIS_KC), bs(BLIS_MC), bs(BLIS_NC));
+              std::getenv("BLIS_ARCH_TYPE") ? ", forced by BLIS_ARCH_TYPE" : ", auto-detected", bs(BLIS_MR),
+              bs(BLIS_NR), bs(BLIS_KC), bs(BLIS_MC), bs(BLIS_NC));
   if (cpu.has("avx512f") && id != BLIS_ARCH_SKX && !std::getenv("BLIS_ARCH_TYPE"))
     std::printf(
         "  note: the CPU has AVX-512 but BLIS runs its '%s' kernels (%s): BLIS 0.9 picks 'skx' only when it can\n"
@@ -517,20 +541,23 @@ void blis_header(const CpuInfo& cpu, int threads) {
         "        BLIS_ARCH_TYPE=%d forces skx; `bench --arch-sweep` measures each kernel set.\n",
         bli_arch_string(id), id == BLIS_ARCH_HASWELL ? "AVX2, 256-bit" : "not AVX-512", cpu.model.c_str(),
         static_cast<int>(BLIS_ARCH_SKX));
-  std::printf("threads: %d (BLIS and gradgraph kernels, one libgomp pool); denormals %s; OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s "
-              "OMP_NUM_THREADS=%s BLIS_NUM_THREADS=%s\n",
-              threads, (_mm_getcsr() & 0x8040) == 0x8040 ? "flushed to zero (--ftz)" : "IEEE (gradgraph's default)", env_or("OMP_WAIT_POLICY", "unset"), env_or("GOMP_SPINCOUNT", "unset"),
-              env_or("OMP_NUM_THREADS", "unset"), env_or("BLIS_NUM_THREADS", "unset"));
+  std::printf(
+      "threads: %d (BLIS and gradgraph kernels, one libgomp pool); denormals %s; OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s "
+      "OMP_NUM_THREADS=%s BLIS_NUM_THREADS=%s\n",
+      threads, (_mm_getcsr() & 0x8040) == 0x8040 ? "flushed to zero (--ftz)" : "IEEE (gradgraph's default)",
+      env_or("OMP_WAIT_POLICY", "unset"), env_or("GOMP_SPINCOUNT", "unset"), env_or("OMP_NUM_THREADS", "unset"),
+      env_or("BLIS_NUM_THREADS", "unset"));
 }
 
 int arch_sweep(const Options& o, const char* self) {
   std::printf("sgemm under each BLIS sub-configuration (BLIS_ARCH_TYPE=<id>), %d threads, median of %d reps:\n",
               o.threads, o.reps);
-  std::printf("%-12s %4s %4s %4s | %-36s | %-36s | %s\n", "config", "id", "MR", "NR", "full batch m=60000: floor, GFLOP/s",
-              "mini-batch m=128: floor, GFLOP/s", "noise");
+  std::printf("%-12s %4s %4s %4s | %-36s | %-36s | %s\n", "config", "id", "MR", "NR",
+              "full batch m=60000: floor, GFLOP/s", "mini-batch m=128: floor, GFLOP/s", "noise");
   for (const ArchChoice& a : kSweep) {
-    std::string cmd = "BLIS_ARCH_TYPE=" + std::to_string(a.id) + " '" + std::string(self) + "' --sweep-child --threads " +
-                      std::to_string(o.threads) + " --reps " + std::to_string(o.reps) + " --wait-quiet " + std::to_string(o.wait_quiet) + " --data '" + o.data + "'";
+    std::string cmd = "BLIS_ARCH_TYPE=" + std::to_string(a.id) + " '" + std::string(self) +
+                      "' --sweep-child --threads " + std::to_string(o.threads) + " --reps " + std::to_string(o.reps) +
+                      " --wait-quiet " + std::to_string(o.wait_quiet) + " --data '" + o.data + "'";
     std::fflush(stdout);
     FILE* p = popen(cmd.c_str(), "r");
     if (!p) throw std::runtime_error("cannot run " + cmd);
@@ -539,7 +566,8 @@ int arch_sweep(const Options& o, const char* self) {
     while (std::fgets(buf, sizeof buf, p)) out += buf;
     const int rc = pclose(p);
     while (!out.empty() && out.back() == '\n') out.pop_back();
-    std::printf("%-12s %4d %s\n", a.name, a.id, rc == 0 ? out.c_str() : ("failed (status " + std::to_string(rc) + ")").c_str());
+    std::printf("%-12s %4d %s\n", a.name, a.id,
+                rc == 0 ? out.c_str() : ("failed (status " + std::to_string(rc) + ")").c_str());
   }
   return 0;
 }
@@ -556,20 +584,26 @@ std::optional<Options> parse(int argc, char** argv) {
     ("reps", po::value(&o.reps)->default_value(20), "timed full-batch steps (and raw full-batch GEMM repetitions)")
     ("warmup", po::value(&o.warmup)->default_value(3), "untimed full-batch steps first")
     ("steps", po::value(&o.steps)->default_value(2000), "timed mini-batch steps (batch 128, fixed data)")
-    ("epochs", po::value(&o.epochs)->default_value(3), "timed mini-batch epochs (469 shuffled batches each) after one warm-up epoch")
-    ("data", po::value(&o.data)->default_value(gg::data::default_data_dir()), "MNIST directory (raw or gzipped IDX files)")
+    ("epochs", po::value(&o.epochs)->default_value(3),
+       "timed mini-batch epochs (469 shuffled batches each) after one warm-up epoch")
+    ("data", po::value(&o.data)->default_value(gg::data::default_data_dir()),
+       "MNIST directory (raw or gzipped IDX files)")
     ("only", po::value(&o.only)->default_value("all"), "fullbatch, minibatch, all, or gemm (raw GEMMs only)")
-    ("wait-quiet", po::value(&o.wait_quiet)->default_value(0), "before each timed phase, wait up to this many seconds for the machine to be idle")
-    ("ftz", "flush denormals to zero (FTZ and DAZ in MXCSR, set before any thread starts): an experiment, gradgraph does not")
+    ("wait-quiet", po::value(&o.wait_quiet)->default_value(0),
+       "before each timed phase, wait up to this many seconds for the machine to be idle")
+    ("ftz", "flush denormals to zero (FTZ and DAZ in MXCSR, set before any thread starts): an experiment; "
+       "gradgraph itself does not")
     ("no-profile", "skip the per-kernel profile (extra profiled steps after the timed ones)")
-    ("arch-sweep", "time the raw GEMMs under every BLIS sub-configuration that runs on this CPU (re-runs itself with BLIS_ARCH_TYPE)")
+    ("arch-sweep", "time the raw GEMMs under every BLIS sub-configuration that runs on this CPU "
+       "(re-runs itself with BLIS_ARCH_TYPE)")
     ("sweep-child", "internal: one line of --arch-sweep");
   // clang-format on
   po::variables_map vm;
   po::store(po::parse_command_line(argc, argv, desc), vm);
   if (vm.count("help")) {
-    std::cout << desc << "\nEnvironment: BLIS_ARCH_TYPE=<arch id> forces a BLIS kernel set (0 skx, 3 haswell, 6 zen3);\n"
-                         "OMP_WAIT_POLICY / GOMP_SPINCOUNT change how libgomp's idle threads wait.\n";
+    std::cout << desc
+              << "\nEnvironment: BLIS_ARCH_TYPE=<arch id> forces a BLIS kernel set (0 skx, 3 haswell, 6 zen3);\n"
+                 "OMP_WAIT_POLICY / GOMP_SPINCOUNT change how libgomp's idle threads wait.\n";
     return std::nullopt;
   }
   po::notify(vm);
@@ -657,7 +691,8 @@ int run(const Options& o, const char* self) {
     std::printf("\n[full batch, m = %lld, plain SGD, lr 0.1]\n", static_cast<long long>(n));
     // The one-hot targets, {10, n}, as the training tool keeps them.
     std::vector<float> onehot(static_cast<std::size_t>(kOut * n), 0.0f);
-    for (std::int64_t i = 0; i < n; ++i) onehot[static_cast<std::size_t>(train.labels[static_cast<std::size_t>(i)] * n + i)] = 1.0f;
+    for (std::int64_t i = 0; i < n; ++i)
+      onehot[static_cast<std::size_t>(train.labels[static_cast<std::size_t>(i)] * n + i)] = 1.0f;
     // Memory first, with nothing else allocated: the program's peak RSS over the training data.
     const bool phase_peak = reset_peak_rss();
     const std::int64_t rss_before = current_rss();
@@ -700,21 +735,25 @@ int run(const Options& o, const char* self) {
                 mb(peak).c_str(), phase_peak ? " while compiling and running the program" : " of the process",
                 mb(static_cast<double>(rss_before)).c_str(), peak / (train_bytes + planned),
                 peak / (train_bytes + planned) > 1.25 ? "  MISSED" : "");
-    if (o.profile) print_profile(p, n, std::max(5, o.reps / 2), step, o.wait_quiet, [&] { p.run(feeds); });
+    if (o.profile) print_profile(p, n, std::max(5, o.reps / 2), o.wait_quiet, [&] { p.run(feeds); });
     rows.push_back({"full-batch step (SGD)", n, step, g.floor, step_flops(n), 1.10, planned, peak, w.others});
   }
 
   // -- mini-batch --------------------------------------------------------------------------------
   if (mini) {
     std::printf("\n[mini-batch, m = %lld, momentum 0.9, lr 0.05; epoch = %lld steps, last batch %lld]\n",
-                static_cast<long long>(kBatch), static_cast<long long>(steps_per_epoch), static_cast<long long>(last_batch));
+                static_cast<long long>(kBatch), static_cast<long long>(steps_per_epoch),
+                static_cast<long long>(last_batch));
     reset_peak_rss();
     // The batch buffers a training loop gathers into: rows [b][784] and one-hot {10, b}.
     std::vector<float> bx(static_cast<std::size_t>(kBatch * kIn)), by(static_cast<std::size_t>(kBatch * kOut));
     Net net(gg::SgdOptions{0.05, 0.9, 0.0});
     gg::Program p = net.compile(o.threads);
     const double planned = static_cast<double>(p.planned_bytes(kBatch));
+    // Split over the program's threads, as mnist-train does (same team size as the GEMMs).
+    const int gather_threads = p.threads();
     auto gather = [&](const std::int64_t* idx, std::int64_t b) {
+#pragma omp parallel for num_threads(gather_threads) schedule(static)
       for (std::int64_t j = 0; j < b; ++j) {
         const std::int64_t src = idx[j];
         std::memcpy(bx.data() + j * kIn, train.images.data() + src * kIn, kIn * sizeof(float));
@@ -758,12 +797,12 @@ int run(const Options& o, const char* self) {
     for (double x : t) mean += x;
     mean /= static_cast<double>(t.size());
     print_gemms(f128);
-    std::printf("    (last batch m = %lld: floor %s; m = 128 on one thread: floor %s)\n", static_cast<long long>(last_batch),
-                fmt_time(flast.floor).c_str(), fmt_time(f128_1.floor).c_str());
+    std::printf("    (last batch m = %lld: floor %s; m = 128 on one thread: floor %s)\n",
+                static_cast<long long>(last_batch), fmt_time(flast.floor).c_str(), fmt_time(f128_1.floor).c_str());
     std::printf("  gradgraph step: median %s (mean %s) over %d steps, %d kernels\n", fmt_time(step).c_str(),
                 fmt_time(mean).c_str(), o.steps, p.num_steps(kBatch));
     std::printf("    threads during the steps and raw GEMMs: %s\n", threads_steps.c_str());
-    if (o.profile) print_profile(p, kBatch, 500, step, o.wait_quiet, [&] { step_on(kBatch); });
+    if (o.profile) print_profile(p, kBatch, 500, o.wait_quiet, [&] { step_on(kBatch); });
 
     // Epochs: a fresh shuffle, each batch gathered into the batch buffers, one step, the loss read.
     // After each, the raw GEMMs of an epoch (468 reps at m = 128, one at the last batch's size),
@@ -773,13 +812,10 @@ int run(const Options& o, const char* self) {
     for (std::int64_t i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
     std::vector<double> epoch_t, gather_t, floor_t;
     double last_loss = 0;
-    for (int e = 0; e <= o.epochs; ++e) {  // epoch 0 is the warm-up (it plans the last batch's size)
+    // One epoch; returns {wall, gather} seconds.
+    auto run_epoch = [&]() {
       rng.shuffle(order);
       double gsum = 0;
-      if (e == 1) {
-        wait_quiet(o.wait_quiet);
-        w.start();
-      }
       auto t0 = Clock::now();
       for (std::int64_t s = 0; s < steps_per_epoch; ++s) {
         const std::int64_t b = std::min(kBatch, n - s * kBatch);
@@ -788,7 +824,14 @@ int run(const Options& o, const char* self) {
         gsum += seconds_since(tg);
         last_loss = step_on(b);
       }
-      const double et = seconds_since(t0);
+      return std::pair<double, double>{seconds_since(t0), gsum};
+    };
+    for (int e = 0; e <= o.epochs; ++e) {  // epoch 0 is the warm-up (it plans the last batch's size)
+      if (e == 1) {
+        wait_quiet(o.wait_quiet);
+        w.start();
+      }
+      const auto [et, gsum] = run_epoch();
       double fsum = 0;
       for (std::int64_t s = 0; s + 1 < steps_per_epoch; ++s) fsum += g128.rep(false);
       fsum += glast.rep(false);
@@ -806,14 +849,28 @@ int run(const Options& o, const char* self) {
     std::printf("  epoch: median %s over %d epochs (gather %s of it, %s per batch), loss after the last %.4f\n",
                 fmt_time(epoch).c_str(), o.epochs, fmt_time(gath).c_str(),
                 fmt_time(gath / static_cast<double>(steps_per_epoch)).c_str(), last_loss);
-    std::printf("  epoch GEMM floor: %s measured (469 reps after each epoch); from the step medians %lld x %s + %s = %s\n",
-                fmt_time(epoch_floor).c_str(), static_cast<long long>(steps_per_epoch - 1), fmt_time(f128.floor).c_str(),
-                fmt_time(flast.floor).c_str(),
-                fmt_time(static_cast<double>(steps_per_epoch - 1) * f128.floor + flast.floor).c_str());
+    std::printf(
+        "  epoch GEMM floor: %s measured (469 reps after each epoch); from the step medians %lld x %s + %s = %s\n",
+        fmt_time(epoch_floor).c_str(), static_cast<long long>(steps_per_epoch - 1), fmt_time(f128.floor).c_str(),
+        fmt_time(flast.floor).c_str(),
+        fmt_time(static_cast<double>(steps_per_epoch - 1) * f128.floor + flast.floor).c_str());
     std::printf("    threads during the epochs and their raw GEMMs: %s\n", threads_epochs.c_str());
+    if (o.profile) {
+      // The kernels as an epoch sees them (fresh batches, the optimizer state of real training).
+      wait_quiet(o.wait_quiet);
+      const auto before = p.profile(kBatch);
+      p.set_profiling(true);
+      const auto [et, gsum] = run_epoch();
+      p.set_profiling(false);
+      print_kernel_table(before, p.profile(kBatch), (et - gsum) / static_cast<double>(steps_per_epoch),
+                         "one more epoch, the " + std::to_string(steps_per_epoch - 1) +
+                             " steps at m = 128, mean per step (the gather is not a kernel: see above)");
+    }
     std::printf("  memory: planned arena %s at m = 128, peak RSS %s\n", mb(planned).c_str(), mb(peak).c_str());
-    rows.push_back({"mini-batch step (momentum)", kBatch, step, f128.floor, step_flops(kBatch), 0, planned, peak, step_noise});
-    rows.push_back({"mini-batch epoch (469 steps)", n, epoch, epoch_floor, epoch_flops, 1.5, planned, peak, epoch_noise});
+    rows.push_back(
+        {"mini-batch step (momentum)", kBatch, step, f128.floor, step_flops(kBatch), 0, planned, peak, step_noise});
+    rows.push_back(
+        {"mini-batch epoch (469 steps)", n, epoch, epoch_floor, epoch_flops, 1.5, planned, peak, epoch_noise});
     rows.push_back({"  of which gather", n, gath, 0, 0, 0, std::nullopt, std::nullopt, epoch_noise});
     rows.push_back({"  epoch without gather", n, epoch - gath, epoch_floor, epoch_flops, 0, std::nullopt, std::nullopt,
                     epoch_noise});
@@ -827,7 +884,9 @@ int run(const Options& o, const char* self) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // BLIS first: with BLIS_ARCH_TYPE set, bli_arch_query_id() before bli_init() aborts in 0.9.0.
+  // The kernel set every Program uses (gg::select_blis_kernels), so the raw GEMMs run on the
+  // same kernels; then BLIS: with BLIS_ARCH_TYPE set, querying before bli_init() aborts in 0.9.0.
+  gg::select_blis_kernels();
   bli_init();
   try {
     std::optional<Options> o = parse(argc, argv);
