@@ -51,16 +51,22 @@ void fwd(const KernelArgs& k) {
   const T* y = data<T>(k.in[1]);
   double partial[kMaxThreads] = {};
   for_each_slice<T>(k.in[0], axis, k.threads, [&](std::int64_t off, std::int64_t n, std::int64_t stride, std::int64_t w) {
-    T mx[kSliceBlock];
+    T mx[kSliceBlock], se[kSliceBlock];
     double lse[kSliceBlock];
-    for (std::int64_t j = 0; j < w; ++j) mx[j] = -std::numeric_limits<T>::infinity(), lse[j] = 0;
+    for (std::int64_t j = 0; j < w; ++j) mx[j] = -std::numeric_limits<T>::infinity(), se[j] = 0;
     const T* zb = z + off;
     const T* yb = y + off;
-    for (std::int64_t c = 0; c < n; ++c)
-      for (std::int64_t j = 0; j < w; ++j) mx[j] = std::max(mx[j], zb[c * stride + j]);
-    for (std::int64_t c = 0; c < n; ++c)
-      for (std::int64_t j = 0; j < w; ++j) lse[j] += std::exp(zb[c * stride + j] - mx[j]);
-    for (std::int64_t j = 0; j < w; ++j) lse[j] = mx[j] + std::log(lse[j]);
+    for (std::int64_t c = 0; c < n; ++c) {
+      const T* __restrict row = zb + c * stride;
+#pragma omp simd
+      for (std::int64_t j = 0; j < w; ++j) mx[j] = mx[j] < row[j] ? row[j] : mx[j];
+    }
+    for (std::int64_t c = 0; c < n; ++c) {
+      const T* __restrict row = zb + c * stride;
+#pragma omp simd
+      for (std::int64_t j = 0; j < w; ++j) se[j] += exp_vec(row[j] - mx[j]);
+    }
+    for (std::int64_t j = 0; j < w; ++j) lse[j] = static_cast<double>(mx[j]) + std::log(static_cast<double>(se[j]));
     double acc = 0;
     for (std::int64_t c = 0; c < n; ++c)
       for (std::int64_t j = 0; j < w; ++j) {

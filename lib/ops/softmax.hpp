@@ -4,6 +4,8 @@
 
 #include "op.hpp"
 
+#include <bit>
+
 namespace gg::detail {
 
 // Slices along `axis` are processed kSliceBlock at a time: for the notebook's {classes, batch}
@@ -24,6 +26,30 @@ void for_each_slice(const TensorView& x, int axis, int threads, F f) {
     }
   });
 }
+
+// exp for the softmax family. float: Cephes' expf (range reduction x = n ln2 + r with a split
+// ln2, a degree-6 polynomial on |r| <= ln2/2, 2^n built in the exponent bits), about 1 ulp and
+// written so that loops over it vectorise (glibc's expf is a scalar call). Inputs below -87.3
+// give 0 (the true value is denormal); NaN stays NaN. double: std::exp.
+inline float exp_vec(float x) {
+  x = x < -87.3f ? -87.3f : x;
+  x = x > 88.7f ? 88.7f : x;
+  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;  // ln2 split: the high part is exact in a few bits
+  r = r - n * -2.12194440e-4f;
+  const float z = r * r;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * z + r + 1.0f;
+  const int bits = (static_cast<int>(n == n ? n : 0.0f) + 127) << 23;  // NaN: p carries it
+  const float scale = std::bit_cast<float>(bits);
+  return x <= -87.3f ? 0.0f : p * scale;
+}
+inline double exp_vec(double x) { return __builtin_exp(x); }
 
 // y = softmax (or log_softmax) of `width` adjacent slices of length n at distance `stride`.
 template <typename T>
