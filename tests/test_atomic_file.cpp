@@ -1,3 +1,4 @@
+#include "support.hpp"
 #include <gradgraph/atomic_file.hpp>
 
 #include <catch2/catch.hpp>
@@ -17,22 +18,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh empty directory per test, removed afterwards.
-struct ScratchDir {
-  fs::path dir;
-  ScratchDir() {
-    static int n = 0;
-    dir = fs::temp_directory_path() / ("gg_atomic_" + std::to_string(::getpid()) + "_" + std::to_string(n++));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-  std::size_t entries() const { return static_cast<std::size_t>(std::distance(fs::directory_iterator(dir), {})); }
-};
+using ScratchDir = gg::test::TempDir;
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -1,6 +1,7 @@
 // mnist-train end to end on a tiny synthetic MNIST written by the test (the suite never needs
 // the real data): exit codes, the notebook's output format, the CSV, the PNG, checkpoints,
 // and one clear line for each kind of bad input.
+#include "support.hpp"
 #include <gradgraph/safetensors.hpp>
 
 #include <catch2/catch.hpp>
@@ -30,21 +31,7 @@ namespace {
 namespace fs = std::filesystem;
 using Bytes = std::vector<std::uint8_t>;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "gg-test-tool-XXXXXX").string();
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
+using gg::test::TempDir;
 
 void put_be32(Bytes& b, std::uint32_t v) {
   for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<std::uint8_t>(v >> s));

@@ -1,3 +1,4 @@
+#include "support.hpp"
 #include "../tools/common/metrics.hpp"
 #include "../tools/common/plot.hpp"
 
@@ -16,21 +17,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct ScratchDir {
-  fs::path dir;
-  ScratchDir() {
-    static int n = 0;
-    dir = fs::temp_directory_path() / ("gg_plot_" + std::to_string(::getpid()) + "_" + std::to_string(n++));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-  std::size_t entries() const { return static_cast<std::size_t>(std::distance(fs::directory_iterator(dir), {})); }
-};
+using ScratchDir = gg::test::TempDir;
 
 struct Curves {
   std::vector<double> loss, accuracy, test;

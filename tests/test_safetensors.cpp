@@ -1,3 +1,4 @@
+#include "support.hpp"
 #include <gradgraph/safetensors.hpp>
 
 #include <catch2/catch.hpp>
@@ -19,20 +20,7 @@ using gg::TensorView;
 
 namespace {
 
-struct ScratchDir {
-  fs::path dir;
-  ScratchDir() {
-    static int n = 0;
-    dir = fs::temp_directory_path() / ("gg_st_" + std::to_string(::getpid()) + "_" + std::to_string(n++));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-};
+using ScratchDir = gg::test::TempDir;
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
