@@ -4,8 +4,11 @@
 //   relu(add(a, b))                 -> add_relu(a, b)       the add has no other reader
 //   matmul(scale(x), y) / (y, s(x)) -> matmul with alpha    every reader of the scale is a GEMM
 //   scale(matmul(x, y))             -> matmul with alpha    the GEMM has no other reader
-// The softmax-cross-entropy pair needs no rewrite: its forward and backward are fused ops
-// already, with the 1/m inside the backward pass.
+//   softmax_cross_entropy(Z, Y) and softmax_cross_entropy_grad(Z, Y, fill)
+//                                   -> softmax_cross_entropy_fused(Z, Y, fill), whose extra
+//                                      element holds the loss (the loss node becomes a
+//                                      loss_slot view of it): one traversal of Z and Y, the
+//                                      exponentials computed once, the 1/m inside.
 #include "program_ir.hpp"
 
 namespace gg::detail {
@@ -80,6 +83,27 @@ int fuse(std::vector<IrNode>& ir) {
         ++rewrites;
         readers = readers_of(ir);
       }
+    }
+  }
+  // Loss and gradient of the same softmax cross-entropy in one kernel. Only with the plain
+  // seed (a fill) as incoming gradient, so the loss can never be an ancestor of the kernel.
+  for (std::size_t i = 0; i < ir.size(); ++i) {
+    IrNode& gr = ir[i];
+    if (gr.dead || gr.node.op != Op::SoftmaxCrossEntropyGrad) continue;
+    if (ir[static_cast<std::size_t>(gr.node.inputs[2])].node.op != Op::Fill) continue;
+    for (std::size_t j = 0; j < ir.size(); ++j) {
+      IrNode& loss = ir[j];
+      if (loss.dead || loss.node.op != Op::SoftmaxCrossEntropy) continue;
+      if (loss.node.inputs[0] != gr.node.inputs[0] || loss.node.inputs[1] != gr.node.inputs[1] ||
+          loss.node.attrs.axis != gr.node.attrs.axis)
+        continue;
+      gr.node.op = Op::SoftmaxCrossEntropyFused;
+      gr.node.fused = true;
+      loss.node.op = Op::LossSlot;
+      loss.node.inputs = {static_cast<int>(i)};
+      loss.node.fused = true;
+      ++rewrites;
+      break;
     }
   }
   return rewrites;

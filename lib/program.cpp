@@ -331,7 +331,9 @@ Plan& Program::plan_for(std::int64_t batch) {
   for (int i = 0; i < m; ++i) {
     const std::size_t ui = static_cast<std::size_t>(i);
     if (kind[ui] != Kind::arena) continue;
-    const std::size_t bytes = static_cast<std::size_t>(shape[ui].numel()) * es;
+    // softmax_cross_entropy_fused keeps its loss one element past its gradient (loss_slot).
+    const std::size_t extra = ir_[ui].node.op == Op::SoftmaxCrossEntropyFused ? es : 0;
+    const std::size_t bytes = static_cast<std::size_t>(shape[ui].numel()) * es + extra;
     if (group[ui] == i) {
       rep_index[ui] = static_cast<int>(reqs.size());
       reqs.push_back({bytes, group_first[ui], pinned[ui] ? kForever : group_last[ui]});
@@ -350,7 +352,9 @@ Plan& Program::plan_for(std::int64_t batch) {
       p.input_views.push_back(i);
     } else if (kind[ui] == Kind::arena) {
       const int gid = group[ui];
-      void* ptr = p.arena + offsets[static_cast<std::size_t>(rep_index[static_cast<std::size_t>(gid)])];
+      std::byte* ptr = p.arena + offsets[static_cast<std::size_t>(rep_index[static_cast<std::size_t>(gid)])];
+      if (ir_[ui].node.op == Op::LossSlot)
+        ptr += static_cast<std::size_t>(shape[static_cast<std::size_t>(ir_[ui].node.inputs[0])].numel()) * es;
       p.slots[ui] = TensorView(ptr, dt, shape[ui]);
       if (ir_[ui].node.op == Op::Input) p.staging[ui] = p.slots[ui];
     } else if (kind[ui] == Kind::persistent && is_view(ir_[ui])) {

@@ -506,6 +506,7 @@ TEST_CASE("the op table is in enum order", "[autodiff][registry]") {
       {Op::Transpose, "transpose"}, {Op::SoftmaxCrossEntropy, "softmax_cross_entropy"},
       {Op::SoftmaxCrossEntropyGrad, "softmax_cross_entropy_grad"}, {Op::Argmax, "argmax"},
       {Op::Equal, "equal"},       {Op::Greater, "greater"},     {Op::AddRelu, "add_relu"},
+      {Op::SoftmaxCrossEntropyFused, "softmax_cross_entropy_fused"}, {Op::LossSlot, "loss_slot"},
       {Op::SgdUpdate, "sgd_update"}, {Op::MomentumUpdate, "momentum_update"}, {Op::AdamUpdate, "adam_update"},
   };
   REQUIRE(expected.size() == static_cast<std::size_t>(Op::Count_));

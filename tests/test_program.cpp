@@ -442,7 +442,8 @@ TEST_CASE("the Adam update matches a hand computation over two steps", "[program
 
 // ---- fusion ------------------------------------------------------------------------------------
 
-TEST_CASE("fusion turns the network's bias add and relu into add_relu, with bitwise equal results", "[program][fuse]") {
+TEST_CASE("fusion makes add_relu and one softmax-cross-entropy kernel for loss and gradient, with bitwise equal results",
+          "[program][fuse]") {
   const gg::DType dt = GENERATE(gg::f32, gg::f64);
   INFO(gg::dtype_name(dt));
   Mlp net(dt, 50, 16, 6);
@@ -453,6 +454,11 @@ TEST_CASE("fusion turns the network's bias add and relu into add_relu, with bitw
   CHECK_FALSE(has_step(fs, "relu"));
   CHECK_FALSE(has_step(ps, "add_relu"));
   CHECK(has_step(ps, "relu"));
+  CHECK(has_step(fs, "softmax_cross_entropy_fused"));
+  CHECK_FALSE(has_step(fs, "softmax_cross_entropy"));
+  CHECK_FALSE(has_step(fs, "softmax_cross_entropy_grad"));
+  CHECK(has_step(ps, "softmax_cross_entropy"));
+  CHECK(has_step(ps, "softmax_cross_entropy_grad"));
   CHECK(fused.num_steps(12) < plain.num_steps(12));
   const gg::Tensor x = random_tensor(dt, {50, 12}, 0, 1, 30), y = one_hot(dt, 6, 12, 31);
   fused.run({{net.X, x}, {net.Y, y}});

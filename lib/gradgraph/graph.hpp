@@ -45,7 +45,7 @@ enum class Op : std::uint8_t {
   // non-differentiable
   Argmax, Equal, Greater,
   // fused (created by the fusion pass, never by users)
-  AddRelu,
+  AddRelu, SoftmaxCrossEntropyFused, LossSlot,
   // parameter updates (side effects on persistent storage)
   SgdUpdate, MomentumUpdate, AdamUpdate,
   Count_

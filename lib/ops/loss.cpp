@@ -101,6 +101,68 @@ void grad_fwd(const KernelArgs& k) {
   });
 }
 
+// softmax_cross_entropy_fused(Z, Y, g): made by the fusion pass when a program computes both
+// the loss and its gradient. One traversal of each block of Z and Y computes the exponentials
+// once and yields both results, with the same arithmetic, in the same order, as the two
+// separate kernels (so the results are bitwise those of the unfused program). The output is
+// the gradient; the loss is stored in one extra element after it, which the loss_slot node
+// views.
+template <typename T>
+void fused_fwd(const KernelArgs& k) {
+  const int axis = class_axis(k.in[0].shape, k.attrs->axis);
+  const T* z = data<T>(k.in[0]);
+  const T* y = data<T>(k.in[1]);
+  const double m = static_cast<double>(examples(k.in[0].shape, axis));
+  const T c = static_cast<T>(static_cast<double>(data<T>(k.in[2])[0]) / m);
+  T* out = data<T>(k.out);
+  double partial[kMaxThreads] = {};
+  for_each_slice<T>(k.in[0], axis, k.threads, [&](std::int64_t off, std::int64_t n, std::int64_t stride, std::int64_t w) {
+    T mx[kSliceBlock], se[kSliceBlock];
+    double lse[kSliceBlock], sy[kSliceBlock];
+    for (std::int64_t j = 0; j < w; ++j) mx[j] = -std::numeric_limits<T>::infinity(), se[j] = 0, sy[j] = 0;
+    const T* zb = z + off;
+    const T* yb = y + off;
+    T* ob = out + off;
+    for (std::int64_t cc = 0; cc < n; ++cc) {
+      const T* __restrict row = zb + cc * stride;
+#pragma omp simd
+      for (std::int64_t j = 0; j < w; ++j) mx[j] = mx[j] < row[j] ? row[j] : mx[j];
+    }
+    for (std::int64_t cc = 0; cc < n; ++cc) {
+      const T* __restrict row = zb + cc * stride;
+      T* __restrict o = ob + cc * stride;
+#pragma omp simd
+      for (std::int64_t j = 0; j < w; ++j) {
+        const T e = exp_vec(row[j] - mx[j]);
+        se[j] += e;
+        o[j] = e;
+      }
+    }
+    for (std::int64_t j = 0; j < w; ++j) lse[j] = static_cast<double>(mx[j]) + std::log(static_cast<double>(se[j]));
+    double acc = 0;
+    for (std::int64_t cc = 0; cc < n; ++cc)
+      for (std::int64_t j = 0; j < w; ++j) {
+        const T t = yb[cc * stride + j];
+        if (t != T(0)) acc += static_cast<double>(t) * (static_cast<double>(zb[cc * stride + j]) - lse[j]);
+        sy[j] += static_cast<double>(t);
+      }
+    partial[omp_get_thread_num()] += acc;
+    for (std::int64_t j = 0; j < w; ++j) se[j] = T(1) / se[j];
+    for (std::int64_t cc = 0; cc < n; ++cc)
+      for (std::int64_t j = 0; j < w; ++j) {
+        const std::int64_t i = cc * stride + j;
+        const T s = static_cast<T>(ob[i] * se[j]);
+        ob[i] = (s * static_cast<T>(sy[j]) - yb[i]) * c;
+      }
+  });
+  double total = 0;
+  for (double p : partial) total += p;
+  out[k.out.numel()] = static_cast<T>(-total / m);
+}
+
+Shape infer_fused(const Graph& g, const Node& n) { return g.node(n.inputs[0]).shape; }
+Shape infer_loss_slot(const Graph&, const Node&) { return Shape{}; }
+
 // g / M as a node (M may depend on the batch size).
 Value per_example(Graph& g, const Node& n, Value v) {
   const Shape& z = g.node(n.inputs[0]).shape;
@@ -136,6 +198,11 @@ std::vector<Value> grad_vjp(Graph& g, const Node& n, Value, Value V, const std::
 
 namespace detail {
 extern const OpDef kSceDef = {"softmax_cross_entropy", 2, 0, 0b11, 0, infer, fwd<float>, fwd<double>, vjp};
+extern const OpDef kSceFusedDef = {"softmax_cross_entropy_fused", 3, kNonDifferentiable, 0, 0, infer_fused,
+                                   fused_fwd<float>, fused_fwd<double>, nullptr};
+// The loss written by softmax_cross_entropy_fused, one element past its gradient.
+extern const OpDef kLossSlotDef = {"loss_slot", 1, kView | kNonDifferentiable, 0, 0, infer_loss_slot, nullptr, nullptr,
+                                   nullptr};
 extern const OpDef kSceGradDef = {"softmax_cross_entropy_grad", 3, 0, 0b111, 0, infer_grad, grad_fwd<float>,
                                   grad_fwd<double>, grad_vjp};
 }  // namespace detail

@@ -9,8 +9,8 @@ namespace gg::detail {
 extern const OpDef kInputDef, kParamDef, kStateDef, kConstantDef, kFillDef, kMatMulDef, kAddDef, kSubDef, kMulDef,
     kDivDef, kNegDef, kScaleDef, kAddScalarDef, kPowDef, kExpDef, kLogDef, kSqrtDef, kReluDef, kSigmoidDef, kTanhDef,
     kReluGradDef, kSoftmaxDef, kLogSoftmaxDef, kSumDef, kSumToDef, kBroadcastToDef, kReshapeDef, kTransposeDef,
-    kSceDef, kSceGradDef, kArgmaxDef, kEqualDef, kGreaterDef, kAddReluDef, kSgdUpdateDef, kMomentumUpdateDef,
-    kAdamUpdateDef;
+    kSceDef, kSceGradDef, kArgmaxDef, kEqualDef, kGreaterDef, kAddReluDef, kSceFusedDef, kLossSlotDef, kSgdUpdateDef,
+    kMomentumUpdateDef, kAdamUpdateDef;
 
 namespace {
 const std::array<const OpDef*, static_cast<std::size_t>(Op::Count_)>& table() {
@@ -20,7 +20,7 @@ const std::array<const OpDef*, static_cast<std::size_t>(Op::Count_)>& table() {
       &kAddScalarDef, &kPowDef,        &kExpDef,       &kLogDef,       &kSqrtDef,           &kReluDef,
       &kSigmoidDef,  &kTanhDef,        &kReluGradDef,  &kSoftmaxDef,   &kLogSoftmaxDef,     &kSumDef,
       &kSumToDef,    &kBroadcastToDef, &kReshapeDef,   &kTransposeDef, &kSceDef,            &kSceGradDef,
-      &kArgmaxDef,   &kEqualDef,       &kGreaterDef,   &kAddReluDef,   &kSgdUpdateDef,      &kMomentumUpdateDef,
+      &kArgmaxDef,   &kEqualDef,       &kGreaterDef,   &kAddReluDef,   &kSceFusedDef,       &kLossSlotDef,       &kSgdUpdateDef,      &kMomentumUpdateDef,
       &kAdamUpdateDef};
   return t;
 }
