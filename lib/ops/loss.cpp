@@ -44,40 +44,59 @@ Shape infer_grad(const Graph& g, const Node& n) {
 
 std::int64_t examples(const Shape& s, int axis) { return s.numel() / std::max<std::int64_t>(1, s.dims[axis]); }
 
+// sum_k Y_k (Z_k - logsumexp(Z)) over a block of slices, from exp_sums' max and sums. Zero
+// targets are skipped: an impossible class (log p = -inf) then costs nothing, not 0 * inf.
+template <typename T>
+double block_log_likelihood(const T* zb, const T* yb, std::int64_t n, std::int64_t stride, std::int64_t w, const T* mx,
+                            const T* se) {
+  double lse[kSliceBlock];
+  for (std::int64_t j = 0; j < w; ++j) lse[j] = static_cast<double>(mx[j]) + std::log(static_cast<double>(se[j]));
+  double acc = 0;
+  for (std::int64_t c = 0; c < n; ++c)
+    for (std::int64_t j = 0; j < w; ++j) {
+      const T t = yb[c * stride + j];
+      if (t != T(0)) acc += static_cast<double>(t) * (static_cast<double>(zb[c * stride + j]) - lse[j]);
+    }
+  return acc;
+}
+
+// out = (S sum_k Y_k - Y) c over a block, where out holds S = softmax(Z) on entry.
+template <typename T>
+void block_grad_from_softmax(T* ob, const T* yb, std::int64_t n, std::int64_t stride, std::int64_t w, T c) {
+  double sy[kSliceBlock];
+  for (std::int64_t j = 0; j < w; ++j) sy[j] = 0;
+  for (std::int64_t cc = 0; cc < n; ++cc)
+    for (std::int64_t j = 0; j < w; ++j) sy[j] += static_cast<double>(yb[cc * stride + j]);
+  for (std::int64_t cc = 0; cc < n; ++cc)
+    for (std::int64_t j = 0; j < w; ++j) {
+      const std::int64_t i = cc * stride + j;
+      ob[i] = (ob[i] * static_cast<T>(sy[j]) - yb[i]) * c;
+    }
+}
+
+// Per-thread partial log-likelihoods, added in thread order (deterministic per thread count).
+struct Partials {
+  double v[kMaxThreads] = {};
+  void add(double x) { v[omp_get_thread_num()] += x; }
+  double total() const {
+    double t = 0;
+    for (double x : v) t += x;
+    return t;
+  }
+};
+
 template <typename T>
 void fwd(const KernelArgs& k) {
   const int axis = class_axis(k.in[0].shape, k.attrs->axis);
   const T* z = data<T>(k.in[0]);
   const T* y = data<T>(k.in[1]);
-  double partial[kMaxThreads] = {};
+  Partials ll;
   for_each_slice<T>(k.in[0], axis, k.threads, [&](std::int64_t off, std::int64_t n, std::int64_t stride, std::int64_t w) {
     T mx[kSliceBlock], se[kSliceBlock];
-    double lse[kSliceBlock];
-    for (std::int64_t j = 0; j < w; ++j) mx[j] = -std::numeric_limits<T>::infinity(), se[j] = 0;
-    const T* zb = z + off;
-    const T* yb = y + off;
-    for (std::int64_t c = 0; c < n; ++c) {
-      const T* __restrict row = zb + c * stride;
-#pragma omp simd
-      for (std::int64_t j = 0; j < w; ++j) mx[j] = mx[j] < row[j] ? row[j] : mx[j];
-    }
-    for (std::int64_t c = 0; c < n; ++c) {
-      const T* __restrict row = zb + c * stride;
-#pragma omp simd
-      for (std::int64_t j = 0; j < w; ++j) se[j] += exp_vec(row[j] - mx[j]);
-    }
-    for (std::int64_t j = 0; j < w; ++j) lse[j] = static_cast<double>(mx[j]) + std::log(static_cast<double>(se[j]));
-    double acc = 0;
-    for (std::int64_t c = 0; c < n; ++c)
-      for (std::int64_t j = 0; j < w; ++j) {
-        const T t = yb[c * stride + j];
-        if (t != T(0)) acc += static_cast<double>(t) * (static_cast<double>(zb[c * stride + j]) - lse[j]);
-      }
-    partial[omp_get_thread_num()] += acc;
+    exp_sums<T>(z + off, nullptr, n, stride, w, mx, se);
+    ll.add(block_log_likelihood(z + off, y + off, n, stride, w, mx, se));
   });
-  double total = 0;
-  for (double p : partial) total += p;
-  data<T>(k.out)[0] = static_cast<T>(-total / static_cast<double>(examples(k.in[0].shape, axis)));
+  data<T>(k.out)[0] = static_cast<T>(-ll.total() / static_cast<double>(examples(k.in[0].shape, axis)));
 }
 
 template <typename T>
@@ -89,24 +108,15 @@ void grad_fwd(const KernelArgs& k) {
   T* out = data<T>(k.out);
   for_each_slice<T>(k.in[0], axis, k.threads, [&](std::int64_t off, std::int64_t n, std::int64_t stride, std::int64_t w) {
     softmax_block<T>(z + off, out + off, n, stride, w, false);
-    double sy[kSliceBlock];
-    for (std::int64_t j = 0; j < w; ++j) sy[j] = 0;
-    for (std::int64_t cc = 0; cc < n; ++cc)
-      for (std::int64_t j = 0; j < w; ++j) sy[j] += static_cast<double>(y[off + cc * stride + j]);
-    for (std::int64_t cc = 0; cc < n; ++cc)
-      for (std::int64_t j = 0; j < w; ++j) {
-        const std::int64_t i = off + cc * stride + j;
-        out[i] = (out[i] * static_cast<T>(sy[j]) - y[i]) * c;
-      }
+    block_grad_from_softmax(out + off, y + off, n, stride, w, c);
   });
 }
 
 // softmax_cross_entropy_fused(Z, Y, g): made by the fusion pass when a program computes both
 // the loss and its gradient. One traversal of each block of Z and Y computes the exponentials
-// once and yields both results, with the same arithmetic, in the same order, as the two
-// separate kernels (so the results are bitwise those of the unfused program). The output is
-// the gradient; the loss is stored in one extra element after it, which the loss_slot node
-// views.
+// once and yields both results through the same block functions as the two separate kernels
+// (so the results are bitwise those of the unfused program). The output is the gradient; the
+// loss is stored in one extra element after it, which the loss_slot node views.
 template <typename T>
 void fused_fwd(const KernelArgs& k) {
   const int axis = class_axis(k.in[0].shape, k.attrs->axis);
@@ -115,49 +125,15 @@ void fused_fwd(const KernelArgs& k) {
   const double m = static_cast<double>(examples(k.in[0].shape, axis));
   const T c = static_cast<T>(static_cast<double>(data<T>(k.in[2])[0]) / m);
   T* out = data<T>(k.out);
-  double partial[kMaxThreads] = {};
+  Partials ll;
   for_each_slice<T>(k.in[0], axis, k.threads, [&](std::int64_t off, std::int64_t n, std::int64_t stride, std::int64_t w) {
     T mx[kSliceBlock], se[kSliceBlock];
-    double lse[kSliceBlock], sy[kSliceBlock];
-    for (std::int64_t j = 0; j < w; ++j) mx[j] = -std::numeric_limits<T>::infinity(), se[j] = 0, sy[j] = 0;
-    const T* zb = z + off;
-    const T* yb = y + off;
-    T* ob = out + off;
-    for (std::int64_t cc = 0; cc < n; ++cc) {
-      const T* __restrict row = zb + cc * stride;
-#pragma omp simd
-      for (std::int64_t j = 0; j < w; ++j) mx[j] = mx[j] < row[j] ? row[j] : mx[j];
-    }
-    for (std::int64_t cc = 0; cc < n; ++cc) {
-      const T* __restrict row = zb + cc * stride;
-      T* __restrict o = ob + cc * stride;
-#pragma omp simd
-      for (std::int64_t j = 0; j < w; ++j) {
-        const T e = exp_vec(row[j] - mx[j]);
-        se[j] += e;
-        o[j] = e;
-      }
-    }
-    for (std::int64_t j = 0; j < w; ++j) lse[j] = static_cast<double>(mx[j]) + std::log(static_cast<double>(se[j]));
-    double acc = 0;
-    for (std::int64_t cc = 0; cc < n; ++cc)
-      for (std::int64_t j = 0; j < w; ++j) {
-        const T t = yb[cc * stride + j];
-        if (t != T(0)) acc += static_cast<double>(t) * (static_cast<double>(zb[cc * stride + j]) - lse[j]);
-        sy[j] += static_cast<double>(t);
-      }
-    partial[omp_get_thread_num()] += acc;
-    for (std::int64_t j = 0; j < w; ++j) se[j] = T(1) / se[j];
-    for (std::int64_t cc = 0; cc < n; ++cc)
-      for (std::int64_t j = 0; j < w; ++j) {
-        const std::int64_t i = cc * stride + j;
-        const T s = static_cast<T>(ob[i] * se[j]);
-        ob[i] = (s * static_cast<T>(sy[j]) - yb[i]) * c;
-      }
+    exp_sums<T>(z + off, out + off, n, stride, w, mx, se);
+    ll.add(block_log_likelihood(z + off, y + off, n, stride, w, mx, se));
+    normalize_exps(out + off, n, stride, w, se);
+    block_grad_from_softmax(out + off, y + off, n, stride, w, c);
   });
-  double total = 0;
-  for (double p : partial) total += p;
-  out[k.out.numel()] = static_cast<T>(-total / m);
+  out[k.out.numel()] = static_cast<T>(-ll.total() / m);
 }
 
 Shape infer_fused(const Graph& g, const Node& n) { return g.node(n.inputs[0]).shape; }

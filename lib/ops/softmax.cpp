@@ -17,39 +17,14 @@ namespace detail {
 template <typename T>
 void softmax_block(const T* x, T* y, std::int64_t n, std::int64_t stride, std::int64_t w, bool log_out) {
   T mx[kSliceBlock], sum[kSliceBlock];
-  for (std::int64_t j = 0; j < w; ++j) mx[j] = -std::numeric_limits<T>::infinity(), sum[j] = 0;
-  for (std::int64_t k = 0; k < n; ++k) {
-    const T* __restrict row = x + k * stride;
-#pragma omp simd
-    for (std::int64_t j = 0; j < w; ++j) mx[j] = mx[j] < row[j] ? row[j] : mx[j];
+  exp_sums(x, log_out ? nullptr : y, n, stride, w, mx, sum);
+  if (!log_out) {
+    normalize_exps(y, n, stride, w, sum);
+    return;
   }
-  if (log_out) {
-    for (std::int64_t k = 0; k < n; ++k) {
-      const T* __restrict row = x + k * stride;
-#pragma omp simd
-      for (std::int64_t j = 0; j < w; ++j) sum[j] += exp_vec(row[j] - mx[j]);
-    }
-  } else {
-    for (std::int64_t k = 0; k < n; ++k) {
-      const T* __restrict row = x + k * stride;
-      T* __restrict out = y + k * stride;
-#pragma omp simd
-      for (std::int64_t j = 0; j < w; ++j) {
-        const T e = exp_vec(row[j] - mx[j]);
-        sum[j] += e;
-        out[j] = e;
-      }
-    }
-  }
-  if (log_out) {
-    for (std::int64_t j = 0; j < w; ++j) sum[j] = std::log(sum[j]);
-    for (std::int64_t k = 0; k < n; ++k)
-      for (std::int64_t j = 0; j < w; ++j) y[k * stride + j] = static_cast<T>((x[k * stride + j] - mx[j]) - sum[j]);
-  } else {
-    for (std::int64_t j = 0; j < w; ++j) sum[j] = T(1) / sum[j];
-    for (std::int64_t k = 0; k < n; ++k)
-      for (std::int64_t j = 0; j < w; ++j) y[k * stride + j] = static_cast<T>(y[k * stride + j] * sum[j]);
-  }
+  for (std::int64_t j = 0; j < w; ++j) sum[j] = std::log(sum[j]);
+  for (std::int64_t k = 0; k < n; ++k)
+    for (std::int64_t j = 0; j < w; ++j) y[k * stride + j] = static_cast<T>((x[k * stride + j] - mx[j]) - sum[j]);
 }
 template void softmax_block<float>(const float*, float*, std::int64_t, std::int64_t, std::int64_t, bool);
 template void softmax_block<double>(const double*, double*, std::int64_t, std::int64_t, std::int64_t, bool);

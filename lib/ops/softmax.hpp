@@ -5,6 +5,7 @@
 #include "op.hpp"
 
 #include <bit>
+#include <limits>
 
 namespace gg::detail {
 
@@ -50,6 +51,43 @@ inline float exp_vec(float x) {
   return x <= -87.3f ? 0.0f : p * scale;
 }
 inline double exp_vec(double x) { return __builtin_exp(x); }
+
+// Per slice of a block of w adjacent slices (length n, distance `stride`): mx = the max,
+// se = sum exp(x - mx), and with e != nullptr the exponentials stored in e (x's layout). The
+// softmax, log_softmax and loss kernels all start here, so a fused kernel does the same
+// arithmetic in the same order as the separate ones.
+template <typename T>
+void exp_sums(const T* x, T* e, std::int64_t n, std::int64_t stride, std::int64_t w, T* mx, T* se) {
+  for (std::int64_t j = 0; j < w; ++j) mx[j] = -std::numeric_limits<T>::infinity(), se[j] = 0;
+  for (std::int64_t k = 0; k < n; ++k) {
+    const T* __restrict row = x + k * stride;
+#pragma omp simd
+    for (std::int64_t j = 0; j < w; ++j) mx[j] = mx[j] < row[j] ? row[j] : mx[j];
+  }
+  for (std::int64_t k = 0; k < n; ++k) {
+    const T* __restrict row = x + k * stride;
+    if (e) {
+      T* __restrict out = e + k * stride;
+#pragma omp simd
+      for (std::int64_t j = 0; j < w; ++j) {
+        const T v = exp_vec(row[j] - mx[j]);
+        se[j] += v;
+        out[j] = v;
+      }
+    } else {
+#pragma omp simd
+      for (std::int64_t j = 0; j < w; ++j) se[j] += exp_vec(row[j] - mx[j]);
+    }
+  }
+}
+
+// Turns the exponentials left by exp_sums into softmax: e *= 1 / se (se becomes 1 / se).
+template <typename T>
+void normalize_exps(T* e, std::int64_t n, std::int64_t stride, std::int64_t w, T* se) {
+  for (std::int64_t j = 0; j < w; ++j) se[j] = T(1) / se[j];
+  for (std::int64_t k = 0; k < n; ++k)
+    for (std::int64_t j = 0; j < w; ++j) e[k * stride + j] = static_cast<T>(e[k * stride + j] * se[j]);
+}
 
 // y = softmax (or log_softmax) of `width` adjacent slices of length n at distance `stride`.
 template <typename T>
