@@ -1,4 +1,5 @@
 #include "support.hpp"
+
 #include <gradgraph/atomic_file.hpp>
 
 #include <catch2/catch.hpp>

@@ -1,4 +1,5 @@
 #include "support.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <gradgraph/idx.hpp>

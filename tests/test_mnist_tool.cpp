@@ -2,6 +2,7 @@
 // the real data): exit codes, the notebook's output format, the CSV, the PNG, checkpoints,
 // and one clear line for each kind of bad input.
 #include "support.hpp"
+
 #include <gradgraph/safetensors.hpp>
 
 #include <catch2/catch.hpp>

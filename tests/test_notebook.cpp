@@ -1,5 +1,7 @@
 // The notebook's network, built with the graph API and differentiated by gradients(), gives
 // exactly the notebook's hand-derived gradients (written here literally, with plain loops).
+#include "support.hpp"
+
 #include <gradgraph/gradgraph.hpp>
 
 #include <catch2/catch.hpp>
@@ -10,24 +12,7 @@
 
 namespace {
 
-struct Mlp {
-  gg::Graph g;
-  gg::Value X, Y, W1, b1, W2, b2, Z1, A1, Z2, loss;
-  std::vector<gg::Value> grads;
-  Mlp(gg::DType dt, std::int64_t n0, std::int64_t n1, std::int64_t n2) : g(dt) {
-    X = g.input("X", {n0, gg::dyn});
-    Y = g.input("Y", {n2, gg::dyn});
-    W1 = g.param("W1", {n1, n0}, gg::he_normal());
-    b1 = g.param("b1", {n1, 1}, gg::uniform(-0.1, 0.1));
-    W2 = g.param("W2", {n2, n1}, gg::he_normal());
-    b2 = g.param("b2", {n2, 1}, gg::uniform(-0.1, 0.1));
-    Z1 = gg::matmul(W1, X) + b1;
-    A1 = gg::relu(Z1);
-    Z2 = gg::matmul(W2, A1) + b2;
-    loss = gg::softmax_cross_entropy(Z2, Y);
-    grads = gg::gradients(loss, {W1, b1, W2, b2});
-  }
-};
+using Mlp = gg::test::MlpWithGrads;
 
 using Mat = std::vector<double>;  // row-major
 

@@ -1,4 +1,5 @@
 #include "support.hpp"
+
 #include "../tools/common/metrics.hpp"
 #include "../tools/common/plot.hpp"
 

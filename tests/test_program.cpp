@@ -1,5 +1,7 @@
 // Programs: feeding, planning per batch size, memory sharing, strided feeds, parameter access,
 // initialisers, optimizer update ops, the fusion pass and shared parameter storage.
+#include "support.hpp"
+
 #include <gradgraph/gradgraph.hpp>
 #include <gradgraph/init.hpp>
 
@@ -16,32 +18,10 @@ namespace {
 using Catch::Matchers::Contains;
 using gg::Shape;
 using gg::Value;
-
-gg::Tensor random_tensor(gg::DType dt, const Shape& s, double lo, double hi, std::uint64_t seed) {
-  gg::Generator rng(gg::RngKind::standard, seed);
-  gg::Tensor t(dt, s);
-  for (std::int64_t i = 0; i < t.numel(); ++i) {
-    const double v = lo + (hi - lo) * rng.uniform();
-    if (dt == gg::f32)
-      t.ptr<float>()[i] = static_cast<float>(v);
-    else
-      t.ptr<double>()[i] = v;
-  }
-  return t;
-}
-
-gg::Tensor one_hot(gg::DType dt, std::int64_t classes, std::int64_t batch, std::uint64_t seed) {
-  gg::Generator rng(gg::RngKind::standard, seed);
-  gg::Tensor t(dt, {classes, batch});
-  for (std::int64_t j = 0; j < batch; ++j)
-    t.set({static_cast<std::int64_t>(rng.below(static_cast<std::uint64_t>(classes))), j}, 1.0);
-  return t;
-}
-
-std::vector<double> values(const gg::TensorView& v) {
-  const gg::Tensor c = gg::Tensor::copy_of(v, gg::f64);
-  return std::vector<double>(c.ptr<double>(), c.ptr<double>() + c.numel());
-}
+using Mlp = gg::test::MlpWithGrads;
+using gg::test::one_hot;
+using gg::test::random_tensor;
+using gg::test::values;
 
 double max_rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
   double e = 0, s = 0;
@@ -51,29 +31,6 @@ double max_rel_diff(const std::vector<double>& a, const std::vector<double>& b) 
   }
   return s > 0 ? e / s : e;
 }
-
-// The notebook's network (features x examples), with its gradients.
-struct Mlp {
-  gg::Graph g;
-  Value X, Y, W1, b1, W2, b2, loss;
-  std::vector<Value> params, grads;
-  Mlp(gg::DType dt, std::int64_t n0, std::int64_t n1, std::int64_t n2) : g(dt) {
-    X = g.input("X", {n0, gg::dyn});
-    Y = g.input("Y", {n2, gg::dyn});
-    W1 = g.param("W1", {n1, n0}, gg::he_normal());
-    b1 = g.param("b1", {n1, 1}, gg::uniform(-0.1, 0.1));
-    W2 = g.param("W2", {n2, n1}, gg::he_normal());
-    b2 = g.param("b2", {n2, 1}, gg::uniform(-0.1, 0.1));
-    loss = gg::softmax_cross_entropy(gg::matmul(W2, gg::relu(gg::matmul(W1, X) + b1)) + b2, Y);
-    params = {W1, b1, W2, b2};
-    grads = gg::gradients(loss, params);
-  }
-  std::vector<Value> fetches() const {
-    std::vector<Value> f = grads;
-    f.insert(f.begin(), loss);
-    return f;
-  }
-};
 
 gg::CompileOptions options(bool fuse = true, std::uint64_t seed = 3) {
   gg::CompileOptions o;

@@ -1,4 +1,5 @@
 #include "support.hpp"
+
 #include <gradgraph/safetensors.hpp>
 
 #include <catch2/catch.hpp>
