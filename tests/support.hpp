@@ -3,6 +3,8 @@
 
 #include <gradgraph/gradgraph.hpp>
 
+#include <catch2/catch.hpp>
+
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -100,5 +102,32 @@ struct MlpWithGrads : Mlp {
     differentiate();
   }
 };
+
+// The message of the E that f throws (the test fails if it throws nothing or something else).
+template <typename E, typename F>
+std::string message_of(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  }
+  FAIL("no exception was thrown");
+  return {};
+}
+
+using Bytes = std::vector<std::uint8_t>;
+
+inline void put_be32(Bytes& b, std::uint32_t v) {
+  for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<std::uint8_t>(v >> s));
+}
+
+// An IDX file: 00 00 type rank, big-endian dims, then `data` verbatim (which may deliberately not
+// match the dims).
+inline Bytes idx(std::vector<std::uint32_t> dims, const Bytes& data, std::uint8_t type = 0x08) {
+  Bytes b = {0, 0, type, static_cast<std::uint8_t>(dims.size())};
+  for (std::uint32_t d : dims) put_be32(b, d);
+  b.insert(b.end(), data.begin(), data.end());
+  return b;
+}
 
 }  // namespace gg::test

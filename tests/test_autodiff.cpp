@@ -23,6 +23,7 @@ using Catch::Matchers::Contains;
 using gg::Shape;
 using gg::Value;
 using gg::test::Mlp;
+using gg::test::message_of;
 using gg::test::one_hot;
 using gg::test::random_tensor;
 using gg::test::values;
@@ -44,17 +45,6 @@ int count_backward(const gg::Graph& g, gg::Op op) {
   return n;
 }
 
-// The message of the E that f throws (the test fails if it throws nothing or something else).
-template <typename E, typename F>
-std::string message_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  FAIL("no exception was thrown");
-  return {};
-}
 
 gg::CompileOptions options(int threads, bool fuse = true) {
   gg::CompileOptions o;

@@ -21,22 +21,12 @@ using gg::data::DataError;
 namespace {
 
 namespace fs = std::filesystem;
-using Bytes = std::vector<std::uint8_t>;
+using gg::test::Bytes;
+using gg::test::idx;
+using gg::test::put_be32;
 
 using gg::test::TempDir;
 
-void put_be32(Bytes& b, std::uint32_t v) {
-  for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<std::uint8_t>(v >> s));
-}
-
-// An IDX file: 00 00 type rank, big-endian dims, then `data` verbatim (which may deliberately not
-// match the dims).
-Bytes idx(std::vector<std::uint32_t> dims, const Bytes& data, std::uint8_t type = 0x08) {
-  Bytes b = {0, 0, type, static_cast<std::uint8_t>(dims.size())};
-  for (std::uint32_t d : dims) put_be32(b, d);
-  b.insert(b.end(), data.begin(), data.end());
-  return b;
-}
 
 Bytes iota_bytes(std::size_t n, unsigned mod = 256) {
   Bytes b(n);

@@ -30,20 +30,12 @@ using Catch::Matchers::Contains;
 namespace {
 
 namespace fs = std::filesystem;
-using Bytes = std::vector<std::uint8_t>;
+using gg::test::Bytes;
+using gg::test::idx;
+using gg::test::put_be32;
 
 using gg::test::TempDir;
 
-void put_be32(Bytes& b, std::uint32_t v) {
-  for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<std::uint8_t>(v >> s));
-}
-
-Bytes idx(std::vector<std::uint32_t> dims, const Bytes& data) {
-  Bytes b = {0, 0, 0x08, static_cast<std::uint8_t>(dims.size())};
-  for (std::uint32_t d : dims) put_be32(b, d);
-  b.insert(b.end(), data.begin(), data.end());
-  return b;
-}
 
 void write_file(const std::string& path, const Bytes& b, bool gz = false) {
   if (gz) {

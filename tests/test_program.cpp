@@ -19,6 +19,7 @@ using Catch::Matchers::Contains;
 using gg::Shape;
 using gg::Value;
 using Mlp = gg::test::MlpWithGrads;
+using gg::test::message_of;
 using gg::test::one_hot;
 using gg::test::random_tensor;
 using gg::test::values;
@@ -40,16 +41,6 @@ gg::CompileOptions options(bool fuse = true, std::uint64_t seed = 3) {
   return o;
 }
 
-template <typename E, typename F>
-std::string message_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  FAIL("no exception was thrown");
-  return {};
-}
 
 bool has_step(const std::vector<std::string>& schedule, const std::string& op) {
   return std::any_of(schedule.begin(), schedule.end(),
