@@ -97,24 +97,6 @@ constexpr int kForever = std::numeric_limits<int>::max();
 
 bool is_view(const IrNode& n) { return op_def(n.node.op).flags & detail::kView; }
 
-void strided_copy(const TensorView& src, const TensorView& dst) {
-  const Shape& s = src.shape;
-  const std::int64_t n = s.numel();
-  std::int64_t idx[kMaxRank] = {};
-  const std::size_t es = dtype_size(src.dtype);
-  auto* d = static_cast<std::byte*>(dst.data);
-  const auto* b = static_cast<const std::byte*>(src.data);
-  for (std::int64_t i = 0; i < n; ++i) {
-    std::int64_t off = 0;
-    for (int k = 0; k < s.rank; ++k) off += idx[k] * src.strides[k];
-    std::memcpy(d + static_cast<std::size_t>(i) * es, b + off * static_cast<std::int64_t>(es), es);
-    for (int k = s.rank - 1; k >= 0; --k) {
-      if (++idx[k] < s.dims[k]) break;
-      idx[k] = 0;
-    }
-  }
-}
-
 }  // namespace
 
 // ---- compile ---------------------------------------------------------------------------------
@@ -453,7 +435,7 @@ void Program::run_impl(const Feed* feeds, std::size_t nf) {
     for (std::size_t k = 0; k < nf; ++k)
       if (feeds[k].input.id == ir_[ui].graph_id) v = &feeds[k].value;
     if (p.staging[ui].data && !v->is_contiguous()) {
-      strided_copy(*v, p.staging[ui]);
+      copy(*v, p.staging[ui]);
       p.slots[ui] = p.staging[ui];
     } else {
       p.slots[ui] = *v;

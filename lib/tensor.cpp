@@ -165,24 +165,30 @@ Tensor::Tensor(DType t, const Shape& s) {
   view_ = TensorView(p, t, s);
 }
 
-Tensor Tensor::copy_of(const TensorView& v, DType t) {
-  Tensor out(t, v.shape);
-  const int r = v.shape.rank;
-  const std::int64_t n = v.numel();
+void copy(const TensorView& src, const TensorView& dst) {
+  if (src.shape != dst.shape)
+    throw std::invalid_argument("copy: shapes differ, " + to_string(src.shape) + " and " + to_string(dst.shape));
+  const int r = src.shape.rank;
+  const std::int64_t n = src.numel();
   std::int64_t idx[kMaxRank] = {};
   for (std::int64_t i = 0; i < n; ++i) {
-    std::int64_t off = 0;
-    for (int d = 0; d < r; ++d) off += idx[d] * v.strides.s[d];
-    double x = v.flat(off);
-    if (t == DType::f32)
-      out.ptr<float>()[i] = static_cast<float>(x);
+    std::int64_t so = 0, d = 0;
+    for (int k = 0; k < r; ++k) so += idx[k] * src.strides.s[k], d += idx[k] * dst.strides.s[k];
+    const double x = src.flat(so);
+    if (dst.dtype == DType::f32)
+      static_cast<float*>(dst.data)[d] = static_cast<float>(x);
     else
-      out.ptr<double>()[i] = x;
-    for (int d = r - 1; d >= 0; --d) {
-      if (++idx[d] < v.shape.dims[d]) break;
-      idx[d] = 0;
+      static_cast<double*>(dst.data)[d] = x;
+    for (int k = r - 1; k >= 0; --k) {
+      if (++idx[k] < src.shape.dims[k]) break;
+      idx[k] = 0;
     }
   }
+}
+
+Tensor Tensor::copy_of(const TensorView& v, DType t) {
+  Tensor out(t, v.shape);
+  copy(v, out.view());
   return out;
 }
 

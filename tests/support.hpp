@@ -5,7 +5,11 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
+#include <fstream>
+#include <sstream>
 #include <cstdint>
 #include <vector>
 #include <cstdlib>
@@ -113,6 +117,24 @@ std::string message_of(F&& f) {
   }
   FAIL("no exception was thrown");
   return {};
+}
+
+// Normwise relative difference: max |a - b| / max |b| (max |a - b| when b is all zeros).
+inline double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  double e = 0, s = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    e = std::max(e, std::fabs(a[i] - b[i]));
+    s = std::max(s, std::fabs(b[i]));
+  }
+  return s > 0 ? e / s : e;
+}
+
+// A whole file's bytes.
+inline std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
 }
 
 using Bytes = std::vector<std::uint8_t>;

@@ -21,12 +21,7 @@ namespace {
 
 using ScratchDir = gg::test::TempDir;
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using gg::test::slurp;
 
 }  // namespace
 

@@ -26,17 +26,8 @@ using gg::test::Mlp;
 using gg::test::message_of;
 using gg::test::one_hot;
 using gg::test::random_tensor;
+using gg::test::rel_diff;
 using gg::test::values;
-
-// Normwise relative difference: max |a - b| / max |b|.
-double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  double e = 0, s = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    e = std::max(e, std::fabs(a[i] - b[i]));
-    s = std::max(s, std::fabs(b[i]));
-  }
-  return s > 0 ? e / s : e;
-}
 
 int count_backward(const gg::Graph& g, gg::Op op) {
   int n = 0;

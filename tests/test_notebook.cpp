@@ -90,15 +90,8 @@ Mat to_mat(const gg::TensorView& v) {
   return out;
 }
 
-// Normwise: max |got - want| / max |want|. (Elementwise ratios blow up for entries that are
-// sums cancelling to nearly zero, whose float32 error is relative to the terms, not the sum.)
-double max_rel_error(const Mat& got, const Mat& want) {
-  double e = 0, scale = 0;
-  for (double w : want) scale = std::max(scale, std::fabs(w));
-  for (std::size_t i = 0; i < got.size(); ++i) e = std::max(e, std::fabs(got[i] - want[i]));
-  return e / scale;
-}
-
+// Normwise (gg::test::rel_diff): elementwise ratios blow up for entries that are sums
+// cancelling to nearly zero, whose float32 error is relative to the terms, not the sum.
 void compare_with_notebook(gg::DType dt, int n0, int n1, int n2, int m, double tol) {
   Mlp net(dt, n0, n1, n2);
   gg::Program p = net.g.compile({net.loss, net.grads}, gg::CompileOptions{true, 1, gg::RngKind::standard, 7, nullptr});
@@ -111,10 +104,10 @@ void compare_with_notebook(gg::DType dt, int n0, int n1, int n2, int m, double t
   Reference r = notebook(to_mat(X), to_mat(Y), to_mat(p.param("W1")), to_mat(p.param("b1")), to_mat(p.param("W2")),
                          to_mat(p.param("b2")), n0, n1, n2, m);
   CHECK(std::fabs(p.scalar(net.loss) - r.loss) <= tol * std::fabs(r.loss));
-  CHECK(max_rel_error(to_mat(p.get(net.grads[0])), r.dW1) <= tol);
-  CHECK(max_rel_error(to_mat(p.get(net.grads[1])), r.db1) <= tol);
-  CHECK(max_rel_error(to_mat(p.get(net.grads[2])), r.dW2) <= tol);
-  CHECK(max_rel_error(to_mat(p.get(net.grads[3])), r.db2) <= tol);
+  CHECK(gg::test::rel_diff(to_mat(p.get(net.grads[0])), r.dW1) <= tol);
+  CHECK(gg::test::rel_diff(to_mat(p.get(net.grads[1])), r.db1) <= tol);
+  CHECK(gg::test::rel_diff(to_mat(p.get(net.grads[2])), r.dW2) <= tol);
+  CHECK(gg::test::rel_diff(to_mat(p.get(net.grads[3])), r.db2) <= tol);
 }
 
 }  // namespace

@@ -132,6 +132,10 @@ Tensor Tensor::from(const Shape& s, std::initializer_list<T> values) {
   return t;
 }
 
+// Copies src into dst element by element (any strides, same shape), converting the dtype.
+// Allocates nothing: programs use it to stage strided feeds.
+void copy(const TensorView& src, const TensorView& dst);
+
 // 64-byte aligned allocation released with aligned_free; used by tensors and program arenas.
 void* aligned_alloc64(std::size_t bytes);
 void aligned_free(void* p);
