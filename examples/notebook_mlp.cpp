@@ -20,7 +20,7 @@ int main(int argc, char** argv) {
   gg::Value b2 = g.param("b2", {10, 1});
   gg::Value A1 = gg::relu(gg::matmul(W1, X) + b1);
   gg::Value Z2 = gg::matmul(W2, A1) + b2;
-  gg::Value loss = gg::softmax_cross_entropy(Z2, Y);  // mean over the examples
+  gg::Value loss = gg::softmax_cross_entropy(Z2, Y, 0);  // mean over the examples
   std::vector<gg::Value> grads = gg::gradients(loss, {W1, b1, W2, b2});
   std::vector<gg::Value> step = gg::sgd({W1, b1, W2, b2}, grads, {.lr = 0.5});
   gg::Program p = g.compile({loss, step});  // ordered and planned once

@@ -1,6 +1,8 @@
 #include <gradgraph/autodiff.hpp>
 #include <gradgraph/check.hpp>
 
+#include "ops/op.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <sstream>
@@ -38,8 +40,9 @@ GradCheckResult check_gradients(Graph& g, Value loss, const std::vector<Value>& 
   for (std::size_t w = 0; w < wrt.size(); ++w) {
     const Node& n = wrt[w].node();
     TensorView target;
-    if (n.op == Op::Param || n.op == Op::State) {
-      target = p.param(n.name);
+    if (!is_float(wrt[w].dtype())) throw GraphError("check_gradients: '" + n.name + "' is not a float tensor");
+    if (n.op->storage == detail::Storage::persistent) {
+      target = p.param(wrt[w]);
     } else {
       for (std::size_t k = 0; k < feeds.size(); ++k)
         if (feeds[k].input == wrt[w]) target = fed[k].view();

@@ -1,7 +1,10 @@
 #include <gradgraph/graph.hpp>
 #include <gradgraph/program.hpp>
 
+#include "op_list.hpp"
 #include "ops/op.hpp"
+
+#include <cmath>
 
 namespace gg {
 
@@ -18,123 +21,149 @@ Init glorot_uniform(std::int64_t fan_in, std::int64_t fan_out) {
   return Init{InitKind::glorot_uniform, 0, 0, fan_in, fan_out};
 }
 
+std::string Attrs::to_string() const {
+  std::string out;
+  if (info_) info_->print(bytes_, out);
+  return out;
+}
+
+bool Attrs::set_number(std::string_view field, double value) { return info_ && info_->set_number(bytes_, field, value); }
+
+const char* Node::op_name() const { return op ? op->name : "?"; }
+
+// ---- values -------------------------------------------------------------------------------------
+
 const Node& Value::node() const {
   if (!valid()) throw GraphError("use of an empty gg::Value");
   return graph->node(id);
 }
+Shape Value::shape() const { return node().out(port).shape; }
+DType Value::dtype() const { return node().out(port).dtype; }
+std::string Value::name() const {
+  const Node& n = node();
+  return n.num_outputs > 1 ? n.name + ":" + std::to_string(port) : n.name;
+}
+const char* Value::op_name() const { return node().op_name(); }
+
+// The one door through which nodes are added and renamed (Graph's friend).
+struct GraphBuilder {
+  static Node& mut(Graph& g, int id) { return g.nodes_[static_cast<std::size_t>(id)]; }
+  static bool& backward(Graph& g) { return g.building_backward_; }
+
+  static Value add(Graph& g, Node n, const std::vector<Value>& operands) {
+    n.backward = g.building_backward_;
+    const int id = g.size();
+    g.nodes_.push_back(std::move(n));
+    boost::add_vertex(g.structure_);
+    for (const Value& v : operands) boost::add_edge(static_cast<std::size_t>(v.id), static_cast<std::size_t>(id), g.structure_);
+    return Value{&g, id, 0};
+  }
+  static Value leaf(Graph& g, const detail::OpDef& op, Node n, DType dtype, const Shape& shape) { return g.add_leaf(op, std::move(n), dtype, shape); }
+};
 
 Value Value::named(const std::string& n) const {
   if (!valid()) throw GraphError("use of an empty gg::Value");
-  graph->node_mut(id).name = n;
+  GraphBuilder::mut(*graph, id).name = n;
   return *this;
 }
 
-Graph::Graph(DType dtype) : dtype_(dtype) {}
+// ---- the graph ----------------------------------------------------------------------------------
+
+Graph::Graph(DType dtype) : dtype_(dtype) {
+  if (!is_float(dtype)) throw GraphError(std::string("Graph: the graph's dtype must be float32 or float64, not ") + dtype_name(dtype));
+}
+
+const Node& Graph::node(int id) const {
+  if (id < 0 || id >= size()) throw GraphError("Graph::node: no node " + std::to_string(id));
+  return nodes_[static_cast<std::size_t>(id)];
+}
 
 void Graph::check_unique_name(const std::string& name) const {
   if (name.empty()) throw GraphError("graph leaves need a name");
-  for (int i = 0; i < size(); ++i) {
-    const Node& n = node(i);
-    if (n.name == name && (n.op == Op::Input || n.op == Op::Param || n.op == Op::State))
+  for (const Node& n : nodes_)
+    if (n.name == name && n.op->is_leaf() && n.op->storage != detail::Storage::constant)
       throw GraphError("the graph already has a node named '" + name + "'");
-  }
 }
 
-Value Graph::add_leaf(Node n) {
-  n.dtype = dtype_;
-  n.backward = building_backward;
-  auto v = boost::add_vertex(std::move(n), g_);
-  return Value{this, static_cast<int>(v)};
+Value Graph::add_leaf(const detail::OpDef& op, Node n, DType dtype, const Shape& shape) {
+  n.op = &op;
+  n.outputs[0] = Port{dtype, shape};
+  n.num_outputs = 1;
+  return GraphBuilder::add(*this, std::move(n), {});
 }
 
-Value Graph::input(const std::string& name, const Shape& shape) {
+Value Graph::input(const std::string& name, const Shape& shape) { return input(name, shape, dtype_); }
+
+Value Graph::input(const std::string& name, const Shape& shape, DType dtype) {
   check_unique_name(name);
   Node n;
-  n.op = Op::Input;
   n.name = name;
-  n.shape = shape;
-  return add_leaf(std::move(n));
+  return add_leaf(detail::input_op, std::move(n), dtype, shape);
 }
 
-Value Graph::param(const std::string& name, const Shape& shape, const Init& init) {
+namespace {
+void check_persistent(const char* what, const std::string& name, const Shape& shape, const Init& init, DType dtype) {
+  if (shape.has_dyn())
+    throw GraphError(std::string(what) + " '" + name + "': shape " + to_string(shape) + " has an open (dyn) dimension");
+  (void)shape.numel();  // throws for shapes beyond 2^63 elements
+  if (!is_float(dtype) && init.kind != InitKind::zeros && init.kind != InitKind::constant)
+    throw GraphError(std::string(what) + " '" + name + "': a " + dtype_name(dtype) +
+                     " tensor can only be initialised with zeros or a constant");
+}
+}  // namespace
+
+Value Graph::param(const std::string& name, const Shape& shape, const Init& init) { return param(name, shape, init, dtype_); }
+
+Value Graph::param(const std::string& name, const Shape& shape, const Init& init, DType dtype) {
   check_unique_name(name);
-  if (shape.has_dyn()) throw GraphError("param '" + name + "': shape " + to_string(shape) + " has an open (dyn) dimension");
+  if (!is_float(dtype)) throw GraphError("param '" + name + "': parameters are float32 or float64, not " + dtype_name(dtype));
+  check_persistent("param", name, shape, init, dtype);
   Node n;
-  n.op = Op::Param;
   n.name = name;
-  n.shape = shape;
   n.init = init;
-  return add_leaf(std::move(n));
+  return add_leaf(detail::param_op, std::move(n), dtype, shape);
 }
 
-Value Graph::state(const std::string& name, const Shape& shape, const Init& init) {
+Value Graph::state(const std::string& name, const Shape& shape, const Init& init) { return state(name, shape, init, dtype_); }
+
+Value Graph::state(const std::string& name, const Shape& shape, const Init& init, DType dtype) {
   check_unique_name(name);
-  if (shape.has_dyn()) throw GraphError("state '" + name + "': shape " + to_string(shape) + " has an open (dyn) dimension");
+  check_persistent("state", name, shape, init, dtype);
   Node n;
-  n.op = Op::State;
   n.name = name;
-  n.shape = shape;
   n.init = init;
-  return add_leaf(std::move(n));
+  return add_leaf(detail::state_op, std::move(n), dtype, shape);
 }
 
 Value Graph::constant(const Tensor& t, const std::string& name) {
   Node n;
-  n.op = Op::Constant;
   n.name = name.empty() ? "const#" + std::to_string(size()) : name;
-  n.shape = t.shape();
-  n.value = Tensor::copy_of(t.view(), dtype_);
-  return add_leaf(std::move(n));
+  n.value = Tensor::copy_of(t.view());
+  return add_leaf(detail::constant_op, std::move(n), t.dtype(), t.shape());
 }
 
-Value Graph::scalar(double v) { return fill(Shape{}, v); }
-
-Value Graph::fill(const Shape& shape, double v) {
-  Attrs a;
-  a.shape = shape;
-  a.scalar = v;
-  return add_node(Op::Fill, {}, a);
-}
-
-Value Graph::add_node(Op op, std::vector<Value> inputs, const Attrs& attrs, const std::string& name) {
-  const detail::OpDef& def = detail::op_def(op);
-  Node n;
-  n.op = op;
-  n.attrs = attrs;
-  n.dtype = dtype_;
-  n.backward = building_backward;
-  n.name = name.empty() ? std::string(def.name) + "#" + std::to_string(size()) : name;
-  if (def.arity >= 0 && static_cast<int>(inputs.size()) != def.arity)
-    throw GraphError(std::string(def.name) + ": expects " + std::to_string(def.arity) + " operands, got " +
-                     std::to_string(inputs.size()));
-  for (const Value& v : inputs) {
-    if (!v.valid()) throw GraphError(std::string(def.name) + ": an operand is an empty gg::Value");
-    if (v.graph != this) throw GraphError(std::string(def.name) + ": operand '" + v.name() + "' belongs to another graph");
-    n.inputs.push_back(v.id);
-  }
-  n.shape = def.infer(*this, n);
-  auto id = boost::add_vertex(std::move(n), g_);
-  for (const Value& v : inputs) boost::add_edge(static_cast<std::size_t>(v.id), id, g_);
-  return Value{this, static_cast<int>(id)};
-}
+Value Graph::scalar(double v) { return fill(Shape{}, v, dtype_); }
+Value Graph::scalar(double v, DType dtype) { return fill(Shape{}, v, dtype); }
+Value Graph::fill(const Shape& shape, double v) { return fill(shape, v, dtype_); }
 
 std::vector<Value> Graph::params() {
   std::vector<Value> out;
   for (int i = 0; i < size(); ++i)
-    if (node(i).op == Op::Param) out.push_back(Value{this, i});
+    if (node(i).op->flags & detail::kTrainable) out.push_back(Value{this, i, 0});
   return out;
 }
 
 std::vector<Value> Graph::states() {
   std::vector<Value> out;
   for (int i = 0; i < size(); ++i)
-    if (node(i).op == Op::State) out.push_back(Value{this, i});
+    if (node(i).op->storage == detail::Storage::persistent && !(node(i).op->flags & detail::kTrainable))
+      out.push_back(Value{this, i, 0});
   return out;
 }
 
 Value Graph::find(const std::string& name) {
   for (int i = 0; i < size(); ++i)
-    if (node(i).name == name) return Value{this, i};
+    if (node(i).name == name) return Value{this, i, 0};
   throw GraphError("the graph has no node named '" + name + "'");
 }
 
@@ -146,23 +175,119 @@ Program Graph::compile(std::initializer_list<Fetch> fetches, const CompileOption
   return Program(*this, all, opts);
 }
 
-// ---- helpers for op files --------------------------------------------------------------------
+std::string describe(const Graph& g, bool include_backward) {
+  std::string out;
+  for (int i = 0; i < g.size(); ++i) {
+    const Node& n = g.node(i);
+    if (n.backward && !include_backward) continue;
+    out += n.name + " = " + n.op_name() + "(";
+    for (std::size_t j = 0; j < n.inputs.size(); ++j) {
+      const Node& src = g.node(n.inputs[j].node);
+      if (j) out += ", ";
+      out += src.name;
+      if (src.num_outputs > 1) out.append(":").append(std::to_string(n.inputs[j].port));
+    }
+    out += ")";
+    const std::string a = n.attrs.to_string();
+    if (!a.empty()) out += " [" + a + "]";
+    out += " ->";
+    for (int p = 0; p < n.num_outputs; ++p) {
+      out += p ? ", " : " ";
+      out += dtype_name(n.out(p).dtype);
+      out += ' ';
+      out += to_string(n.out(p).shape);
+    }
+    out += "\n";
+  }
+  return out;
+}
+
+// ---- building nodes -------------------------------------------------------------------------------
 namespace detail {
 
-std::string describe(const Graph& g, int id) {
-  const Node& n = g.node(id);
-  return "'" + n.name + "' " + to_string(n.shape);
+Value make(const OpDef& op, const std::vector<Value>& operands, const Attrs& attrs, const std::string& name) {
+  if (op.arity >= 0 && static_cast<int>(operands.size()) != op.arity)
+    throw GraphError(std::string(op.name) + ": expects " + std::to_string(op.arity) + " operands, got " +
+                     std::to_string(operands.size()));
+  if (operands.size() > static_cast<std::size_t>(kMaxInputs))
+    throw GraphError(std::string(op.name) + ": at most " + std::to_string(kMaxInputs) + " operands");
+  Graph* g = nullptr;
+  for (const Value& v : operands) {
+    if (!v.valid()) throw GraphError(std::string(op.name) + ": an operand is an empty gg::Value");
+    if (g && v.graph != g) throw GraphError(std::string(op.name) + ": operand '" + v.name() + "' belongs to another graph");
+    g = v.graph;
+    if (v.port < 0 || v.port >= v.node().num_outputs)
+      throw GraphError(std::string(op.name) + ": operand '" + v.node().name + "' has no output " + std::to_string(v.port));
+  }
+  if (!g) throw GraphError(std::string(op.name) + ": needs an operand to know its graph");
+  Node n;
+  n.op = &op;
+  n.attrs = attrs;
+  n.name = name.empty() ? std::string(op.name) + "#" + std::to_string(g->size()) : name;
+  for (const Value& v : operands) n.inputs.push_back(v.operand());
+  const Outputs outs = op.infer(*g, n);
+  if (outs.count != op.outputs) throw std::logic_error(std::string(op.name) + ": inference returned a wrong number of outputs");
+  n.num_outputs = outs.count;
+  for (int p = 0; p < outs.count; ++p) n.outputs[p] = outs.port[p];
+  return GraphBuilder::add(*g, std::move(n), operands);
+}
+
+Value make(const OpDef& op, std::initializer_list<Value> operands, const Attrs& attrs, const std::string& name) {
+  return make(op, std::vector<Value>(operands), attrs, name);
+}
+
+std::vector<Value> outputs_of(Value v) {
+  std::vector<Value> out;
+  for (int p = 0; p < v.node().num_outputs; ++p) out.push_back(Value{v.graph, v.id, p});
+  return out;
+}
+
+BackwardScope::BackwardScope(Graph& gr) : g(gr), saved(GraphBuilder::backward(gr)) { GraphBuilder::backward(g) = true; }
+BackwardScope::~BackwardScope() { GraphBuilder::backward(g) = saved; }
+
+const Port& operand(const Graph& g, const Node& n, int i) {
+  const Operand& o = n.inputs[static_cast<std::size_t>(i)];
+  return g.node(o.node).out(o.port);
+}
+
+std::string describe(const Graph& g, Operand o) {
+  const Node& n = g.node(o.node);
+  const Port& p = n.out(o.port);
+  std::string out = "'" + n.name;
+  if (n.num_outputs > 1) out.append(":").append(std::to_string(o.port));
+  out += "' ";
+  out += dtype_name(p.dtype);
+  out += ' ';
+  out += to_string(p.shape);
+  return out;
 }
 
 void fail(const Graph& g, const Node& n, const std::string& what) {
   std::string operands;
   for (std::size_t i = 0; i < n.inputs.size(); ++i) operands += (i ? ", " : "") + describe(g, n.inputs[i]);
-  throw GraphError(std::string(op_name(n.op)) + ": " + what + (operands.empty() ? "" : " (operands " + operands + ")"));
+  const std::string attrs = n.attrs.to_string();
+  throw GraphError(std::string(n.op->name) + ": " + what + (operands.empty() ? "" : " (operands " + operands + ")") +
+                   (attrs.empty() ? "" : " [" + attrs + "]"));
+}
+
+DType require_float(const Graph& g, const Node& n, int i) {
+  const DType t = operand(g, n, i).dtype;
+  if (!is_float(t))
+    fail(g, n, "operand " + describe(g, n.inputs[static_cast<std::size_t>(i)]) + " must be float32 or float64");
+  return t;
+}
+
+DType require_same_dtype(const Graph& g, const Node& n, int i, int j) {
+  const DType a = operand(g, n, i).dtype, b = operand(g, n, j).dtype;
+  if (a != b)
+    throw GraphError(std::string(n.op->name) + ": dtypes differ: " + describe(g, n.inputs[static_cast<std::size_t>(i)]) +
+                     " and " + describe(g, n.inputs[static_cast<std::size_t>(j)]) + " (convert one with gg::cast)");
+  return a;
 }
 
 Shape broadcast_shapes(const Graph& g, const Node& n) {
-  const Shape& a = g.node(n.inputs[0]).shape;
-  const Shape& b = g.node(n.inputs[1]).shape;
+  const Shape& a = operand(g, n, 0).shape;
+  const Shape& b = operand(g, n, 1).shape;
   Shape out;
   out.rank = std::max(a.rank, b.rank);
   for (int i = 0; i < out.rank; ++i) {
@@ -173,7 +298,7 @@ Shape broadcast_shapes(const Graph& g, const Node& n) {
     else if (da == 1)
       out.dims[i] = db;
     else
-      throw GraphError(std::string(op_name(n.op)) + ": cannot broadcast " + describe(g, n.inputs[0]) + " with " +
+      throw GraphError(std::string(n.op->name) + ": cannot broadcast " + describe(g, n.inputs[0]) + " with " +
                        describe(g, n.inputs[1]));
   }
   return out;
@@ -194,6 +319,19 @@ Split3 split_at(const Shape& s, int axis) {
   return r;
 }
 
+double batch_factor(double s, int batch_power, std::int64_t batch) {
+  return batch_power == 0 ? s : s * std::pow(static_cast<double>(batch), batch_power);
+}
+
+bool Layout::contiguous() const {
+  std::int64_t acc = 1;
+  for (int i = shape.rank - 1; i >= 0; --i) {
+    if (shape.dims[i] != 1 && strides.s[i] != acc) return false;
+    acc *= shape.dims[i];
+  }
+  return true;
+}
+
 Strides broadcast_strides(const TensorView& in, const Shape& out) {
   Strides st;
   for (int i = 0; i < out.rank; ++i) {
@@ -206,6 +344,18 @@ Strides broadcast_strides(const TensorView& in, const Shape& out) {
 Value unbroadcast(Value grad, const Shape& to) {
   if (grad.shape() == to) return grad;
   return sum_to(grad, to);
+}
+
+Count count_except(const Shape& shape, int axis) {
+  Count c;
+  for (int i = 0; i < shape.rank; ++i) {
+    if (i == axis) continue;
+    if (shape.dims[i] == dyn)
+      ++c.dyn_count;
+    else
+      c.fixed *= static_cast<double>(shape.dims[i]);
+  }
+  return c;
 }
 
 }  // namespace detail

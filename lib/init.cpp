@@ -29,11 +29,15 @@ void initialize(const Init& init, const TensorView& out, Generator& rng) {
   if (init.fan_in > 0) fin = init.fan_in;
   if (init.fan_out > 0) fout = init.fan_out;
   const std::int64_t n = out.numel();
+  if (!is_float(out.dtype) && init.kind != InitKind::zeros && init.kind != InitKind::constant)
+    throw std::invalid_argument(std::string("initialize: a ") + dtype_name(out.dtype) + " tensor takes zeros or a constant");
   auto put = [&](std::int64_t i, double v) {
-    if (out.dtype == DType::f32)
-      static_cast<float*>(out.data)[i] = static_cast<float>(v);
-    else
-      static_cast<double*>(out.data)[i] = v;
+    switch (out.dtype) {
+      case DType::f32: static_cast<float*>(out.data)[i] = static_cast<float>(v); break;
+      case DType::f64: static_cast<double*>(out.data)[i] = v; break;
+      case DType::i64: static_cast<std::int64_t*>(out.data)[i] = static_cast<std::int64_t>(v); break;
+      case DType::u8: static_cast<std::uint8_t*>(out.data)[i] = static_cast<std::uint8_t>(v); break;
+    }
   };
   switch (init.kind) {
     case InitKind::zeros:

@@ -16,19 +16,22 @@ Shape::Shape(std::initializer_list<std::int64_t> d) {
   }
 }
 
-Shape Shape::of(const std::int64_t* d, int r) {
-  if (r < 0 || r > kMaxRank) throw std::invalid_argument("Shape: bad rank " + std::to_string(r));
-  Shape s;
-  s.rank = r;
-  for (int i = 0; i < r; ++i) s.dims[i] = d[i];
-  return s;
+Shape::Shape(std::span<const std::int64_t> d) {
+  if (d.size() > static_cast<std::size_t>(kMaxRank))
+    throw std::invalid_argument("Shape: rank " + std::to_string(d.size()) + " exceeds the maximum of " +
+                                std::to_string(kMaxRank));
+  for (std::int64_t x : d) {
+    if (x < 0 && x != dyn) throw std::invalid_argument("Shape: negative dimension " + std::to_string(x));
+    dims[rank++] = x;
+  }
 }
 
 std::int64_t Shape::numel() const {
   std::int64_t n = 1;
   for (int i = 0; i < rank; ++i) {
     if (dims[i] == dyn) throw std::logic_error("Shape::numel on a shape with an open (dyn) dimension");
-    n *= dims[i];
+    if (__builtin_mul_overflow(n, dims[i], &n))
+      throw std::overflow_error("Shape " + to_string(*this) + " has more than 2^63 elements");
   }
   return n;
 }
@@ -101,22 +104,32 @@ std::int64_t offset_of(const TensorView& v, std::initializer_list<std::int64_t> 
 }
 }  // namespace
 
-double TensorView::at(std::initializer_list<std::int64_t> idx) const {
-  std::int64_t off = offset_of(*this, idx);
-  return dtype == DType::f32 ? static_cast<const float*>(data)[off] : static_cast<const double*>(data)[off];
+namespace {
+double load(const void* data, DType t, std::int64_t i) {
+  switch (t) {
+    case DType::f32: return static_cast<const float*>(data)[i];
+    case DType::f64: return static_cast<const double*>(data)[i];
+    case DType::i64: return static_cast<double>(static_cast<const std::int64_t*>(data)[i]);
+    case DType::u8: return static_cast<const std::uint8_t*>(data)[i];
+  }
+  return 0;
 }
 
-void TensorView::set(std::initializer_list<std::int64_t> idx, double v) const {
-  std::int64_t off = offset_of(*this, idx);
-  if (dtype == DType::f32)
-    static_cast<float*>(data)[off] = static_cast<float>(v);
-  else
-    static_cast<double*>(data)[off] = v;
+void store(void* data, DType t, std::int64_t i, double v) {
+  switch (t) {
+    case DType::f32: static_cast<float*>(data)[i] = static_cast<float>(v); break;
+    case DType::f64: static_cast<double*>(data)[i] = v; break;
+    case DType::i64: static_cast<std::int64_t*>(data)[i] = static_cast<std::int64_t>(v); break;
+    case DType::u8: static_cast<std::uint8_t*>(data)[i] = static_cast<std::uint8_t>(v); break;
+  }
 }
+}  // namespace
 
-double TensorView::flat(std::int64_t i) const {
-  return dtype == DType::f32 ? static_cast<const float*>(data)[i] : static_cast<const double*>(data)[i];
-}
+double TensorView::at(std::initializer_list<std::int64_t> idx) const { return load(data, dtype, offset_of(*this, idx)); }
+
+void TensorView::set(std::initializer_list<std::int64_t> idx, double v) const { store(data, dtype, offset_of(*this, idx), v); }
+
+double TensorView::flat(std::int64_t i) const { return load(data, dtype, i); }
 
 TensorView TensorView::slice_leading(std::int64_t begin, std::int64_t end) const {
   if (shape.rank == 0 || begin < 0 || end < begin || end > shape.dims[0])
@@ -156,9 +169,17 @@ void* aligned_alloc64(std::size_t bytes) {
 
 void aligned_free(void* p) { std::free(p); }
 
+std::size_t byte_size(std::int64_t numel, DType t) {
+  std::size_t bytes = 0;
+  if (numel < 0 || __builtin_mul_overflow(static_cast<std::size_t>(numel), dtype_size(t), &bytes) ||
+      bytes > (std::size_t{1} << 62))
+    throw std::overflow_error(std::to_string(numel) + " " + dtype_name(t) + " elements do not fit in memory");
+  return bytes;
+}
+
 Tensor::Tensor(DType t, const Shape& s) {
   if (s.has_dyn()) throw std::invalid_argument("Tensor: cannot allocate shape " + to_string(s) + " with a dyn dimension");
-  std::size_t bytes = static_cast<std::size_t>(s.numel()) * dtype_size(t);
+  const std::size_t bytes = byte_size(s.numel(), t);
   auto* p = static_cast<std::byte*>(aligned_alloc64(bytes));
   std::memset(p, 0, bytes);
   storage_ = std::shared_ptr<std::byte>(p, [](std::byte* q) { aligned_free(q); });
@@ -170,15 +191,17 @@ void copy(const TensorView& src, const TensorView& dst) {
     throw std::invalid_argument("copy: shapes differ, " + to_string(src.shape) + " and " + to_string(dst.shape));
   const int r = src.shape.rank;
   const std::int64_t n = src.numel();
+  const std::size_t es = dtype_size(src.dtype);
+  const bool same = src.dtype == dst.dtype;
   std::int64_t idx[kMaxRank] = {};
   for (std::int64_t i = 0; i < n; ++i) {
     std::int64_t so = 0, d = 0;
     for (int k = 0; k < r; ++k) so += idx[k] * src.strides.s[k], d += idx[k] * dst.strides.s[k];
-    const double x = src.flat(so);
-    if (dst.dtype == DType::f32)
-      static_cast<float*>(dst.data)[d] = static_cast<float>(x);
+    if (same)  // bit for bit, whatever the dtype
+      std::memcpy(static_cast<std::byte*>(dst.data) + d * static_cast<std::int64_t>(es),
+                  static_cast<const std::byte*>(src.data) + so * static_cast<std::int64_t>(es), es);
     else
-      static_cast<double*>(dst.data)[d] = x;
+      store(dst.data, dst.dtype, d, load(src.data, src.dtype, so));
     for (int k = r - 1; k >= 0; --k) {
       if (++idx[k] < src.shape.dims[k]) break;
       idx[k] = 0;

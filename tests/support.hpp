@@ -87,7 +87,7 @@ struct Mlp {
     Z1 = gg::matmul(W1, X) + b1;
     A1 = gg::relu(Z1);
     Z2 = gg::matmul(W2, A1) + b2;
-    loss = gg::softmax_cross_entropy(Z2, Y);
+    loss = gg::softmax_cross_entropy(Z2, Y, 0);
     params = {W1, b1, W2, b2};
   }
   void differentiate() { grads = gg::gradients(loss, params); }

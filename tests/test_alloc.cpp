@@ -80,13 +80,13 @@ struct Mlp {
   Mlp() {
     X = g.input("X", {784, gg::dyn});
     Y = g.input("Y", {10, gg::dyn});
-    L = g.input("L", {gg::dyn});
+    L = g.input("L", {gg::dyn}, gg::i64);
     auto W1 = g.param("W1", {64, 784}, gg::he_normal());
     auto b1 = g.param("b1", {64, 1});
     auto W2 = g.param("W2", {10, 64}, gg::he_normal());
     auto b2 = g.param("b2", {10, 1});
     auto Z2 = gg::matmul(W2, gg::relu(gg::matmul(W1, X) + b1)) + b2;
-    loss = gg::softmax_cross_entropy(Z2, Y);
+    loss = gg::softmax_cross_entropy(Z2, Y, 0);
     acc = gg::mean(gg::equal(gg::argmax(Z2, 0), L));
     std::vector<gg::Value> params = {W1, b1, W2, b2};
     fetch = gg::sgd(params, gg::gradients(loss, params), {.lr = 0.1, .momentum = 0.9});
@@ -105,7 +105,7 @@ TEST_CASE("a training step allocates nothing after the first run at each batch s
   opts.threads = 2;
   gg::Program p(net.g, net.fetch, opts);
   const std::int64_t big = 256, small = 96;
-  gg::Tensor x(gg::f32, {big, 784}), y(gg::f32, {10, big}), l(gg::f32, {big});
+  gg::Tensor x(gg::f32, {big, 784}), y(gg::f32, {10, big}), l(gg::i64, {big});
   for (std::int64_t j = 0; j < big; ++j) {
     y.set({j % 10, j}, 1.0);
     l.set({j}, static_cast<double>(j % 10));

@@ -196,21 +196,28 @@ TEST_CASE("strided feeds to an input read by elementwise ops give the same resul
 
 // ---- parameters and initialisers ----------------------------------------------------------------
 
-TEST_CASE("parameters can be read and written by name", "[program][params]") {
+TEST_CASE("parameters can be read and written by name or by handle", "[program][params]") {
   gg::Graph g(gg::f32);
   Value x = g.input("x", {3});
   Value w = g.param("w", {3}, gg::uniform(-1.0, 1.0));
   Value y = x * w;
   gg::Program p(g, {y}, options());
   CHECK(p.param_names() == std::vector<std::string>{"w"});
-  // Written from float64 data (converted), read back as the graph's float32.
-  const gg::Tensor v = gg::Tensor::from<double>({3}, {0.5, -2.0, 4.0});
+  const gg::Tensor v = gg::Tensor::from<float>({3}, {0.5f, -2.0f, 4.0f});
   p.set_param("w", v);
   CHECK(p.param("w").dtype == gg::f32);
   CHECK(values(p.param("w")) == values(v));
+  CHECK(values(p.param(w)) == values(v));
   const gg::Tensor xv = gg::Tensor::from<float>({3}, {1.0f, 2.0f, 3.0f});
   p.run({{x, xv}});
   CHECK(values(p.get(y)) == std::vector<double>{0.5, -4.0, 12.0});
+  // By handle, from a strided view (the first column of a {3, 2} tensor).
+  const gg::Tensor wide = gg::Tensor::from<float>({3, 2}, {1.0f, 9.0f, 2.0f, 9.0f, 3.0f, 9.0f});
+  gg::Strides column;
+  column[0] = 2;
+  p.set_param(w, gg::TensorView(wide.data(), gg::f32, {3}, column));
+  p.run({{x, xv}});
+  CHECK(values(p.get(y)) == std::vector<double>{1.0, 4.0, 9.0});
   // The view is writable storage.
   p.param("w").set({1}, 10.0);
   p.run({{x, xv}});
@@ -219,6 +226,18 @@ TEST_CASE("parameters can be read and written by name", "[program][params]") {
   const gg::Tensor wrong(gg::f32, {4});
   CHECK_THAT(message_of<std::invalid_argument>([&] { p.set_param("w", wrong); }),
              Contains("'w'") && Contains("{3}") && Contains("{4}"));
+  CHECK_THROWS_AS(p.param(x), std::invalid_argument);  // an input is not a parameter
+}
+
+TEST_CASE("set_param rejects another dtype, as run does, and says how to convert", "[program][params]") {
+  gg::Graph g(gg::f32);
+  Value w = g.param("w", {3});
+  gg::Program p(g, {w}, options());
+  const gg::Tensor v = gg::Tensor::from<double>({3}, {0.5, -2.0, 4.0});
+  const std::string msg = message_of<std::invalid_argument>([&] { p.set_param("w", v); });
+  CHECK_THAT(msg, Contains("'w'") && Contains("float32") && Contains("float64") && Contains("copy_of"));
+  p.set_param(w, gg::Tensor::copy_of(v, gg::f32));
+  CHECK(values(p.param(w)) == values(v));
 }
 
 TEST_CASE("initialisers are deterministic for a seed and differ between seeds", "[program][init]") {

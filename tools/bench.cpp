@@ -381,7 +381,7 @@ struct Net {
     b2 = g.param("b2", {kOut, 1}, gg::zeros());
     gg::Value A1 = gg::relu(gg::matmul(W1, X) + b1);
     Z2 = gg::matmul(W2, A1) + b2;
-    loss = gg::softmax_cross_entropy(Z2, Y).named("loss");
+    loss = gg::softmax_cross_entropy(Z2, Y, 0).named("loss");
     acc = gg::mean(gg::equal(gg::argmax(Z2, 0), gg::argmax(Y, 0))).named("accuracy");
     auto grads = gg::gradients(loss, {W1, b1, W2, b2});
     updates = gg::sgd({W1, b1, W2, b2}, grads, opt);

@@ -43,14 +43,14 @@ struct Options {
   bool verbose = false, progress = true, shuffle = true;
 };
 
-// The dataset in the dtype of the graph: images example-major, labels as class indices and
-// as a one-hot matrix {10, N} (the notebook's layout; gathered per batch for mini-batches).
+// The dataset in the dtype of the graph: images example-major, labels as int64 class indices
+// and as a one-hot matrix {10, N} (the notebook's layout; gathered per batch for mini-batches).
 template <typename T>
 struct Dataset {
   std::int64_t n = 0, features = 0;
-  std::vector<T> images;   // [n][features]
-  std::vector<T> labels;   // [n]
-  std::vector<T> onehot;   // [10][n]
+  std::vector<T> images;               // [n][features]
+  std::vector<std::int64_t> labels;    // [n]
+  std::vector<T> onehot;               // [10][n]
 };
 
 // Pixels are divided in float32 (the notebook's `astype('float32') / 255`) and then promoted,
@@ -65,7 +65,7 @@ Dataset<T> to_dataset(gg::data::Split&& s, double divisor, bool with_onehot) {
   for (std::size_t i = 0; i < d.images.size(); ++i) d.images[i] = static_cast<T>(static_cast<float>(s.images[i]) / div);
   std::vector<std::uint8_t>().swap(s.images);  // keep the peak memory at one copy of the pixels
   d.labels.resize(static_cast<std::size_t>(d.n));
-  for (std::int64_t i = 0; i < d.n; ++i) d.labels[static_cast<std::size_t>(i)] = static_cast<T>(s.labels[static_cast<std::size_t>(i)]);
+  for (std::int64_t i = 0; i < d.n; ++i) d.labels[static_cast<std::size_t>(i)] = s.labels[static_cast<std::size_t>(i)];
   if (with_onehot) {
     d.onehot.assign(static_cast<std::size_t>(10 * d.n), T(0));
     for (std::int64_t i = 0; i < d.n; ++i) d.onehot[static_cast<std::size_t>(s.labels[static_cast<std::size_t>(i)] * d.n + i)] = T(1);
@@ -162,7 +162,7 @@ struct Net {
   Net(gg::DType dt, const Options& o) : g(dt) {
     X = g.input("X", {784, gg::dyn});
     Y = g.input("Y", {10, gg::dyn});
-    L = g.input("labels", {gg::dyn});
+    L = g.input("labels", {gg::dyn}, gg::i64);
     // The notebook draws W1 then W2 from one stream; zero biases draw nothing.
     gg::Value W1 = g.param("W1", {o.hidden, 784}, gg::he_normal());
     gg::Value b1 = g.param("b1", {o.hidden, 1});
@@ -215,10 +215,19 @@ int train(const Options& o) {
   gg::Program eval(net.g, {net.accuracy}, eo);
 
   if (!o.load.empty()) {
+    // Every parameter (and optimizer state) of the network must be in the file: a checkpoint of
+    // another network must not load half-way and train from a mix.
     gg::io::SafetensorsFile f = gg::io::load_safetensors(o.load);
-    for (const auto& [name, t] : f.tensors) {
+    for (const std::string& name : step.param_names()) {
+      const gg::Tensor* t = nullptr;
+      for (const auto& [n, v] : f.tensors)
+        if (n == name) t = &v;
+      if (!t) {
+        if (gg::Value v = net.g.find(name); v.node().op_name() == std::string("state")) continue;  // optimizer state: starts fresh
+        throw std::runtime_error(o.load + ": no tensor '" + name + "' (is it a checkpoint of this network?)");
+      }
       try {
-        step.set_param(name, t.view());
+        step.set_param(name, t->view());
       } catch (const std::invalid_argument& e) {
         throw std::runtime_error(o.load + ": " + e.what());
       }
@@ -231,7 +240,8 @@ int train(const Options& o) {
   const std::int64_t iterations = o.epochs > 0 && o.batch_size > 0 ? o.epochs * steps_per_epoch : o.iterations;
 
   // Mini-batch buffers (gathered rows), allocated once.
-  std::vector<T> bx, by, bl;
+  std::vector<T> bx, by;
+  std::vector<std::int64_t> bl;
   std::vector<std::int64_t> order(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
   gg::Generator shuffler(gg::RngKind::standard, o.seed);
@@ -242,8 +252,7 @@ int train(const Options& o) {
   }
 
   auto evaluate = [&]() {
-    eval.run({{net.X, images_view(test_set, 0, test_set.n)},
-              {net.L, gg::TensorView(test_set.labels.data(), dt, gg::Shape{test_set.n})}});
+    eval.run({{net.X, images_view(test_set, 0, test_set.n)}, {net.L, gg::TensorView(test_set.labels.data(), gg::Shape{test_set.n})}});
     return eval.scalar(net.accuracy) * 100.0;
   };
 
@@ -266,7 +275,7 @@ int train(const Options& o) {
     if (bs == n) {
       step.run({{net.X, images_view(train_set, 0, n)},
                 {net.Y, gg::TensorView(train_set.onehot.data(), dt, gg::Shape{10, n})},
-                {net.L, gg::TensorView(train_set.labels.data(), dt, gg::Shape{n})}});
+                {net.L, gg::TensorView(train_set.labels.data(), gg::Shape{n})}});
     } else {
       if (cursor >= n) {
         if (o.shuffle) shuffler.shuffle(order);
@@ -286,7 +295,7 @@ int train(const Options& o) {
       cursor += b;
       step.run({{net.X, images_view(train_set, 0, b, bx.data())},
                 {net.Y, gg::TensorView(by.data(), dt, gg::Shape{10, b})},
-                {net.L, gg::TensorView(bl.data(), dt, gg::Shape{b})}});
+                {net.L, gg::TensorView(bl.data(), gg::Shape{b})}});
     }
     const double loss = step.scalar(net.loss), acc = step.scalar(net.accuracy) * 100.0;
     if (!std::isfinite(loss)) {
@@ -331,6 +340,7 @@ int train(const Options& o) {
     gg::io::save_safetensors(o.save, tensors,
                              {{"format", "gradgraph mnist-train"},
                               {"network", "784-" + std::to_string(o.hidden) + "-10 relu softmax, X {784, batch}"},
+                              {"graph", gg::describe(net.g)},
                               {"iterations", std::to_string(iterations)},
                               {"test_accuracy", format("%.2f", test_acc)}});
   }

@@ -7,7 +7,6 @@
 #include <gradgraph/dot.hpp>
 #include <gradgraph/graph.hpp>
 #include <gradgraph/ops.hpp>
-#include <gradgraph/optim.hpp>
 #include <gradgraph/program.hpp>
 #include <gradgraph/random.hpp>
 #include <gradgraph/tensor.hpp>

@@ -1,10 +1,14 @@
 // The static computation graph.
 //
-// A Graph is a Boost.Graph adjacency_list whose vertices carry a Node (op, attributes, name,
-// dtype, static shape) and whose edges run from each operand to its consumer. Node ids are
-// vertex indices and only ever grow, so an operand always has a smaller id than its consumer:
-// the id order is *a* topological order of the whole graph, which gradients() relies on.
-// Programs use boost::topological_sort over the fetched subgraph plus control dependencies.
+// A Graph holds Nodes (op, typed attributes, name, and for each output a dtype and a static
+// shape) in stable storage: a node never moves once added, so references to it stay valid while
+// the graph grows. Its structure (an edge from each operand's node to its consumer) is a
+// Boost.Graph adjacency_list, used for what Boost.Graph is good at: reachability when a program
+// prunes the graph to its fetches, topological order, and Graphviz output.
+//
+// Node ids only ever grow and an operand always exists before its consumer, so the id order is
+// *a* topological order of the whole graph, which gradients() relies on. Programs sort with
+// boost::topological_sort, because fusion and parameter updates add constraints of their own.
 #pragma once
 
 #include <gradgraph/tensor.hpp>
@@ -12,9 +16,11 @@
 #include <boost/graph/adjacency_list.hpp>
 
 #include <cstdint>
+#include <deque>
 #include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace gg {
@@ -23,33 +29,10 @@ class Graph;
 class Program;
 struct CompileOptions;
 
-// Every op of the framework. The table in lib/ops/registry.cpp maps each to its OpDef
-// (name, arity, differentiable inputs, shape inference, kernels, vector-Jacobian product).
-enum class Op : std::uint8_t {
-  // leaves
-  Input, Param, State, Constant, Fill,
-  // linear algebra
-  MatMul,
-  // elementwise binary (NumPy broadcasting)
-  Add, Sub, Mul, Div,
-  // elementwise unary
-  Neg, Scale, AddScalar, PowScalar, Exp, Log, Sqrt, Relu, Sigmoid, Tanh, ReluGrad,
-  // along an axis
-  Softmax, LogSoftmax,
-  // reductions and broadcasts
-  Sum, SumTo, BroadcastTo,
-  // shape
-  Reshape, Transpose,
-  // losses
-  SoftmaxCrossEntropy, SoftmaxCrossEntropyGrad,
-  // non-differentiable
-  Argmax, Equal, Greater,
-  // fused (created by the fusion pass, never by users)
-  AddRelu, SoftmaxCrossEntropyFused, LossSlot,
-  // parameter updates (side effects on persistent storage)
-  SgdUpdate, MomentumUpdate, AdamUpdate,
-  Count_
-};
+namespace detail {
+struct OpDef;     // what an op is: lib/ops/op.hpp
+struct AttrInfo;  // how an attribute struct prints and is set: lib/ops/op.hpp
+}  // namespace detail
 
 enum class InitKind : std::uint8_t { zeros, constant, uniform, normal, he_normal, he_uniform, glorot_normal, glorot_uniform };
 
@@ -71,52 +54,87 @@ Init he_uniform(std::int64_t fan_in = 0);  // U(-sqrt(6 / fan_in), +sqrt(6 / fan
 Init glorot_normal(std::int64_t fan_in = 0, std::int64_t fan_out = 0);
 Init glorot_uniform(std::int64_t fan_in = 0, std::int64_t fan_out = 0);
 
-// Op attributes. One plain struct for all ops: each op reads the fields it documents.
-struct Attrs {
-  int axis = 0;            // Softmax, LogSoftmax, Sum (when !all_axes), Argmax, SCE (class axis)
-  bool all_axes = true;    // Sum over every axis
-  bool keepdims = false;   // Sum/Argmax
-  bool trans_a = false, trans_b = false;  // MatMul
-  double scalar = 0.0;     // Scale, AddScalar, PowScalar, Fill, Greater threshold
-  double alpha = 1.0;      // MatMul: C = alpha op(A) op(B) (the fusion pass folds scales into it)
-  // Scale's factor is scalar * batch^batch_power and MatMul's alpha * batch^batch_power, so a
-  // mean over an open dimension divides by the batch size the program is planned for.
-  int batch_power = 0;
-  Shape shape;             // Reshape / SumTo / BroadcastTo target, Fill shape
-  int perm[kMaxRank] = {}; // Transpose
-  double lr = 0.0, momentum = 0.0, beta1 = 0.0, beta2 = 0.0, eps = 0.0, weight_decay = 0.0;  // updates
+// A node's typed attributes: one small struct per op (MatMulAttrs, SliceAttrs, ...), defined and
+// documented next to the op in lib/ops/<family>.cpp, held here by value in a fixed-size block
+// (ggml's op_params, with a type check). Ops read them with as<A>(), which throws on a type
+// mismatch; to_string() prints every field by name ("trans_a=false, trans_b=true, alpha=1") for
+// errors, DOT labels and checkpoint descriptions.
+inline constexpr std::size_t kAttrBytes = 96;
+class Attrs {
+ public:
+  Attrs() = default;
+  template <typename A> explicit Attrs(const A& a);  // lib/ops/op.hpp
+  template <typename A> const A& as() const;
+  template <typename A> A& as();
+  const detail::AttrInfo* info() const { return info_; }
+  bool empty() const { return info_ == nullptr; }
+  std::string to_string() const;
+  // Sets the numeric field `field` if the struct has one; returns whether it did.
+  bool set_number(std::string_view field, double value);
+
+ private:
+  const detail::AttrInfo* info_ = nullptr;
+  alignas(8) unsigned char bytes_[kAttrBytes] = {};
+};
+
+// Up to two outputs per node (the fused loss writes its gradient and the loss).
+inline constexpr int kMaxOutputs = 2;
+
+// One output of a node: its element type and static shape (may hold gg::dyn).
+struct Port {
+  DType dtype = DType::f32;
+  Shape shape;
+};
+
+// An operand: output `port` of node `node`.
+struct Operand {
+  int node = -1;
+  int port = 0;
+  friend bool operator==(const Operand& a, const Operand& b) { return a.node == b.node && a.port == b.port; }
 };
 
 struct Node {
-  Op op = Op::Input;
+  const detail::OpDef* op = nullptr;
   std::string name;
-  DType dtype = DType::f32;
-  Shape shape;
-  std::vector<int> inputs;
+  std::vector<Operand> inputs;
+  int num_outputs = 1;
+  Port outputs[kMaxOutputs];
   Attrs attrs;
-  Init init;              // Param / State
-  Tensor value;           // Constant
+  Init init;              // param / state
+  Tensor value;           // constant
   bool backward = false;  // created by gradients()
   bool fused = false;     // created by the fusion pass
+
+  const Port& out(int port = 0) const { return outputs[port]; }
+  const char* op_name() const;
 };
 
-using BoostGraph = boost::adjacency_list<boost::vecS, boost::vecS, boost::bidirectionalS, Node>;
+// Structure only: nodes live in the Graph's stable storage, indexed by vertex number.
+using Structure = boost::adjacency_list<boost::vecS, boost::vecS, boost::bidirectionalS>;
 
-// A handle to one node's output. Cheap to copy; valid as long as its Graph lives.
+// A handle to one output of one node. Cheap to copy; valid as long as its Graph lives. Every
+// accessor returns by value or refers to stable node storage, so nothing it hands out is
+// invalidated when the graph grows.
 struct Value {
   Graph* graph = nullptr;
   int id = -1;
+  int port = 0;
 
   bool valid() const { return graph != nullptr && id >= 0; }
   const Node& node() const;
-  const Shape& shape() const { return node().shape; }
-  const std::string& name() const { return node().name; }
+  Shape shape() const;
+  DType dtype() const;
+  std::string name() const;
+  const char* op_name() const;
+  Operand operand() const { return Operand{id, port}; }
   // Renames the node (names appear in errors, DOT output and checkpoints).
   Value named(const std::string& n) const;
-  friend bool operator==(const Value& a, const Value& b) { return a.graph == b.graph && a.id == b.id; }
+  friend bool operator==(const Value& a, const Value& b) {
+    return a.graph == b.graph && a.id == b.id && a.port == b.port;
+  }
 };
 
-// Build-time errors: shape mismatches, bad attributes, values from different graphs.
+// Build-time errors: shape and dtype mismatches, bad attributes, values from different graphs.
 struct GraphError : std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
@@ -130,6 +148,8 @@ struct Fetch {
 
 class Graph {
  public:
+  // `dtype` is the graph's float type: the default of inputs, params and fills made without an
+  // explicit one. Nodes carry their own dtypes; float32 and float64 never mix without gg::cast.
   explicit Graph(DType dtype = DType::f32);
   Graph(const Graph&) = delete;  // Values point at their graph
   Graph& operator=(const Graph&) = delete;
@@ -138,39 +158,46 @@ class Graph {
 
   // Leaves. Shapes may hold gg::dyn (the batch size, fixed when a program is fed).
   Value input(const std::string& name, const Shape& shape);
+  Value input(const std::string& name, const Shape& shape, DType dtype);
+  // Trainable, persistent, float. Set given values with Program::set_param after compiling.
   Value param(const std::string& name, const Shape& shape, const Init& init = zeros());
+  Value param(const std::string& name, const Shape& shape, const Init& init, DType dtype);
   // Persistent, non-trainable program state (optimizer moments, step counters).
   Value state(const std::string& name, const Shape& shape, const Init& init = zeros());
+  Value state(const std::string& name, const Shape& shape, const Init& init, DType dtype);
+  // A copy of `t`, with t's dtype.
   Value constant(const Tensor& t, const std::string& name = "");
   Value scalar(double v);
+  Value scalar(double v, DType dtype);
   Value fill(const Shape& shape, double v);
-
-  // Adds a node after inferring and checking its shape; throws GraphError naming the op,
-  // the operands and their shapes on a mismatch.
-  Value add_node(Op op, std::vector<Value> inputs, const Attrs& attrs = {}, const std::string& name = "");
+  Value fill(const Shape& shape, double v, DType dtype);
 
   Program compile(std::initializer_list<Fetch> fetches);
   Program compile(std::initializer_list<Fetch> fetches, const CompileOptions& opts);
 
-  int size() const { return static_cast<int>(boost::num_vertices(g_)); }
-  const Node& node(int id) const { return g_[static_cast<std::size_t>(id)]; }
-  Node& node_mut(int id) { return g_[static_cast<std::size_t>(id)]; }
-  const BoostGraph& boost_graph() const { return g_; }
-  Value value(int id) { return Value{this, id}; }
+  int size() const { return static_cast<int>(nodes_.size()); }
+  // A reference into stable storage: valid for the graph's lifetime.
+  const Node& node(int id) const;
+  const Structure& structure() const { return structure_; }
+  Value value(int id, int port = 0) { return Value{this, id, port}; }
   // Parameters and states in creation order (the order initialisers draw random numbers in).
   std::vector<Value> params();
   std::vector<Value> states();
   Value find(const std::string& name);
 
-  // While set, new nodes are marked as backward nodes (used by gradients()).
-  bool building_backward = false;
-
  private:
-  Value add_leaf(Node n);
+  friend struct GraphBuilder;  // lib/graph.cpp: the one door through which nodes are added
+  Value add_leaf(const detail::OpDef& op, Node n, DType dtype, const Shape& shape);
   void check_unique_name(const std::string& name) const;
 
   DType dtype_;
-  BoostGraph g_;
+  std::deque<Node> nodes_;  // stable: a deque never moves its elements when it grows
+  Structure structure_;
+  bool building_backward_ = false;
 };
+
+// One line per node ("Z1 = add(matmul#6, b1) -> float32 {64, dyn}"), attributes included:
+// what checkpoints store as the network's description. Backward nodes only if asked.
+std::string describe(const Graph& g, bool include_backward = false);
 
 }  // namespace gg

@@ -6,6 +6,8 @@
 // arena whose offsets come from liveness intervals over the schedule (buffers whose lifetimes
 // do not overlap share memory; elementwise ops overwrite a dying operand in place). After the
 // first run() at a batch size, run() allocates nothing.
+//
+// A Program refers to its Graph (to match feeds and fetches): the graph must outlive it.
 #pragma once
 
 #include <gradgraph/graph.hpp>
@@ -29,9 +31,11 @@ struct CompileOptions {
   const Program* share_params_with = nullptr;  // use that program's parameter storage
 };
 
-struct ParamStore;  // persistent parameter/state arena (program.cpp)
-struct Plan;        // buffers and steps for one batch size (program.cpp)
-struct IrNode;
+namespace detail {
+struct Compiled;    // the IR in schedule order (lib/program/compile.cpp)
+struct ParamStore;  // persistent parameter/state arena (lib/program/param_store.cpp)
+struct Plan;        // buffers and steps for one batch size (lib/program/plan.cpp)
+}  // namespace detail
 
 class Program {
  public:
@@ -53,9 +57,13 @@ class Program {
   TensorView get(Value v) const;
   double scalar(Value v) const;
 
-  // Parameters and states by name: a writable view of persistent storage.
+  // Parameters and states by name or handle: a writable view of persistent storage.
   TensorView param(const std::string& name) const;
+  TensorView param(Value v) const;
+  // Copies given values in (any strides); the dtype and shape must be the parameter's, as for
+  // feeds: convert with Tensor::copy_of(view, dtype) first if needed.
   void set_param(const std::string& name, const TensorView& value);
+  void set_param(Value v, const TensorView& value);
   std::vector<std::string> param_names() const;  // params then states, in creation order
   std::vector<std::string> state_names() const;
   // Re-runs every initialiser in creation order with `rng` (states back to their inits too).
@@ -83,23 +91,21 @@ class Program {
 
   void set_threads(int threads);
   int threads() const { return threads_; }
-  // Overrides the learning rate of every update op (for schedules).
-  void set_learning_rate(double lr);
+  // Sets the "lr" attribute of every op that has one (the optimizers' updates), for schedules;
+  // no re-plan. Returns how many ops it changed.
+  int set_learning_rate(double lr);
 
  private:
-  Plan& plan_for(std::int64_t batch);
-  std::int64_t batch_of(const Feed* feeds, std::size_t n) const;
+  detail::Plan& plan_for(std::int64_t batch);
   void run_impl(const Feed* feeds, std::size_t n);
+  int slot_of(Value v) const;
 
   Graph* graph_ = nullptr;
-  std::vector<IrNode> ir_;         // the fused program in schedule order
-  std::vector<int> graph_to_ir_;   // graph node id -> ir index (-1 if not scheduled)
-  std::vector<int> inputs_;        // ir indices of Input nodes
-  std::shared_ptr<ParamStore> params_;
-  std::map<std::int64_t, std::unique_ptr<Plan>> plans_;
-  Plan* current_ = nullptr;
+  std::unique_ptr<detail::Compiled> code_;
+  std::shared_ptr<detail::ParamStore> params_;
+  std::map<std::int64_t, std::unique_ptr<detail::Plan>> plans_;
+  detail::Plan* current_ = nullptr;
   int threads_ = 1;
-  bool has_dyn_ = false;
   bool profiling_ = false;
 };
 

@@ -7,14 +7,15 @@ namespace gg::detail {
 
 // out = f(a, b) with NumPy broadcasting. Inputs may be any strided views; the output is
 // contiguous. Fast paths: equal shapes (one flat loop) and a broadcast innermost dimension
-// (stride 0 or 1), which covers bias adds in both layouts.
-template <typename T, typename F>
+// (stride 0 or 1), which covers bias adds in both layouts. T is the operands' element type, O
+// the output's (comparisons read int64 labels and write floats).
+template <typename T, typename O = T, typename F>
 void binary_kernel(const KernelArgs& k, F f) {
   const TensorView &a = k.in[0], &b = k.in[1];
-  T* o = data<T>(k.out);
+  O* o = data<O>(k.out[0]);
   const T* pa = data<T>(a);
   const T* pb = data<T>(b);
-  const Shape& s = k.out.shape;
+  const Shape& s = k.out[0].shape;
   const std::int64_t n = s.numel();
   if (a.shape == s && b.shape == s && a.is_contiguous() && b.is_contiguous()) {
     parallel_for(n, k.threads, 1, [&](std::int64_t lo, std::int64_t hi) {
@@ -41,7 +42,7 @@ void binary_kernel(const KernelArgs& k, F f) {
       }
       const T* ra = pa + offa;
       const T* rb = pb + offb;
-      T* ro = o + r * L;
+      O* ro = o + r * L;
       if (ia == 1 && ib == 1)
         for (std::int64_t j = 0; j < L; ++j) ro[j] = f(ra[j], rb[j]);
       else if (ia == 1 && ib == 0)
@@ -55,11 +56,11 @@ void binary_kernel(const KernelArgs& k, F f) {
 }
 
 // out = f(x) over a contiguous input of the output's shape.
-template <typename T, typename F>
+template <typename T, typename O = T, typename F>
 void unary_kernel(const KernelArgs& k, F f) {
   const T* x = data<T>(k.in[0]);
-  T* o = data<T>(k.out);
-  parallel_for(k.out.numel(), k.threads, 1, [&](std::int64_t lo, std::int64_t hi) {
+  O* o = data<O>(k.out[0]);
+  parallel_for(k.out[0].numel(), k.threads, 1, [&](std::int64_t lo, std::int64_t hi) {
     for (std::int64_t i = lo; i < hi; ++i) o[i] = f(x[i]);
   });
 }

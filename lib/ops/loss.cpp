@@ -13,33 +13,60 @@
 // S = softmax(Z), s = sum_k Y_k (per example), c = g/M:
 //   d/dZ <V, (S s - Y) c> = S (V - <V, S>) s c     (the softmax VJP of V, scaled)
 //   d/dY = (<V, S> - V) c,   d/dg = <V, S s - Y> / M
+#include "fusion.hpp"
 #include "kernels.hpp"
+#include "op_list.hpp"
 #include "softmax.hpp"
 
 #include <cmath>
 #include <limits>
 
 namespace gg {
+
+#ifdef GG_PUBLIC_API  // collected into <gradgraph/ops.hpp> by lib/ops/gen_ops.py
+// Mean over examples of -sum_k Y_k log softmax(Z)_k, with dense targets Y of the logits' shape and
+// the classes along `axis` (0 for the notebook's features x examples layout, 1 or -1 for
+// batch-first). Stable: uses log-softmax.
+Value softmax_cross_entropy(Value logits, Value targets, int axis);
+// The same with integer class labels (int64 or uint8), shaped like the logits without their class
+// axis, which is the axis the labels lack: {10, dyn} logits with {dyn} labels use axis 0, {dyn, 10}
+// logits use axis 1. Where that is ambiguous ({10, 10} logits) pass dense targets and the axis.
+Value softmax_cross_entropy(Value logits, Value labels);
+#endif  // GG_PUBLIC_API
+
+namespace detail {
 namespace {
 
-using namespace detail;
+// The class axis (normalised: 0 <= axis < rank).
+struct SceAttrs {
+  int axis = 0;
+  template <typename F> void visit(F&& f) { f("axis", axis); }
+};
 
-int class_axis(const Shape& s, int axis) { return axis < 0 ? axis + s.rank : axis; }
-
-Shape infer(const Graph& g, const Node& n) {
-  const Shape& z = g.node(n.inputs[0]).shape;
-  const Shape& y = g.node(n.inputs[1]).shape;
-  if (z != y) fail(g, n, "logits and targets must have the same shape");
+Outputs infer(const Graph& g, const Node& n) {
+  const DType t = require_float(g, n, 0);
+  require_same_dtype(g, n, 0, 1);
+  const Shape& z = operand(g, n, 0).shape;
+  if (z != operand(g, n, 1).shape) fail(g, n, "logits and targets must have the same shape");
   if (z.rank == 0) fail(g, n, "logits must have at least one dimension");
-  normalize_axis(g, n, n.attrs.axis, z.rank);
-  return Shape{};
+  normalize_axis(g, n, n.attrs.as<SceAttrs>().axis, z.rank);
+  return Port{t, Shape{}};
 }
 
-Shape infer_grad(const Graph& g, const Node& n) {
-  const Shape& z = g.node(n.inputs[0]).shape;
-  if (z != g.node(n.inputs[1]).shape) fail(g, n, "logits and targets must have the same shape");
-  if (g.node(n.inputs[2]).shape.rank != 0) fail(g, n, "the incoming gradient must be a scalar");
-  return z;
+Outputs infer_grad(const Graph& g, const Node& n) {
+  const DType t = require_float(g, n, 0);
+  require_same_dtype(g, n, 0, 1);
+  require_same_dtype(g, n, 0, 2);
+  const Shape& z = operand(g, n, 0).shape;
+  if (z != operand(g, n, 1).shape) fail(g, n, "logits and targets must have the same shape");
+  if (operand(g, n, 2).shape.rank != 0) fail(g, n, "the incoming gradient must be a scalar");
+  return Port{t, z};
+}
+
+// The fused kernel's outputs: the gradient (Z's shape), then the loss.
+Outputs infer_fused(const Graph& g, const Node& n) {
+  const Port& z = operand(g, n, 0);
+  return Outputs(Port{z.dtype, z.shape}, Port{z.dtype, Shape{}});
 }
 
 std::int64_t examples(const Shape& s, int axis) { return s.numel() / std::max<std::int64_t>(1, s.dims[axis]); }
@@ -87,7 +114,7 @@ struct Partials {
 
 template <typename T>
 void fwd(const KernelArgs& k) {
-  const int axis = class_axis(k.in[0].shape, k.attrs->axis);
+  const int axis = k.attrs<SceAttrs>().axis;
   const T* z = data<T>(k.in[0]);
   const T* y = data<T>(k.in[1]);
   Partials ll;
@@ -96,16 +123,16 @@ void fwd(const KernelArgs& k) {
     exp_sums<T>(z + off, nullptr, n, stride, w, mx, se);
     ll.add(block_log_likelihood(z + off, y + off, n, stride, w, mx, se));
   });
-  data<T>(k.out)[0] = static_cast<T>(-ll.total() / static_cast<double>(examples(k.in[0].shape, axis)));
+  data<T>(k.out[0])[0] = static_cast<T>(-ll.total() / static_cast<double>(examples(k.in[0].shape, axis)));
 }
 
 template <typename T>
 void grad_fwd(const KernelArgs& k) {
-  const int axis = class_axis(k.in[0].shape, k.attrs->axis);
+  const int axis = k.attrs<SceAttrs>().axis;
   const T* z = data<T>(k.in[0]);
   const T* y = data<T>(k.in[1]);
   const T c = static_cast<T>(static_cast<double>(data<T>(k.in[2])[0]) / static_cast<double>(examples(k.in[0].shape, axis)));
-  T* out = data<T>(k.out);
+  T* out = data<T>(k.out[0]);
   for_each_slice<T>(k.in[0], axis, k.threads, [&](std::int64_t off, std::int64_t n, std::int64_t stride, std::int64_t w) {
     softmax_block<T>(z + off, out + off, n, stride, w, false);
     block_grad_from_softmax(out + off, y + off, n, stride, w, c);
@@ -116,15 +143,15 @@ void grad_fwd(const KernelArgs& k) {
 // the loss and its gradient. One traversal of each block of Z and Y computes the exponentials
 // once and yields both results through the same block functions as the two separate kernels
 // (so the results are bitwise those of the unfused program). The output is the gradient; the
-// loss is stored in one extra element after it, which the loss_slot node views.
+// loss is its second output.
 template <typename T>
 void fused_fwd(const KernelArgs& k) {
-  const int axis = class_axis(k.in[0].shape, k.attrs->axis);
+  const int axis = k.attrs<SceAttrs>().axis;
   const T* z = data<T>(k.in[0]);
   const T* y = data<T>(k.in[1]);
   const double m = static_cast<double>(examples(k.in[0].shape, axis));
   const T c = static_cast<T>(static_cast<double>(data<T>(k.in[2])[0]) / m);
-  T* out = data<T>(k.out);
+  T* out = data<T>(k.out[0]);
   Partials ll;
   for_each_slice<T>(k.in[0], axis, k.threads, [&](std::int64_t off, std::int64_t n, std::int64_t stride, std::int64_t w) {
     T mx[kSliceBlock], se[kSliceBlock];
@@ -133,60 +160,124 @@ void fused_fwd(const KernelArgs& k) {
     normalize_exps(out + off, n, stride, w, se);
     block_grad_from_softmax(out + off, y + off, n, stride, w, c);
   });
-  out[k.out.numel()] = static_cast<T>(-ll.total() / m);
+  data<T>(k.out[1])[0] = static_cast<T>(-ll.total() / m);
 }
 
-Shape infer_fused(const Graph& g, const Node& n) { return g.node(n.inputs[0]).shape; }
-Shape infer_loss_slot(const Graph&, const Node&) { return Shape{}; }
-
 // g / M as a node (M may depend on the batch size).
-Value per_example(Graph& g, const Node& n, Value v) {
-  const Shape& z = g.node(n.inputs[0]).shape;
-  Count cnt = count_except(z, class_axis(z, n.attrs.axis));
+Value per_example(const VjpArgs& a, Value v) {
+  const Shape z = a.in_shape(0);
+  Count cnt = count_except(z, a.attrs<SceAttrs>().axis);
   return scale_batch(v, 1.0 / cnt.fixed, -cnt.dyn_count);
 }
 
-std::vector<Value> vjp(Graph& g, const Node& n, Value, Value grad, const std::vector<bool>& w) {
+Value sce_grad(Value z, Value y, Value g, int axis);
+
+std::vector<Value> vjp(const VjpArgs& a) {
   std::vector<Value> out(2);
-  Value Z = in(g, n, 0), Y = in(g, n, 1);
-  if (w[0]) out[0] = g.add_node(Op::SoftmaxCrossEntropyGrad, {Z, Y, grad}, n.attrs);
-  if (w[1]) out[1] = log_softmax(Z, n.attrs.axis) * neg(per_example(g, n, grad));
+  Value Z = a.in(0), Y = a.in(1);
+  const int axis = a.attrs<SceAttrs>().axis;
+  if (a.wanted[0]) out[0] = sce_grad(Z, Y, a.dy(), axis);
+  if (a.wanted[1]) out[1] = log_softmax(Z, axis) * neg(per_example(a, a.dy()));
   return out;
 }
 
-std::vector<Value> grad_vjp(Graph& g, const Node& n, Value, Value V, const std::vector<bool>& w) {
+std::vector<Value> grad_vjp(const VjpArgs& a) {
   std::vector<Value> out(3);
-  Value Z = in(g, n, 0), Y = in(g, n, 1), G = in(g, n, 2);
-  const int axis = n.attrs.axis;
-  Value c = per_example(g, n, G);
+  Value Z = a.in(0), Y = a.in(1), G = a.in(2), V = a.dy();
+  const int axis = a.attrs<SceAttrs>().axis;
+  Value c = per_example(a, G);
   Value S = softmax(Z, axis);
-  Value s = (w[0] || w[2]) ? sum(Y, axis, true) : Value{};
-  if (w[0] || w[1]) {
+  Value s = (a.wanted[0] || a.wanted[2]) ? sum(Y, axis, true) : Value{};
+  if (a.wanted[0] || a.wanted[1]) {
     Value vs = sum(V * S, axis, true);
-    if (w[0]) out[0] = (S * (V - vs)) * s * c;
-    if (w[1]) out[1] = (vs - V) * c;
+    if (a.wanted[0]) out[0] = (S * (V - vs)) * s * c;
+    if (a.wanted[1]) out[1] = (vs - V) * c;
   }
-  if (w[2]) out[2] = per_example(g, n, sum(V * (S * s - Y)));
+  if (a.wanted[2]) out[2] = per_example(a, sum(V * (S * s - Y)));
   return out;
 }
 
 }  // namespace
 
-namespace detail {
-extern const OpDef kSceDef = {"softmax_cross_entropy", 2, 0, 0b11, 0, infer, fwd<float>, fwd<double>, vjp};
-extern const OpDef kSceFusedDef = {"softmax_cross_entropy_fused", 3, kNonDifferentiable, 0, 0, infer_fused,
-                                   fused_fwd<float>, fused_fwd<double>, nullptr};
-// The loss written by softmax_cross_entropy_fused, one element past its gradient.
-extern const OpDef kLossSlotDef = {"loss_slot", 1, kView | kNonDifferentiable, 0, 0, infer_loss_slot, nullptr, nullptr,
-                                   nullptr};
-extern const OpDef kSceGradDef = {"softmax_cross_entropy_grad", 3, 0, 0b111, 0, infer_grad, grad_fwd<float>,
-                                  grad_fwd<double>, grad_vjp};
+GG_OP(softmax_cross_entropy_op) = {.name = "softmax_cross_entropy", .arity = 2, .diff_inputs = 0b11,
+                                   .kernels = {.f32 = fwd<float>, .f64 = fwd<double>}, .infer = infer, .vjp = vjp};
+GG_OP(softmax_cross_entropy_grad_op) = {.name = "softmax_cross_entropy_grad", .arity = 3, .flags = kInternal,
+                                        .diff_inputs = 0b111,
+                                        .kernels = {.f32 = grad_fwd<float>, .f64 = grad_fwd<double>},
+                                        .infer = infer_grad, .vjp = grad_vjp};
+GG_OP(softmax_cross_entropy_fused_op) = {.name = "softmax_cross_entropy_fused", .arity = 3, .outputs = 2,
+                                         .flags = kInternal | kNonDifferentiable,
+                                         .kernels = {.f32 = fused_fwd<float>, .f64 = fused_fwd<double>},
+                                         .infer = infer_fused};
+
+namespace {
+
+Value sce_grad(Value z, Value y, Value g, int axis) {
+  return make(softmax_cross_entropy_grad_op, {z, y, g}, Attrs(SceAttrs{axis}));
+}
+
+// softmax_cross_entropy(Z, Y) and softmax_cross_entropy_grad(Z, Y, fill) of the same Z, Y and axis
+// -> softmax_cross_entropy_fused(Z, Y, fill), whose outputs are the gradient and the loss. Only
+// with the plain seed (a fill) as incoming gradient, so the loss can never be an ancestor of the
+// fused kernel.
+bool fuse_loss(Rewriter& r, int i) {
+  IrNode& gr = r.at(i);
+  if (gr.node.op != &softmax_cross_entropy_grad_op) return false;
+  if (r.op(gr.node.inputs[2].node) != &fill_op) return false;
+  for (int j = 0; j < r.size(); ++j) {
+    IrNode& loss = r.at(j);
+    if (loss.dead || loss.node.op != &softmax_cross_entropy_op) continue;
+    if (!(loss.node.inputs[0] == gr.node.inputs[0]) || !(loss.node.inputs[1] == gr.node.inputs[1]) ||
+        loss.node.attrs.as<SceAttrs>().axis != gr.node.attrs.as<SceAttrs>().axis)
+      continue;
+    gr.node.op = &softmax_cross_entropy_fused_op;
+    gr.node.num_outputs = 2;
+    gr.node.outputs[1] = loss.node.outputs[0];
+    gr.node.fused = true;
+    r.replace(j, {Operand{i, 1}});
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+GG_FUSION(softmax_cross_entropy_fused_rule) = {"softmax_cross_entropy_fused", 1, fuse_loss};
+
 }  // namespace detail
 
 Value softmax_cross_entropy(Value logits, Value targets, int axis) {
-  Attrs at;
-  at.axis = axis;
-  return detail::graph_of(logits).add_node(Op::SoftmaxCrossEntropy, {logits, targets}, at);
+  const Shape z = logits.shape();
+  const int ax = axis < 0 ? axis + z.rank : axis;
+  if (!is_float(targets.dtype()))
+    throw GraphError("softmax_cross_entropy: targets " + detail::describe(detail::graph_of(targets), targets.operand()) +
+                     " are integer labels: call softmax_cross_entropy(logits, labels) without an axis");
+  return detail::make(detail::softmax_cross_entropy_op, {logits, targets}, Attrs(detail::SceAttrs{ax}));
+}
+
+Value softmax_cross_entropy(Value logits, Value labels) {
+  Graph& g = detail::graph_of(logits);
+  const Shape z = logits.shape(), l = labels.shape();
+  auto where = [&] { return detail::describe(g, logits.operand()) + " and " + detail::describe(g, labels.operand()); };
+  if (is_float(labels.dtype()))
+    throw GraphError("softmax_cross_entropy: dense targets need the class axis: softmax_cross_entropy(logits, targets, "
+                     "axis) (" + where() + ")");
+  int axis = -1, matches = 0;
+  if (l.rank == z.rank - 1)
+    for (int a = 0; a < z.rank; ++a) {
+      Shape without;
+      for (int i = 0; i < z.rank; ++i)
+        if (i != a) without.dims[without.rank++] = z.dims[i];
+      if (without == l) axis = a, ++matches;
+    }
+  if (matches == 0)
+    throw GraphError("softmax_cross_entropy: the labels must have the logits' shape without the class axis (" + where() + ")");
+  if (matches > 1)
+    throw GraphError("softmax_cross_entropy: the class axis is ambiguous for " + where() +
+                     ": pass one-hot targets and the axis (gg::one_hot)");
+  if (z.dims[axis] == dyn)
+    throw GraphError("softmax_cross_entropy: the class axis of " + where() + " is the open (dyn) dimension");
+  return softmax_cross_entropy(logits, one_hot(labels, z.dims[axis], axis, logits.dtype()), axis);
 }
 
 }  // namespace gg

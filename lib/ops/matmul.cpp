@@ -1,29 +1,50 @@
-// MatMul: C = alpha * op(A) op(B), op(X) = X or X^T, rank 2.
+// MatMul: C = alpha * batch^batch_power * op(A) op(B), op(X) = X or X^T, rank 2, float.
 //
 // Transposes never copy: op(X) is X's view with its two strides swapped, handed to BLIS's
-// typed gemm, which packs panels itself and takes any row/column strides. alpha is 1 for user
-// nodes; the fusion pass folds a Scale that only feeds GEMMs into it (attrs.alpha and
-// attrs.batch_power, resolved for the planned batch size into KernelArgs::scale).
+// typed gemm, which packs panels itself and takes any row/column strides (so operands may be
+// strided feeds: kStrided). alpha is 1 for user nodes; the fusion rules below fold a scale that
+// only feeds GEMMs into it, and a scale of a GEMM's result (batch_power carries a mean's 1/m).
+//
+// VJP, with C = op(A) op(B):  d op(A) = G op(B)^T,  d op(B) = op(A)^T G, transposing back where
+// op() transposed; alpha scales both.
+#include "fusion.hpp"
 #include "op.hpp"
+#include "op_list.hpp"
 
 #include <blis.h>
 
 namespace gg {
+
+#ifdef GG_PUBLIC_API  // collected into <gradgraph/ops.hpp> by lib/ops/gen_ops.py
+// C = op(A) op(B), op(X) = X or X^T. Rank-2 float operands; transposes are BLIS strides, never copies.
+Value matmul(Value a, Value b, bool trans_a = false, bool trans_b = false);
+#endif  // GG_PUBLIC_API
+
+namespace detail {
 namespace {
 
-using namespace detail;
+struct MatMulAttrs {
+  bool trans_a = false, trans_b = false;  // op(A) = A^T, op(B) = B^T
+  double alpha = 1;                       // C = alpha * batch^batch_power * op(A) op(B)
+  int batch_power = 0;
+  template <typename F> void visit(F&& f) {
+    f("trans_a", trans_a), f("trans_b", trans_b), f("alpha", alpha), f("batch_power", batch_power);
+  }
+};
 
-
-Shape infer(const Graph& g, const Node& n) {
-  const Shape& a = g.node(n.inputs[0]).shape;
-  const Shape& b = g.node(n.inputs[1]).shape;
+Outputs infer(const Graph& g, const Node& n) {
+  require_float(g, n, 0);
+  const DType t = require_same_dtype(g, n, 0, 1);
+  const MatMulAttrs& at = n.attrs.as<MatMulAttrs>();
+  const Shape& a = operand(g, n, 0).shape;
+  const Shape& b = operand(g, n, 1).shape;
   if (a.rank != 2 || b.rank != 2) fail(g, n, "operands must be rank 2");
-  std::int64_t m = n.attrs.trans_a ? a[1] : a[0], ka = n.attrs.trans_a ? a[0] : a[1];
-  std::int64_t kb = n.attrs.trans_b ? b[1] : b[0], nn = n.attrs.trans_b ? b[0] : b[1];
+  const std::int64_t m = at.trans_a ? a[1] : a[0], ka = at.trans_a ? a[0] : a[1];
+  const std::int64_t kb = at.trans_b ? b[1] : b[0], nn = at.trans_b ? b[0] : b[1];
   if (ka != kb)
-    throw GraphError(std::string("matmul: inner dimensions differ: ") + describe(g, n.inputs[0]) +
-                     (n.attrs.trans_a ? "^T" : "") + " times " + describe(g, n.inputs[1]) + (n.attrs.trans_b ? "^T" : ""));
-  return Shape{m, nn};
+    throw GraphError(std::string("matmul: inner dimensions differ: ") + describe(g, n.inputs[0]) + (at.trans_a ? "^T" : "") +
+                     " times " + describe(g, n.inputs[1]) + (at.trans_b ? "^T" : ""));
+  return Port{t, Shape{m, nn}};
 }
 
 // op(X) as a view: the transpose is a stride swap.
@@ -31,10 +52,11 @@ TensorView op_view(const TensorView& v, bool trans) { return trans ? v.transpose
 
 template <typename T>
 void forward(const KernelArgs& k) {
-  TensorView a = op_view(k.in[0], k.attrs->trans_a), b = op_view(k.in[1], k.attrs->trans_b);
-  const TensorView& c = k.out;
+  const MatMulAttrs& at = k.attrs<MatMulAttrs>();
+  TensorView a = op_view(k.in[0], at.trans_a), b = op_view(k.in[1], at.trans_b);
+  const TensorView& c = k.out[0];
   const dim_t m = a.shape[0], kk = a.shape[1], n = b.shape[1];
-  T alpha = static_cast<T>(k.scale), beta = 0;
+  T alpha = static_cast<T>(batch_factor(at.alpha, at.batch_power, k.batch)), beta = 0;
   if (m == 0 || n == 0) return;
   if (kk == 0) {  // BLIS would scale C by beta; an empty sum is zero
     for (dim_t i = 0; i < m; ++i)
@@ -55,36 +77,84 @@ void forward(const KernelArgs& k) {
                  data<T>(b), b.strides[0], b.strides[1], &beta, data<T>(c), c.strides[0], c.strides[1], nullptr, &rntm);
 }
 
-// With C = op(A) op(B):  d op(A) = G op(B)^T,  d op(B) = op(A)^T G; transposing back where
-// op() transposed. alpha (if fused) scales both.
-std::vector<Value> vjp(Graph& g, const Node& node, Value, Value grad, const std::vector<bool>& wanted) {
-  Value A = in(g, node, 0), B = in(g, node, 1);
-  const bool ta = node.attrs.trans_a, tb = node.attrs.trans_b;
-  auto mm = [&](Value x, Value y, bool tx, bool ty) {
-    Attrs at;
-    at.trans_a = tx;
-    at.trans_b = ty;
-    at.alpha = node.attrs.alpha;
-    at.batch_power = node.attrs.batch_power;
-    return g.add_node(Op::MatMul, {x, y}, at);
-  };
+Value gemm(Value x, Value y, MatMulAttrs at);
+
+std::vector<Value> vjp(const VjpArgs& a) {
+  const MatMulAttrs& at = a.attrs<MatMulAttrs>();
+  Value A = a.in(0), B = a.in(1), G = a.dy();
+  const bool ta = at.trans_a, tb = at.trans_b;
+  auto mm = [&](Value x, Value y, bool tx, bool ty) { return gemm(x, y, {tx, ty, at.alpha, at.batch_power}); };
   std::vector<Value> out(2);
-  if (wanted[0]) out[0] = ta ? mm(B, grad, tb, true) : mm(grad, B, false, !tb);
-  if (wanted[1]) out[1] = tb ? mm(grad, A, true, ta) : mm(A, grad, !ta, false);
+  if (a.wanted[0]) out[0] = ta ? mm(B, G, tb, true) : mm(G, B, false, !tb);
+  if (a.wanted[1]) out[1] = tb ? mm(G, A, true, ta) : mm(A, G, !ta, false);
   return out;
 }
 
 }  // namespace
 
-namespace detail {
-extern const OpDef kMatMulDef = {"matmul", 2, kStrided, 0b11, 0, infer, forward<float>, forward<double>, vjp};
+GG_OP(matmul_op) = {.name = "matmul", .arity = 2, .flags = kStrided, .diff_inputs = 0b11,
+                    .kernels = {.f32 = forward<float>, .f64 = forward<double>}, .infer = infer, .vjp = vjp};
+
+namespace {
+
+Value gemm(Value x, Value y, MatMulAttrs at) { return make(matmul_op, {x, y}, Attrs(at)); }
+
+// The scale's factor folded into a GEMM's: exact in real arithmetic ((sA)B = s(AB)); in floating
+// point BLIS applies it once instead of a separate pass (bitwise equal for powers of two).
+void fold(MatMulAttrs& mm, const Node& scale_node) {
+  const ScaleAttrs& s = scale_node.attrs.as<ScaleAttrs>();
+  mm.alpha *= s.factor;
+  mm.batch_power += s.batch_power;
 }
 
+// matmul(scale(x), y) and matmul(y, scale(x)) -> matmul with alpha, when every reader of the scale
+// is a GEMM and the scale is not fetched. A GEMM reading the scaled value twice gets it twice.
+bool fold_scale_into_readers(Rewriter& r, int i) {
+  IrNode& sc = r.at(i);
+  if (sc.node.op != &scale_op || sc.fetched) return false;
+  const std::vector<int> rs = r.readers(i);
+  if (rs.empty()) return false;
+  for (int x : rs)
+    if (r.op(x) != &matmul_op) return false;
+  for (int x : rs) {
+    Node& mm = r.at(x).node;
+    int uses = 0;
+    for (Operand& o : mm.inputs)
+      if (o.node == i) o = sc.node.inputs[0], ++uses;
+    if (uses == 0) continue;  // a second entry for a GEMM already rewritten
+    for (int k = 0; k < uses; ++k) fold(mm.attrs.as<MatMulAttrs>(), sc.node);
+    mm.fused = true;
+  }
+  r.kill(i);
+  return true;
+}
+
+// scale(matmul(x, y)) -> matmul with alpha (it takes the scale's place and name), when the GEMM
+// has no other reader and neither is fetched.
+bool fold_scale_of_gemm(Rewriter& r, int i) {
+  IrNode& sc = r.at(i);
+  if (sc.node.op != &scale_op || sc.fetched) return false;
+  const int src = sc.node.inputs[0].node;
+  IrNode& mm = r.at(src);
+  if (mm.node.op != &matmul_op || mm.fetched || r.readers(src).size() != 1) return false;
+  Node folded = mm.node;
+  fold(folded.attrs.as<MatMulAttrs>(), sc.node);
+  folded.name = sc.node.name;
+  folded.fused = true;
+  sc.node = folded;  // the GEMM's operands come earlier: the order still holds
+  r.kill(src);
+  return true;
+}
+
+}  // namespace
+
+GG_FUSION(fold_scale_into_gemms_rule) = {"fold_scale_into_gemms", 0, fold_scale_into_readers};
+GG_FUSION(fold_scale_of_gemm_rule) = {"fold_scale_of_gemm", 0, fold_scale_of_gemm};
+
+}  // namespace detail
+
 Value matmul(Value a, Value b, bool trans_a, bool trans_b) {
-  Attrs at;
-  at.trans_a = trans_a;
-  at.trans_b = trans_b;
-  return detail::graph_of(a).add_node(Op::MatMul, {a, b}, at);
+  return detail::gemm(a, b, {trans_a, trans_b, 1.0, 0});
 }
 
 }  // namespace gg

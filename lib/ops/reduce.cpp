@@ -1,37 +1,68 @@
 // Reductions and broadcasts, each the adjoint of the other:
-//   sum (all):        y = sum x             dx = broadcast_to(g, shape(x))
-//   sum (axis):       y = sum_axis x        dx = broadcast_to(reshape(g, keepdims shape), shape(x))
-//   sum_to(shape):    sums broadcast dims   dx = broadcast_to(g, shape(x))
-//   broadcast_to:     repeats               dx = sum_to(g, shape(x))
+//   sum(axes):        y = sum over the axes of x   dx = broadcast_to(reshape(g, keepdims shape), shape(x))
+//   sum_to(shape):    sums broadcast dims away     dx = broadcast_to(g, shape(x))
+//   broadcast_to:     repeats                      dx = sum_to(g, shape(x))
 //   mean = sum * (1 / count), where count may include the open batch dimension (then the
 //   factor is resolved when the program is planned for a batch size).
+// Numerics: float32 sums are accumulated in double where the summed axes are one contiguous
+// run (every single-axis and whole-tensor sum): blocks of 256 in T and block totals in double
+// along rows, fully in double down columns. Other axis patterns take an index walk in T.
 #include "kernels.hpp"
 
 namespace gg {
+
+#ifdef GG_PUBLIC_API  // collected into <gradgraph/ops.hpp> by lib/ops/gen_ops.py
+// Reductions: over every axis (a scalar), one axis, or several (negative axes count from the
+// end); keepdims leaves the reduced axes in place with extent 1.
+Value sum(Value a);
+Value sum(Value a, int axis, bool keepdims = false);
+Value sum(Value a, const std::vector<int>& axes, bool keepdims = false);
+Value mean(Value a);
+Value mean(Value a, int axis, bool keepdims = false);
+Value mean(Value a, const std::vector<int>& axes, bool keepdims = false);
+// Sums broadcast dimensions away so that the result has `shape` (the adjoint of broadcast_to).
+Value sum_to(Value a, const Shape& shape);
+Value broadcast_to(Value a, const Shape& shape);
+#endif  // GG_PUBLIC_API
+
+namespace detail {
 namespace {
 
-using namespace detail;
+// Which axes a reduction removes (or keeps with extent 1).
+struct ReduceAttrs {
+  AxisSet axes;
+  bool keepdims = false;
+  template <typename F> void visit(F&& f) { f("axes", axes), f("keepdims", keepdims); }
+};
 
-Shape keepdims_shape(const Shape& s, int axis) {
+// The target shape of sum_to / broadcast_to.
+struct ShapeAttrs {
+  Shape shape;
+  template <typename F> void visit(F&& f) { f("shape", shape); }
+};
+
+// x's shape with the reduced axes set to 1.
+Shape keepdims_shape(const Shape& s, AxisSet axes) {
   Shape r = s;
-  r.dims[axis] = 1;
+  for (int i = 0; i < s.rank; ++i)
+    if (axes.has(i)) r.dims[i] = 1;
   return r;
 }
 
-Shape infer_sum(const Graph& g, const Node& n) {
-  const Shape& s = g.node(n.inputs[0]).shape;
-  if (n.attrs.all_axes) {
-    if (!n.attrs.keepdims) return Shape{};
-    Shape r = s;
-    for (int i = 0; i < r.rank; ++i) r.dims[i] = 1;
-    return r;
-  }
-  const int axis = normalize_axis(g, n, n.attrs.axis, s.rank);
-  if (n.attrs.keepdims) return keepdims_shape(s, axis);
+Shape reduced_shape(const Shape& s, AxisSet axes, bool keepdims) {
+  if (keepdims) return keepdims_shape(s, axes);
   Shape r;
   for (int i = 0; i < s.rank; ++i)
-    if (i != axis) r.dims[r.rank++] = s.dims[i];
+    if (!axes.has(i)) r.dims[r.rank++] = s.dims[i];
   return r;
+}
+
+Outputs infer_sum(const Graph& g, const Node& n) {
+  const DType t = require_float(g, n, 0);
+  const ReduceAttrs& a = n.attrs.as<ReduceAttrs>();
+  const Shape& s = operand(g, n, 0).shape;
+  if (a.axes.bits >> s.rank) fail(g, n, "an axis is out of range for rank " + std::to_string(s.rank));
+  return Port{t, reduced_shape(s, a.axes, a.keepdims)};
 }
 
 // Is `to` reachable from `from` by summing broadcast dimensions (NumPy rules, right-aligned)?
@@ -44,35 +75,44 @@ bool sums_to(const Shape& from, const Shape& to) {
   return true;
 }
 
-Shape infer_sum_to(const Graph& g, const Node& n) {
-  const Shape& s = g.node(n.inputs[0]).shape;
-  if (!sums_to(s, n.attrs.shape))
-    fail(g, n, "cannot sum " + to_string(s) + " down to " + to_string(n.attrs.shape));
-  return n.attrs.shape;
+Outputs infer_sum_to(const Graph& g, const Node& n) {
+  const DType t = require_float(g, n, 0);
+  const Shape& s = operand(g, n, 0).shape;
+  const Shape& to = n.attrs.as<ShapeAttrs>().shape;
+  if (!sums_to(s, to)) fail(g, n, "cannot sum " + to_string(s) + " down to " + to_string(to));
+  return Port{t, to};
 }
 
-Shape infer_broadcast_to(const Graph& g, const Node& n) {
-  const Shape& s = g.node(n.inputs[0]).shape;
-  if (!sums_to(n.attrs.shape, s))
-    fail(g, n, "cannot broadcast " + to_string(s) + " to " + to_string(n.attrs.shape));
-  return n.attrs.shape;
+Outputs infer_broadcast_to(const Graph& g, const Node& n) {
+  const DType t = require_float(g, n, 0);
+  const Shape& s = operand(g, n, 0).shape;
+  const Shape& to = n.attrs.as<ShapeAttrs>().shape;
+  if (!sums_to(to, s)) fail(g, n, "cannot broadcast " + to_string(s) + " to " + to_string(to));
+  return Port{t, to};
 }
 
-// Sums `x` (contiguous) into `out` (shape `to`, right-aligned broadcast of x's shape). When
-// the summed dimensions are one contiguous run [a, b) this is a middle-axis reduction; other
-// patterns take a general index walk.
+// Sums `x` (contiguous) into `out`, whose shape `to` is x's with some dimensions set to 1 (or
+// removed on the left, NumPy's right alignment). When the summed dimensions are one contiguous
+// run (dimensions of extent 1 count as neither) this is a middle-axis reduction; other patterns
+// take a general index walk.
 template <typename T>
 void sum_into(const TensorView& x, const TensorView& out, int threads) {
   const Shape& s = x.shape;
   const Shape& to = out.shape;
   const int lead = s.rank - to.rank;
   int first = -1, last = -1;
-  bool contiguous_run = true;
+  bool contiguous_run = true, gap = false;
   for (int i = 0; i < s.rank; ++i) {
-    const bool reduced = i < lead || (to.dims[i - lead] == 1 && s.dims[i] != 1);
-    if (!reduced) continue;
-    if (first < 0) first = i;
-    else if (last != i - 1) contiguous_run = false;
+    if (s.dims[i] == 1) continue;  // neutral: summing or keeping it is the same
+    const bool reduced = i < lead || to.dims[i - lead] == 1;
+    if (!reduced) {
+      gap = first >= 0;  // a kept dimension after the run started
+      continue;
+    }
+    if (first < 0)
+      first = i;
+    else if (gap)
+      contiguous_run = false;
     last = i;
   }
   const T* px = data<T>(x);
@@ -103,29 +143,23 @@ void sum_into(const TensorView& x, const TensorView& out, int threads) {
 
 template <typename T>
 void sum_fwd(const KernelArgs& k) {
-  const Shape& s = k.in[0].shape;
-  if (k.attrs->all_axes) {
-    TensorView out = k.out;
-    out.shape = Shape{};
-    // Sum everything as (1, n, 1): the middle-axis reduction with a single output.
-    reduce_middle<T>(data<T>(k.in[0]), data<T>(k.out), 1, s.numel(), 1, k.threads);
-    return;
-  }
-  const int axis = k.attrs->axis < 0 ? k.attrs->axis + s.rank : k.attrs->axis;
-  const Split3 sp = split_at(s, axis);
-  reduce_middle<T>(data<T>(k.in[0]), data<T>(k.out), sp.outer, sp.n, sp.inner, k.threads);
+  const ReduceAttrs& a = k.attrs<ReduceAttrs>();
+  TensorView out = k.out[0];
+  out.shape = keepdims_shape(k.in[0].shape, a.axes);  // the same memory, reduced axes kept as 1
+  out.strides = contiguous_strides(out.shape);
+  sum_into<T>(k.in[0], out, k.threads);
 }
 
 template <typename T>
 void sum_to_fwd(const KernelArgs& k) {
-  sum_into<T>(k.in[0], k.out, k.threads);
+  sum_into<T>(k.in[0], k.out[0], k.threads);
 }
 
 template <typename T>
 void broadcast_to_fwd(const KernelArgs& k) {
-  const Shape& s = k.out.shape;
+  const Shape& s = k.out[0].shape;
   const T* px = data<T>(k.in[0]);
-  T* po = data<T>(k.out);
+  T* po = data<T>(k.out[0]);
   if (s.rank == 0) {
     po[0] = px[0];
     return;
@@ -149,76 +183,85 @@ void broadcast_to_fwd(const KernelArgs& k) {
   });
 }
 
-std::vector<Value> sum_vjp(Graph& g, const Node& n, Value, Value grad, const std::vector<bool>&) {
-  const Shape s = g.node(n.inputs[0]).shape;  // a copy: reshape() below may move the graph's storage
-  if (n.attrs.all_axes || n.attrs.keepdims) return {broadcast_to(grad, s)};
-  const int axis = n.attrs.axis < 0 ? n.attrs.axis + s.rank : n.attrs.axis;
-  return {broadcast_to(reshape(grad, keepdims_shape(s, axis)), s)};
+std::vector<Value> sum_vjp(const VjpArgs& v) {
+  const ReduceAttrs& a = v.attrs<ReduceAttrs>();
+  const Shape s = v.in_shape(0);
+  if (a.keepdims) return {broadcast_to(v.dy(), s)};
+  return {broadcast_to(reshape(v.dy(), keepdims_shape(s, a.axes)), s)};
 }
 
-std::vector<Value> sum_to_vjp(Graph& g, const Node& n, Value, Value grad, const std::vector<bool>&) {
-  return {broadcast_to(grad, g.node(n.inputs[0]).shape)};
-}
-
-std::vector<Value> broadcast_to_vjp(Graph& g, const Node& n, Value, Value grad, const std::vector<bool>&) {
-  return {sum_to(grad, g.node(n.inputs[0]).shape)};
-}
-
-Value sum_node(Value a, bool all, int axis, bool keepdims) {
-  Attrs at;
-  at.all_axes = all;
-  at.axis = axis;
-  at.keepdims = keepdims;
-  return graph_of(a).add_node(Op::Sum, {a}, at);
-}
+std::vector<Value> sum_to_vjp(const VjpArgs& v) { return {broadcast_to(v.dy(), v.in_shape(0))}; }
+std::vector<Value> broadcast_to_vjp(const VjpArgs& v) { return {sum_to(v.dy(), v.in_shape(0))}; }
 
 }  // namespace
 
-namespace detail {
-extern const OpDef kSumDef = {"sum", 1, 0, 0b1, 0, infer_sum, sum_fwd<float>, sum_fwd<double>, sum_vjp};
-extern const OpDef kSumToDef = {"sum_to", 1, 0, 0b1, 0, infer_sum_to, sum_to_fwd<float>, sum_to_fwd<double>, sum_to_vjp};
-extern const OpDef kBroadcastToDef = {"broadcast_to", 1, 0, 0b1, 0, infer_broadcast_to, broadcast_to_fwd<float>,
-                                      broadcast_to_fwd<double>, broadcast_to_vjp};
+GG_OP(sum_op) = {.name = "sum", .arity = 1, .diff_inputs = 0b1,
+                 .kernels = {.f32 = sum_fwd<float>, .f64 = sum_fwd<double>}, .infer = infer_sum, .vjp = sum_vjp};
+GG_OP(sum_to_op) = {.name = "sum_to", .arity = 1, .diff_inputs = 0b1,
+                    .kernels = {.f32 = sum_to_fwd<float>, .f64 = sum_to_fwd<double>}, .infer = infer_sum_to,
+                    .vjp = sum_to_vjp};
+GG_OP(broadcast_to_op) = {.name = "broadcast_to", .arity = 1, .diff_inputs = 0b1,
+                          .kernels = {.f32 = broadcast_to_fwd<float>, .f64 = broadcast_to_fwd<double>},
+                          .infer = infer_broadcast_to, .vjp = broadcast_to_vjp};
 
-Count count_except(const Shape& shape, int axis) {
-  Count c;
-  for (int i = 0; i < shape.rank; ++i) {
-    if (i == axis) continue;
-    if (shape.dims[i] == dyn)
-      ++c.dyn_count;
-    else
-      c.fixed *= static_cast<double>(shape.dims[i]);
+namespace {
+
+// The axes as a set; throws GraphError naming the operand for an axis out of range or repeated.
+AxisSet axis_set(Value a, const char* op, const std::vector<int>& axes) {
+  const Shape s = a.shape();
+  AxisSet set;
+  for (int axis : axes) {
+    const int ax = axis < 0 ? axis + s.rank : axis;
+    if (ax < 0 || ax >= s.rank || set.has(ax))
+      throw GraphError(std::string(op) + ": axis " + std::to_string(axis) + (ax >= 0 && ax < s.rank ? " is repeated" : " is out of range") +
+                       " for " + describe(*a.graph, a.operand()));
+    set.add(ax);
   }
-  return c;
+  return set;
 }
+
+AxisSet all_axes(Value a) {
+  AxisSet set;
+  for (int i = 0; i < a.shape().rank; ++i) set.add(i);
+  return set;
+}
+
+Value sum_node(Value a, AxisSet axes, bool keepdims) { return make(sum_op, {a}, Attrs(ReduceAttrs{axes, keepdims})); }
+
+Value mean_node(Value a, AxisSet axes, bool keepdims) {
+  const Shape s = a.shape();
+  Count c;
+  for (int i = 0; i < s.rank; ++i)
+    if (axes.has(i)) {
+      if (s.dims[i] == dyn)
+        ++c.dyn_count;
+      else
+        c.fixed *= static_cast<double>(s.dims[i]);
+    }
+  Value total = sum_node(a, axes, keepdims);
+  return c.dyn_count ? scale_batch(total, 1.0 / c.fixed, -c.dyn_count) : scale(total, 1.0 / c.fixed);
+}
+
+}  // namespace
 }  // namespace detail
 
-Value sum(Value a) { return sum_node(a, true, 0, false); }
-Value sum(Value a, int axis, bool keepdims) { return sum_node(a, false, axis, keepdims); }
-
-Value mean(Value a) {
-  detail::Count c = detail::count_except(a.shape(), -1);
-  return detail::scale_batch(sum(a), 1.0 / c.fixed, -c.dyn_count);
+Value sum(Value a) { return detail::sum_node(a, detail::all_axes(a), false); }
+Value sum(Value a, int axis, bool keepdims) { return detail::sum_node(a, detail::axis_set(a, "sum", {axis}), keepdims); }
+Value sum(Value a, const std::vector<int>& axes, bool keepdims) {
+  return detail::sum_node(a, detail::axis_set(a, "sum", axes), keepdims);
 }
 
-Value mean(Value a, int axis, bool keepdims) {
-  Value s = sum(a, axis, keepdims);  // validates the axis
-  const int ax = axis < 0 ? axis + a.shape().rank : axis;
-  const std::int64_t d = a.shape()[ax];
-  return d == dyn ? detail::scale_batch(s, 1.0, -1) : scale(s, 1.0 / static_cast<double>(d));
+Value mean(Value a) { return detail::mean_node(a, detail::all_axes(a), false); }
+Value mean(Value a, int axis, bool keepdims) { return detail::mean_node(a, detail::axis_set(a, "mean", {axis}), keepdims); }
+Value mean(Value a, const std::vector<int>& axes, bool keepdims) {
+  return detail::mean_node(a, detail::axis_set(a, "mean", axes), keepdims);
 }
 
-Value sum_to(Value a, const Shape& shape) {
-  Attrs at;
-  at.shape = shape;
-  return detail::graph_of(a).add_node(Op::SumTo, {a}, at);
-}
+Value sum_to(Value a, const Shape& shape) { return detail::make(detail::sum_to_op, {a}, Attrs(detail::ShapeAttrs{shape})); }
 
 Value broadcast_to(Value a, const Shape& shape) {
   if (a.shape() == shape) return a;
-  Attrs at;
-  at.shape = shape;
-  return detail::graph_of(a).add_node(Op::BroadcastTo, {a}, at);
+  return detail::make(detail::broadcast_to_op, {a}, Attrs(detail::ShapeAttrs{shape}));
 }
 
 }  // namespace gg

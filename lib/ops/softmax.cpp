@@ -12,6 +12,13 @@
 #include <limits>
 
 namespace gg {
+
+#ifdef GG_PUBLIC_API  // collected into <gradgraph/ops.hpp> by lib/ops/gen_ops.py
+// Along one axis (negative counts from the end); max-subtracted for stability.
+Value softmax(Value a, int axis);
+Value log_softmax(Value a, int axis);
+#endif  // GG_PUBLIC_API
+
 namespace detail {
 
 template <typename T>
@@ -29,53 +36,51 @@ void softmax_block(const T* x, T* y, std::int64_t n, std::int64_t stride, std::i
 template void softmax_block<float>(const float*, float*, std::int64_t, std::int64_t, std::int64_t, bool);
 template void softmax_block<double>(const double*, double*, std::int64_t, std::int64_t, std::int64_t, bool);
 
-}  // namespace detail
-
 namespace {
-using namespace detail;
 
-Shape infer(const Graph& g, const Node& n) {
-  const Shape& s = g.node(n.inputs[0]).shape;
-  normalize_axis(g, n, n.attrs.axis, s.rank);
-  return s;
+// The axis the softmax runs along (negative counts from the end).
+struct AxisAttrs {
+  int axis = 0;
+  template <typename F> void visit(F&& f) { f("axis", axis); }
+};
+
+Outputs infer(const Graph& g, const Node& n) {
+  const DType t = require_float(g, n, 0);
+  const Shape& s = operand(g, n, 0).shape;
+  normalize_axis(g, n, n.attrs.as<AxisAttrs>().axis, s.rank);
+  return Port{t, s};
 }
 
 template <typename T, bool Log>
 void fwd(const KernelArgs& k) {
-  const int axis = k.attrs->axis < 0 ? k.attrs->axis + k.out.shape.rank : k.attrs->axis;
+  const int a = k.attrs<AxisAttrs>().axis;
+  const int axis = a < 0 ? a + k.out[0].shape.rank : a;
   const T* x = data<T>(k.in[0]);
-  T* y = data<T>(k.out);
-  for_each_slice<T>(k.out, axis, k.threads, [&](std::int64_t off, std::int64_t n, std::int64_t stride, std::int64_t w) {
+  T* y = data<T>(k.out[0]);
+  for_each_slice<T>(k.out[0], axis, k.threads, [&](std::int64_t off, std::int64_t n, std::int64_t stride, std::int64_t w) {
     softmax_block<T>(x + off, y + off, n, stride, w, Log);
   });
 }
 
-std::vector<Value> softmax_vjp(Graph&, const Node& n, Value y, Value g, const std::vector<bool>&) {
-  return {y * (g - sum(g * y, n.attrs.axis, true))};
+std::vector<Value> softmax_vjp(const VjpArgs& a) {
+  return {a.y() * (a.dy() - sum(a.dy() * a.y(), a.attrs<AxisAttrs>().axis, true))};
 }
 
-std::vector<Value> log_softmax_vjp(Graph&, const Node& n, Value y, Value g, const std::vector<bool>&) {
-  return {g - exp(y) * sum(g, n.attrs.axis, true)};
+std::vector<Value> log_softmax_vjp(const VjpArgs& a) {
+  return {a.dy() - exp(a.y()) * sum(a.dy(), a.attrs<AxisAttrs>().axis, true)};
 }
 
 }  // namespace
 
-namespace detail {
-extern const OpDef kSoftmaxDef = {"softmax", 1, 0, 0b1, 0, infer, fwd<float, false>, fwd<double, false>, softmax_vjp};
-extern const OpDef kLogSoftmaxDef = {"log_softmax", 1, 0, 0b1, 0, infer, fwd<float, true>, fwd<double, true>,
-                                     log_softmax_vjp};
+GG_OP(softmax_op) = {.name = "softmax", .arity = 1, .diff_inputs = 0b1,
+                     .kernels = {.f32 = fwd<float, false>, .f64 = fwd<double, false>}, .infer = infer, .vjp = softmax_vjp};
+GG_OP(log_softmax_op) = {.name = "log_softmax", .arity = 1, .diff_inputs = 0b1,
+                         .kernels = {.f32 = fwd<float, true>, .f64 = fwd<double, true>}, .infer = infer,
+                         .vjp = log_softmax_vjp};
+
 }  // namespace detail
 
-Value softmax(Value a, int axis) {
-  Attrs at;
-  at.axis = axis;
-  return detail::graph_of(a).add_node(Op::Softmax, {a}, at);
-}
-
-Value log_softmax(Value a, int axis) {
-  Attrs at;
-  at.axis = axis;
-  return detail::graph_of(a).add_node(Op::LogSoftmax, {a}, at);
-}
+Value softmax(Value a, int axis) { return detail::make(detail::softmax_op, {a}, Attrs(detail::AxisAttrs{axis})); }
+Value log_softmax(Value a, int axis) { return detail::make(detail::log_softmax_op, {a}, Attrs(detail::AxisAttrs{axis})); }
 
 }  // namespace gg

@@ -1,43 +1,81 @@
-// Unary elementwise ops. Where the derivative is cheapest from the output y, the VJP uses y
-// (the forward pass already holds it):
+// Unary elementwise ops on float tensors. Where the derivative is cheapest from the output y, the
+// VJP uses y (the forward pass already holds it):
 //   neg:        -g                     scale(s):   s g
 //   add_scalar: g                      pow(p):     g p x^(p-1)
 //   exp:        g y                    log:        g / x
 //   sqrt:       g / (2 y)              relu:       g 1[y > 0]   (relu'(0) = 0)
 //   sigmoid:    g y (1 - y)            tanh:       g (1 - y^2)
-// relu_grad(g, y) = g 1[y > 0] is an op of its own so that the mask costs one pass; it is
-// linear in g (its VJP is itself) and has zero derivative in y almost everywhere.
+// relu_grad(g, y) = g 1[y > 0] is an op of its own (made by relu's VJP) so that the mask costs
+// one pass; it is linear in g (its VJP is itself) and has zero derivative in y almost everywhere.
+// add_relu(a, b) = relu(a + b) with broadcasting is made by the fusion rule below: the bias add
+// and the activation in one pass over the GEMM output (in place), bit for bit the unfused pair.
 // NaN inputs propagate through every op except relu, which computes x > 0 ? x : 0 and so maps
 // NaN to 0 (the comparison is false); a NaN loss still shows it.
+#include "fusion.hpp"
 #include "kernels.hpp"
+#include "op_list.hpp"
 
 #include <cmath>
 
 namespace gg {
+
+#ifdef GG_PUBLIC_API  // collected into <gradgraph/ops.hpp> by lib/ops/gen_ops.py
+// Elementwise on float tensors.
+Value neg(Value a);
+Value scale(Value a, double s);        // s * a
+Value add_scalar(Value a, double s);   // a + s
+Value pow(Value a, double p);          // a^p (a > 0 unless p is a whole number)
+Value exp(Value a);
+Value log(Value a);
+Value sqrt(Value a);
+Value relu(Value a);
+Value sigmoid(Value a);
+Value tanh(Value a);
+inline Value operator-(Value a) { return neg(a); }
+inline Value operator*(Value a, double s) { return scale(a, s); }
+inline Value operator*(double s, Value a) { return scale(a, s); }
+inline Value operator/(Value a, double s) { return scale(a, 1.0 / s); }
+inline Value operator+(Value a, double s) { return add_scalar(a, s); }
+inline Value operator+(double s, Value a) { return add_scalar(a, s); }
+inline Value operator-(Value a, double s) { return add_scalar(a, -s); }
+inline Value operator-(double s, Value a) { return add_scalar(neg(a), s); }
+#endif  // GG_PUBLIC_API
+
+namespace detail {
 namespace {
 
-using namespace detail;
+// add_scalar: y = x + value;  pow: y = x^value.
+struct ScalarAttrs {
+  double value = 0;
+  template <typename F> void visit(F&& f) { f("value", value); }
+};
 
-Shape same_shape(const Graph& g, const Node& n) { return g.node(n.inputs[0]).shape; }
+Outputs same(const Graph& g, const Node& n) { return Port{require_float(g, n, 0), operand(g, n, 0).shape}; }
 
-Shape same_shape2(const Graph& g, const Node& n) {
-  const Shape& a = g.node(n.inputs[0]).shape;
-  const Shape& b = g.node(n.inputs[1]).shape;
-  if (a != b) fail(g, n, "operands must have the same shape");
-  return a;
+Outputs same2(const Graph& g, const Node& n) {
+  require_float(g, n, 0);
+  const DType t = require_same_dtype(g, n, 0, 1);
+  if (operand(g, n, 0).shape != operand(g, n, 1).shape) fail(g, n, "operands must have the same shape");
+  return Port{t, operand(g, n, 0).shape};
+}
+
+Outputs broadcast2(const Graph& g, const Node& n) {
+  require_float(g, n, 0);
+  return Port{require_same_dtype(g, n, 0, 1), broadcast_shapes(g, n)};
 }
 
 template <typename T> void neg_fwd(const KernelArgs& k) { unary_kernel<T>(k, [](T x) { return -x; }); }
 template <typename T> void scale_fwd(const KernelArgs& k) {
-  const T s = static_cast<T>(k.scale);
+  const ScaleAttrs& a = k.attrs<ScaleAttrs>();
+  const T s = static_cast<T>(batch_factor(a.factor, a.batch_power, k.batch));
   unary_kernel<T>(k, [s](T x) { return s * x; });
 }
 template <typename T> void add_scalar_fwd(const KernelArgs& k) {
-  const T s = static_cast<T>(k.attrs->scalar);
+  const T s = static_cast<T>(k.attrs<ScalarAttrs>().value);
   unary_kernel<T>(k, [s](T x) { return x + s; });
 }
 template <typename T> void pow_fwd(const KernelArgs& k) {
-  const T p = static_cast<T>(k.attrs->scalar);
+  const T p = static_cast<T>(k.attrs<ScalarAttrs>().value);
   if (p == T(2))
     unary_kernel<T>(k, [](T x) { return x * x; });
   else
@@ -59,76 +97,111 @@ template <typename T> void tanh_fwd(const KernelArgs& k) { unary_kernel<T>(k, []
 template <typename T> void relu_grad_fwd(const KernelArgs& k) {
   binary_kernel<T>(k, [](T g, T y) { return y > T(0) ? g : T(0); });
 }
-
-using Vjp = std::vector<Value>;
-using W = const std::vector<bool>&;
-
-Vjp neg_vjp(Graph&, const Node&, Value, Value g, W) { return {neg(g)}; }
-Vjp scale_vjp(Graph&, const Node& n, Value, Value g, W) { return {scale_batch(g, n.attrs.scalar, n.attrs.batch_power)}; }
-Vjp add_scalar_vjp(Graph&, const Node&, Value, Value g, W) { return {g}; }
-Vjp pow_vjp(Graph& gr, const Node& n, Value, Value g, W) {
-  const double p = n.attrs.scalar;
-  Value x = in(gr, n, 0);
-  if (p == 1.0) return {g};
-  if (p == 2.0) return {g * (x * 2.0)};
-  return {g * scale(pow(x, p - 1.0), p)};
+template <typename T> void add_relu_fwd(const KernelArgs& k) {
+  binary_kernel<T>(k, [](T a, T b) {
+    const T s = a + b;
+    return s > T(0) ? s : T(0);
+  });
 }
-Vjp exp_vjp(Graph&, const Node&, Value y, Value g, W) { return {g * y}; }
-Vjp log_vjp(Graph& gr, const Node& n, Value, Value g, W) { return {g / in(gr, n, 0)}; }
-Vjp sqrt_vjp(Graph&, const Node&, Value y, Value g, W) { return {scale(g / y, 0.5)}; }
-Vjp relu_vjp(Graph& gr, const Node&, Value y, Value g, W) { return {gr.add_node(Op::ReluGrad, {g, y})}; }
-Vjp sigmoid_vjp(Graph&, const Node&, Value y, Value g, W) { return {g * (y * (1.0 - y))}; }
-Vjp tanh_vjp(Graph&, const Node&, Value y, Value g, W) { return {g * (1.0 - y * y)}; }
-Vjp relu_grad_vjp(Graph& gr, const Node& n, Value, Value g, W w) {
-  Vjp out(2);
-  if (w[0]) out[0] = gr.add_node(Op::ReluGrad, {g, in(gr, n, 1)});
+
+using Grads = std::vector<Value>;
+
+Grads neg_vjp(const VjpArgs& a) { return {neg(a.dy())}; }
+Grads scale_vjp(const VjpArgs& a) {
+  const ScaleAttrs& s = a.attrs<ScaleAttrs>();
+  return {scale_batch(a.dy(), s.factor, s.batch_power)};
+}
+Grads add_scalar_vjp(const VjpArgs& a) { return {a.dy()}; }
+Grads pow_vjp(const VjpArgs& a) {
+  const double p = a.attrs<ScalarAttrs>().value;
+  Value x = a.in(0);
+  if (p == 1.0) return {a.dy()};
+  if (p == 2.0) return {a.dy() * (x * 2.0)};
+  return {a.dy() * scale(pow(x, p - 1.0), p)};
+}
+Grads exp_vjp(const VjpArgs& a) { return {a.dy() * a.y()}; }
+Grads log_vjp(const VjpArgs& a) { return {a.dy() / a.in(0)}; }
+Grads sqrt_vjp(const VjpArgs& a) { return {scale(a.dy() / a.y(), 0.5)}; }
+Value relu_grad(Value g, Value y);
+Grads relu_vjp(const VjpArgs& a) { return {relu_grad(a.dy(), a.y())}; }
+Grads sigmoid_vjp(const VjpArgs& a) { return {a.dy() * (a.y() * (1.0 - a.y()))}; }
+Grads tanh_vjp(const VjpArgs& a) { return {a.dy() * (1.0 - a.y() * a.y())}; }
+Grads relu_grad_vjp(const VjpArgs& a) {
+  Grads out(2);
+  if (a.wanted[0]) out[0] = relu_grad(a.dy(), a.in(1));
   return out;  // d/dy is zero almost everywhere: no contribution
 }
-
-#define GG_UNARY(def, nm, fwd, vjpf) \
-  extern const OpDef def = {nm, 1, 0, 0b1, 0b1, same_shape, fwd<float>, fwd<double>, vjpf};
+// As for relu(a + b): g' = relu_grad(g, y), da = unbroadcast(g'), db = unbroadcast(g').
+Grads add_relu_vjp(const VjpArgs& a) {
+  Value gy = relu_grad(a.dy(), a.y());
+  Grads out(2);
+  if (a.wanted[0]) out[0] = unbroadcast(gy, a.in_shape(0));
+  if (a.wanted[1]) out[1] = unbroadcast(gy, a.in_shape(1));
+  return out;
+}
 
 }  // namespace
 
-namespace detail {
-GG_UNARY(kNegDef, "neg", neg_fwd, neg_vjp)
-GG_UNARY(kScaleDef, "scale", scale_fwd, scale_vjp)
-GG_UNARY(kAddScalarDef, "add_scalar", add_scalar_fwd, add_scalar_vjp)
-GG_UNARY(kPowDef, "pow", pow_fwd, pow_vjp)
-GG_UNARY(kExpDef, "exp", exp_fwd, exp_vjp)
-GG_UNARY(kLogDef, "log", log_fwd, log_vjp)
-GG_UNARY(kSqrtDef, "sqrt", sqrt_fwd, sqrt_vjp)
-GG_UNARY(kReluDef, "relu", relu_fwd, relu_vjp)
-GG_UNARY(kSigmoidDef, "sigmoid", sigmoid_fwd, sigmoid_vjp)
-GG_UNARY(kTanhDef, "tanh", tanh_fwd, tanh_vjp)
-extern const OpDef kReluGradDef = {"relu_grad", 2, 0, 0b01, 0b01, same_shape2, relu_grad_fwd<float>,
-                                   relu_grad_fwd<double>, relu_grad_vjp};
-
-Value scale_batch(Value v, double s, int batch_power) {
-  Attrs a;
-  a.scalar = s;
-  a.batch_power = batch_power;
-  return graph_of(v).add_node(Op::Scale, {v}, a);
-}
-}  // namespace detail
+GG_OP(neg_op) = {.name = "neg", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
+                .kernels = {.f32 = neg_fwd<float>, .f64 = neg_fwd<double>}, .infer = same, .vjp = neg_vjp};
+GG_OP(scale_op) = {.name = "scale", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
+                  .kernels = {.f32 = scale_fwd<float>, .f64 = scale_fwd<double>}, .infer = same, .vjp = scale_vjp};
+GG_OP(add_scalar_op) = {.name = "add_scalar", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
+                       .kernels = {.f32 = add_scalar_fwd<float>, .f64 = add_scalar_fwd<double>}, .infer = same, .vjp = add_scalar_vjp};
+GG_OP(pow_op) = {.name = "pow", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
+                .kernels = {.f32 = pow_fwd<float>, .f64 = pow_fwd<double>}, .infer = same, .vjp = pow_vjp};
+GG_OP(exp_op) = {.name = "exp", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
+                .kernels = {.f32 = exp_fwd<float>, .f64 = exp_fwd<double>}, .infer = same, .vjp = exp_vjp};
+GG_OP(log_op) = {.name = "log", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
+                .kernels = {.f32 = log_fwd<float>, .f64 = log_fwd<double>}, .infer = same, .vjp = log_vjp};
+GG_OP(sqrt_op) = {.name = "sqrt", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
+                 .kernels = {.f32 = sqrt_fwd<float>, .f64 = sqrt_fwd<double>}, .infer = same, .vjp = sqrt_vjp};
+GG_OP(relu_op) = {.name = "relu", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
+                 .kernels = {.f32 = relu_fwd<float>, .f64 = relu_fwd<double>}, .infer = same, .vjp = relu_vjp};
+GG_OP(sigmoid_op) = {.name = "sigmoid", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
+                    .kernels = {.f32 = sigmoid_fwd<float>, .f64 = sigmoid_fwd<double>}, .infer = same, .vjp = sigmoid_vjp};
+GG_OP(tanh_op) = {.name = "tanh", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
+                 .kernels = {.f32 = tanh_fwd<float>, .f64 = tanh_fwd<double>}, .infer = same, .vjp = tanh_vjp};
+GG_OP(relu_grad_op) = {.name = "relu_grad", .arity = 2, .flags = kInternal, .diff_inputs = 0b01, .inplace = 0b01,
+                       .kernels = {.f32 = relu_grad_fwd<float>, .f64 = relu_grad_fwd<double>}, .infer = same2,
+                       .vjp = relu_grad_vjp};
+GG_OP(add_relu_op) = {.name = "add_relu", .arity = 2, .flags = kInternal, .diff_inputs = 0b11, .inplace = 0b11,
+                      .kernels = {.f32 = add_relu_fwd<float>, .f64 = add_relu_fwd<double>}, .infer = broadcast2,
+                      .vjp = add_relu_vjp};
 
 namespace {
-Value unary(Op op, Value a, double s = 0) {
-  Attrs at;
-  at.scalar = s;
-  return detail::graph_of(a).add_node(op, {a}, at);
+Value relu_grad(Value g, Value y) { return make(relu_grad_op, {g, y}); }
+
+// relu(add(a, b)) -> add_relu(a, b), when nobody else reads or fetches the add. The relu node
+// becomes the add_relu (it keeps its name and readers).
+bool fuse_add_relu(Rewriter& r, int i) {
+  IrNode& x = r.at(i);
+  if (x.node.op != &relu_op) return false;
+  const int a = x.node.inputs[0].node;
+  if (r.op(a) != &add_op || r.fetched(a) || r.readers(a).size() != 1) return false;
+  x.node.op = &add_relu_op;
+  x.node.inputs = r.at(a).node.inputs;
+  x.node.fused = true;
+  r.kill(a);  // nothing reads it any more
+  return true;
 }
 }  // namespace
 
-Value neg(Value a) { return unary(Op::Neg, a); }
-Value scale(Value a, double s) { return unary(Op::Scale, a, s); }
-Value add_scalar(Value a, double s) { return unary(Op::AddScalar, a, s); }
-Value pow(Value a, double p) { return unary(Op::PowScalar, a, p); }
-Value exp(Value a) { return unary(Op::Exp, a); }
-Value log(Value a) { return unary(Op::Log, a); }
-Value sqrt(Value a) { return unary(Op::Sqrt, a); }
-Value relu(Value a) { return unary(Op::Relu, a); }
-Value sigmoid(Value a) { return unary(Op::Sigmoid, a); }
-Value tanh(Value a) { return unary(Op::Tanh, a); }
+GG_FUSION(add_relu_rule) = {"add_relu", 0, fuse_add_relu};
+
+Value scale_batch(Value v, double s, int batch_power) { return make(scale_op, {v}, Attrs(ScaleAttrs{s, batch_power})); }
+
+}  // namespace detail
+
+Value neg(Value a) { return detail::make(detail::neg_op, {a}); }
+Value scale(Value a, double s) { return detail::make(detail::scale_op, {a}, Attrs(detail::ScaleAttrs{s, 0})); }
+Value add_scalar(Value a, double s) { return detail::make(detail::add_scalar_op, {a}, Attrs(detail::ScalarAttrs{s})); }
+Value pow(Value a, double p) { return detail::make(detail::pow_op, {a}, Attrs(detail::ScalarAttrs{p})); }
+Value exp(Value a) { return detail::make(detail::exp_op, {a}); }
+Value log(Value a) { return detail::make(detail::log_op, {a}); }
+Value sqrt(Value a) { return detail::make(detail::sqrt_op, {a}); }
+Value relu(Value a) { return detail::make(detail::relu_op, {a}); }
+Value sigmoid(Value a) { return detail::make(detail::sigmoid_op, {a}); }
+Value tanh(Value a) { return detail::make(detail::tanh_op, {a}); }
 
 }  // namespace gg
