@@ -318,6 +318,18 @@ TEST_CASE("mean's gradient matches finite differences over all axes and along an
   check_op(g, weighted_sum(all * all) + weighted_sum(rows * rows, 2) + weighted_sum(cols * cols, 3), {x});
 }
 
+TEST_CASE("sum's and mean's gradients match finite differences over several axes", "[grad][reduce]") {
+  const std::vector<int> axes = GENERATE(std::vector<int>{0, 2}, std::vector<int>{1, 2}, std::vector<int>{-1, 0},
+                                         std::vector<int>{0, 1, 2});
+  const bool keepdims = GENERATE(false, true);
+  INFO("axes " << axes.size() << " keepdims " << keepdims);
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {2, 3, 4}, gg::uniform(-2.0, 2.0));
+  Value s = gg::sum(x, axes, keepdims);
+  Value m = gg::mean(x, axes, keepdims);
+  check_op(g, weighted_sum(s * s) + weighted_sum(m, 5), {x});
+}
+
 TEST_CASE("mean's gradient over the open batch dimension divides by the fed batch size", "[grad][reduce][input]") {
   gg::Graph g(gg::f64);
   Value W = g.param("W", {3, 1}, gg::uniform(-2.0, 2.0));
@@ -389,6 +401,64 @@ TEST_CASE("transpose's gradient w.r.t. a fed input matches finite differences", 
   f.add(R, random_tensor({4, 3}, -1.0, 1.0, 42));
   Value t = gg::transpose(x);
   check_op(g, gg::sum(t * t * R), {x}, f);
+}
+
+TEST_CASE("slice's gradient matches finite differences along each axis, for parameters and intermediates", "[grad][shape]") {
+  const int axis = GENERATE(0, 1, 2, -1);
+  INFO("axis " << axis);
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {3, 4, 5}, gg::uniform(-2.0, 2.0));
+  // A slice of a parameter (a view of persistent memory) and of an intermediate (an arena view),
+  // each read by an op that needs contiguous memory and by one that reads strides.
+  Value a = gg::slice(x, axis, 1, 3);
+  Value b = gg::slice(gg::tanh(x), axis, 0, 2);
+  check_op(g, weighted_sum(gg::exp(a)) + weighted_sum(a * b, 7), {x});
+}
+
+TEST_CASE("slice's gradient w.r.t. a fed input matches finite differences", "[grad][shape][input]") {
+  gg::Graph g(gg::f64);
+  Value X = g.input("X", {6, gg::dyn});
+  Value W = g.param("W", {2, 3}, gg::uniform(-1.0, 1.0));
+  Value R = g.input("R", {2, gg::dyn});
+  Value top = gg::slice(X, 0, 1, 4);  // rows 1..3 of every column
+  Feeds f;
+  f.add(X, random_tensor({6, 5}, -1.0, 1.0, 91));
+  f.add(R, random_tensor({2, 5}, -1.0, 1.0, 92));
+  check_op(g, gg::sum(gg::matmul(W, top) * R) + gg::sum(top * top), {X, W}, f);
+}
+
+// ---- dtypes and indexing ------------------------------------------------------------------------
+
+TEST_CASE("cast's gradient matches finite differences from float32 to float64 and back", "[grad][convert]") {
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {3, 4}, gg::uniform(-2.0, 2.0));
+  // float64 -> float32 -> float64 rounds to float: the finite difference sees float steps, so the
+  // check runs on the float64 -> float64 identity path and on the float32 gradient's dtype.
+  Value y = gg::cast(gg::cast(x, gg::f32), gg::f64);
+  REQUIRE(y.dtype() == gg::f64);
+  const Value dx = gg::gradients(gg::sum(y * y), {x})[0];
+  CHECK(dx.dtype() == gg::f64);
+  gg::Program p(g, {dx});
+  p.run({});
+  for (std::int64_t i = 0; i < 3; ++i)
+    for (std::int64_t j = 0; j < 4; ++j) {
+      const double v = static_cast<float>(p.param(x).at({i, j}));
+      CHECK(p.get(dx).at({i, j}) == static_cast<double>(static_cast<float>(2 * v)));
+    }
+  gg::Graph h(gg::f64);
+  Value z = h.param("z", {3, 4}, gg::uniform(-2.0, 2.0));
+  check_op(h, weighted_sum(gg::cast(gg::tanh(z), gg::f64)), {z});
+}
+
+TEST_CASE("gather's gradient w.r.t. the table matches finite differences, repeated indices included", "[grad][convert]") {
+  const int axis = GENERATE(0, 1);
+  INFO("axis " << axis);
+  gg::Graph g(gg::f64);
+  Value table = g.param("table", {5, 4}, gg::uniform(-2.0, 2.0));
+  Value idx = g.constant(gg::Tensor::from<std::int64_t>({2, 3}, {3, 0, 3, 1, 1, 2}));
+  Value rows = gg::gather(table, idx, axis);
+  CHECK(rows.shape() == (axis == 0 ? Shape{2, 3, 4} : Shape{5, 2, 3}));
+  check_op(g, weighted_sum(rows * rows), {table});
 }
 
 // ---- losses ------------------------------------------------------------------------------------

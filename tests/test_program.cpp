@@ -5,6 +5,8 @@
 #include <gradgraph/gradgraph.hpp>
 #include <gradgraph/init.hpp>
 
+#include "ops/op.hpp"  // ops defined in this file, to show the planner needs nothing more
+
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -491,4 +493,122 @@ TEST_CASE("a program compiled with share_params_with reads and writes the other 
   gg::CompileOptions bad = options();
   bad.share_params_with = &train;
   CHECK_THROWS_AS(gg::Program(other, {w}, bad), gg::GraphError);
+}
+
+// ---- the planner reads only what an op declares --------------------------------------------------
+// These ops exist only in this file: the planner must handle them from their OpDef alone.
+
+namespace {
+
+struct Seen {
+  void* workspace = nullptr;
+  std::size_t bytes = 0;
+} seen;
+
+gg::detail::Outputs same_port(const gg::Graph& g, const gg::Node& n) { return gg::detail::operand(g, n, 0); }
+
+// y = x^2, computed through a scratch buffer the op declares.
+std::size_t scratch_bytes(const gg::Node&, const Shape* in, int) { return static_cast<std::size_t>(in[0].numel()) * 8 + 100; }
+void square_via_scratch(const gg::detail::KernelArgs& k) {
+  seen = {k.workspace, k.workspace_bytes};
+  auto* tmp = static_cast<double*>(k.workspace);
+  const double* x = k.in[0].ptr<double>();
+  for (std::int64_t i = 0; i < k.in[0].numel(); ++i) tmp[i] = x[i] * x[i];
+  for (std::int64_t i = 0; i < k.out[0].numel(); ++i) k.out[0].ptr<double>()[i] = tmp[i];
+}
+const gg::detail::OpDef square_op = {.name = "test_square", .arity = 1, .flags = gg::detail::kNonDifferentiable,
+                                     .kernels = {.f64 = square_via_scratch}, .infer = same_port, .workspace = scratch_bytes};
+
+// Two outputs: the minimum and the maximum of a vector.
+gg::detail::Outputs min_max_ports(const gg::Graph& g, const gg::Node& n) {
+  const gg::Port& x = gg::detail::operand(g, n, 0);
+  return gg::detail::Outputs(gg::Port{x.dtype, Shape{}}, gg::Port{x.dtype, Shape{}});
+}
+void min_max_kernel(const gg::detail::KernelArgs& k) {
+  const double* x = k.in[0].ptr<double>();
+  double lo = x[0], hi = x[0];
+  for (std::int64_t i = 1; i < k.in[0].numel(); ++i) lo = std::min(lo, x[i]), hi = std::max(hi, x[i]);
+  k.out[0].ptr<double>()[0] = lo;
+  k.out[1].ptr<double>()[0] = hi;
+}
+const gg::detail::OpDef min_max_op = {.name = "test_min_max", .arity = 1, .outputs = 2, .flags = gg::detail::kNonDifferentiable,
+                                      .kernels = {.f64 = min_max_kernel}, .infer = min_max_ports};
+
+// Doubles its operand in place and outputs it (what an all-reduce over two identical ranks does).
+void double_kernel(const gg::detail::KernelArgs& k) {
+  double* x = k.in[0].ptr<double>();
+  for (std::int64_t i = 0; i < k.in[0].numel(); ++i) x[i] *= 2;
+}
+const gg::detail::OpDef double_op = {.name = "test_double_in_place", .arity = 1, .flags = gg::detail::kNonDifferentiable,
+                                     .writes = 0b1, .alias = 0, .kernels = {.f64 = double_kernel}, .infer = same_port};
+
+}  // namespace
+
+TEST_CASE("an op's declared workspace is planned and handed to its kernel", "[program][plan][agnostic]") {
+  gg::Graph g(gg::f64);
+  Value x = g.input("x", {gg::dyn});
+  Value y = gg::detail::make(square_op, {gg::exp(x)}) + x;
+  gg::Program p(g, {y}, options());
+  const gg::Tensor xv = gg::Tensor::from<double>({3}, {1, 2, 3});
+  p.run({{x, xv}});
+  for (std::int64_t i = 0; i < 3; ++i) CHECK(p.get(y).at({i}) == std::exp(xv.at({i})) * std::exp(xv.at({i})) + xv.at({i}));
+  CHECK(seen.workspace != nullptr);
+  CHECK(seen.bytes == 3 * 8 + 100);
+  CHECK(p.planned_bytes(3) >= 3 * 8 + 100);
+  p.run({{x, random_tensor(gg::f64, {1000}, 0, 1, 4)}});
+  CHECK(seen.bytes == 1000 * 8 + 100);
+  CHECK(p.planned_bytes(1000) >= 1000 * 8 + 100 + 1000 * 8);
+}
+
+TEST_CASE("an op with two outputs has both planned, fetched and read by other ops", "[program][plan][agnostic]") {
+  gg::Graph g(gg::f64);
+  Value x = g.input("x", {5});
+  Value lo = gg::detail::make(min_max_op, {x});
+  Value hi{lo.graph, lo.id, 1};
+  CHECK(hi.shape() == Shape{});
+  CHECK(hi.name() == lo.node().name + ":1");
+  Value range = hi - lo;
+  gg::Program p(g, {lo, hi, range}, options());
+  p.run({{x, gg::Tensor::from<double>({5}, {3, -1, 4, 1, 5})}});
+  CHECK(p.scalar(lo) == -1.0);
+  CHECK(p.scalar(hi) == 5.0);
+  CHECK(p.scalar(range) == 6.0);
+}
+
+TEST_CASE("an op that writes an operand in place runs after every other reader of it", "[program][plan][agnostic]") {
+  gg::Graph g(gg::f64);
+  Value w = g.param("w", {3}, gg::constant(1.0));
+  Value c = g.input("c", {3});
+  Value loss = gg::sum(w * c);
+  const Value grad = gg::gradients(loss, {w})[0];  // = c
+  Value grad_sum = gg::sum(grad);                 // reads the gradient before it is doubled
+  Value doubled = gg::detail::make(double_op, {grad});
+  const auto up = gg::sgd({w}, {doubled}, {.lr = 0.5});
+  for (bool fuse : {true, false}) {
+    INFO("fuse " << fuse);
+    gg::Program p(g, {grad_sum, up[0]}, options(fuse));
+    p.run({{c, gg::Tensor::from<double>({3}, {1, 2, 3})}});
+    CHECK(p.scalar(grad_sum) == 6.0);
+    CHECK(values(p.param(w)) == std::vector<double>{0.0, -1.0, -2.0});  // 1 - 0.5 * 2c
+  }
+  // Two ops writing one value are refused at compile time.
+  Value again = gg::detail::make(double_op, {grad});
+  CHECK_THROWS_AS(gg::Program(g, {doubled, again}, options()), gg::GraphError);
+}
+
+TEST_CASE("a strided slice read by an op that needs contiguous memory is copied once per run", "[program][plan][agnostic]") {
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {4, 6}, gg::uniform(-1.0, 1.0));
+  Value cols = gg::slice(gg::tanh(x), 1, 2, 5);  // {4, 3}, row stride 6: not contiguous
+  Value rows = gg::slice(gg::tanh(x), 0, 1, 3);  // {2, 6}: contiguous, read in place
+  Value e = gg::exp(cols);
+  Value f = gg::exp(rows);
+  gg::Program p(g, {e, f}, options());
+  const auto sched = p.schedule(0);
+  CHECK(std::count_if(sched.begin(), sched.end(), [](const std::string& s) { return s.rfind("slice ", 0) == 0; }) == 1);
+  p.run({});
+  for (std::int64_t i = 0; i < 4; ++i)
+    for (std::int64_t j = 0; j < 3; ++j) CHECK(p.get(e).at({i, j}) == std::exp(std::tanh(p.param(x).at({i, j + 2}))));
+  for (std::int64_t i = 0; i < 2; ++i)
+    for (std::int64_t j = 0; j < 6; ++j) CHECK(p.get(f).at({i, j}) == std::exp(std::tanh(p.param(x).at({i + 1, j}))));
 }

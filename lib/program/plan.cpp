@@ -202,9 +202,9 @@ std::unique_ptr<Plan> make_plan(const Compiled& c, const ParamStore& params, std
       }
     } else {
       const bool pinned = (d.flags & kOnce) != 0;
-      // In place: output 0 takes over a dying operand's buffer.
+      // In place: output 0 takes over a dying operand's buffer (which a fetch then pins).
       int into = -1;
-      if (!(x.fetched & 1u) && !pinned)
+      if (!pinned)
         for (std::size_t j = 0; j < x.node.inputs.size() && into < 0; ++j) {
           if (!(d.inplace >> j & 1u)) continue;
           const int r = s[static_cast<std::size_t>(slot_of(x.node.inputs[j]))].read;
@@ -221,7 +221,9 @@ std::unique_ptr<Plan> make_plan(const Compiled& c, const ParamStore& params, std
         if (q == 0 && into >= 0) {
           s[static_cast<std::size_t>(v)].kind = Kind::arena;
           s[static_cast<std::size_t>(v)].root = into;
-          group[static_cast<std::size_t>(into)].last = std::max(group[static_cast<std::size_t>(into)].last, s[static_cast<std::size_t>(v)].last);
+          Group& gr = group[static_cast<std::size_t>(into)];
+          gr.last = std::max(gr.last, s[static_cast<std::size_t>(v)].last);
+          if (x.fetched & 1u) gr.pinned = true;
         } else {
           own_buffer(v, i, pinned || (x.fetched >> q & 1u));
         }
