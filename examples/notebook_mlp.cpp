@@ -6,8 +6,10 @@
 #include <cstdio>
 #include <fstream>
 #include <random>
+#include <string>
 
-// With an argument, also writes the forward+backward graph there as Graphviz DOT.
+// With an argument, also writes the forward+backward graph there as Graphviz DOT; with
+// --schedule, prints the compiled program's steps.
 int main(int argc, char** argv) {
   const std::int64_t m = 512;  // examples (columns, as in the notebook)
 
@@ -24,10 +26,15 @@ int main(int argc, char** argv) {
   std::vector<gg::Value> grads = gg::gradients(loss, {W1, b1, W2, b2});
   std::vector<gg::Value> step = gg::sgd({W1, b1, W2, b2}, grads, {.lr = 0.5});
   gg::Program p = g.compile({loss, step});  // ordered and planned once
-  if (argc > 1) {
-    std::ofstream dot(argv[1]);
+  const std::string arg = argc > 1 ? argv[1] : "";
+  if (arg == "--schedule") {
+    for (const std::string& s : p.schedule(m)) std::printf("  %s\n", s.c_str());
+  } else if (!arg.empty()) {
+    std::ofstream dot(arg);
     gg::write_dot(g, dot);
   }
+  std::printf("%d kernels per step; planned arena %zu bytes at batch %lld (%zu without sharing)\n", p.num_steps(m),
+              p.planned_bytes(m), static_cast<long long>(m), p.unshared_bytes(m));
 
   // Synthetic "digits": class c lights up pixels [78c, 78c + 78) plus noise.
   std::mt19937 rng(1);

@@ -116,7 +116,10 @@ std::unique_ptr<Plan> make_plan(const Compiled& c, const ParamStore& params, std
     }
   }
   auto bytes_of = [&](int v) { return byte_size(s[static_cast<std::size_t>(v)].shape.numel(), s[static_cast<std::size_t>(v)].dtype); };
+  // What a naive allocator would use: one buffer per computed output, staging copy and workspace.
+  auto count_unshared = [&](std::size_t bytes) { p.unshared_bytes += (bytes + 63) / 64 * 64; };
   auto own_buffer = [&](int v, int first, bool pinned) {
+    count_unshared(bytes_of(v));
     SlotInfo& x = s[static_cast<std::size_t>(v)];
     x.kind = Kind::arena;
     x.root = v;
@@ -136,6 +139,7 @@ std::unique_ptr<Plan> make_plan(const Compiled& c, const ParamStore& params, std
     y.read = st;
     s.push_back(y);
     group.push_back(Group{first, y.last, pinned, bytes_of(st)});
+    count_unshared(group.back().bytes);
     s[static_cast<std::size_t>(v)].read = st;
     return st;
   };
@@ -222,6 +226,7 @@ std::unique_ptr<Plan> make_plan(const Compiled& c, const ParamStore& params, std
           s[static_cast<std::size_t>(v)].kind = Kind::arena;
           s[static_cast<std::size_t>(v)].root = into;
           Group& gr = group[static_cast<std::size_t>(into)];
+          count_unshared(gr.bytes);
           gr.last = std::max(gr.last, s[static_cast<std::size_t>(v)].last);
           if (x.fetched & 1u) gr.pinned = true;
         } else {
@@ -281,12 +286,11 @@ std::unique_ptr<Plan> make_plan(const Compiled& c, const ParamStore& params, std
     req_of[v] = static_cast<int>(reqs.size());
     reqs.push_back(gr.pinned ? BufferRequest{gr.bytes, 0, kForever} : BufferRequest{gr.bytes, gr.first, gr.last});
   }
-  for (std::size_t k = 0; k < reqs.size(); ++k) p.unshared_bytes += (reqs[k].bytes + 63) / 64 * 64;
   std::vector<int> ws_req;
   for (const auto& [step, at] : workspaces) {
     ws_req.push_back(static_cast<int>(reqs.size()));
     reqs.push_back(BufferRequest{p.steps[static_cast<std::size_t>(step)].ws_bytes, static_cast<int>(at), static_cast<int>(at)});
-    p.unshared_bytes += (reqs.back().bytes + 63) / 64 * 64;
+    count_unshared(reqs.back().bytes);
   }
   std::vector<std::size_t> offsets;
   p.arena_bytes = plan_offsets(reqs, offsets);
