@@ -1,13 +1,17 @@
 // Every differentiable op's vector-Jacobian product agrees with central finite differences in
 // float64. Each loss is sum(op(x) * R) with a random constant R, so every output element reaches
 // the loss with its own weight (a plain sum would hide errors that cancel across elements).
+#include "support.hpp"
+
 #include <gradgraph/gradgraph.hpp>
 
 #include "ops/op.hpp"  // the internal ops a pass makes, built directly here
 
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -328,6 +332,42 @@ TEST_CASE("sum's and mean's gradients match finite differences over several axes
   Value s = gg::sum(x, axes, keepdims);
   Value m = gg::mean(x, axes, keepdims);
   check_op(g, weighted_sum(s * s) + weighted_sum(m, 5), {x});
+}
+
+TEST_CASE("max's and min's gradients match finite differences over all axes, one axis and several", "[grad][reduce]") {
+  const std::vector<int> axes = GENERATE(std::vector<int>{}, std::vector<int>{1}, std::vector<int>{-1},
+                                         std::vector<int>{0, 2});
+  const bool keepdims = GENERATE(false, true);
+  INFO("axes " << axes.size() << " keepdims " << keepdims);
+  gg::Graph g(gg::f64);
+  // 24 distinct values 0.1 apart in a shuffled order: no ties, and no finite-difference step
+  // crosses from one maximum to another.
+  std::vector<double> v(24);
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = 0.1 * static_cast<double>((i * 7) % 24) - 1.2;
+  Value x = g.param("x", {2, 3, 4});
+  Value shift = g.constant(gg::Tensor::from(Shape{2, 3, 4}, v));
+  Value y = x + shift;  // x starts at 0: the shuffled values are y's
+  Value hi = axes.empty() ? gg::max(y) : gg::max(y, axes, keepdims);
+  Value lo = axes.empty() ? gg::min(y) : gg::min(y, axes, keepdims);
+  check_op(g, weighted_sum(hi * hi) + weighted_sum(lo, 5), {x});
+}
+
+TEST_CASE("max and min share the gradient equally between tied elements and propagate NaN", "[grad][reduce]") {
+  gg::Graph g(gg::f64);
+  Value x = g.input("x", {2, 3});
+  Value hi = gg::max(x, 1);
+  Value lo = gg::min(x, 0, true);
+  const auto grads = gg::gradients(gg::sum(hi) + gg::sum(lo), {x});
+  gg::Program p(g, {hi, lo, grads[0]});
+  p.run({{x, gg::Tensor::from<double>({2, 3}, {4, 4, 1, -2, 3, -2})}});
+  CHECK(gg::test::values(p.get(hi)) == std::vector<double>{4, 3});
+  CHECK(gg::test::values(p.get(lo)) == std::vector<double>{-2, 3, -2});
+  // Row 0's maximum 4 is tied twice; column 0's minimum is -2 alone, column 2's is -2 alone.
+  CHECK(gg::test::values(p.get(grads[0])) == std::vector<double>{0.5, 0.5, 0, 1, 2, 1});
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  p.run({{x, gg::Tensor::from<double>({2, 3}, {1, nan, 0, 1, 2, 3})}});
+  CHECK(std::isnan(p.get(hi).at({0})));
+  CHECK(p.get(hi).at({1}) == 3.0);
 }
 
 TEST_CASE("mean's gradient over the open batch dimension divides by the fed batch size", "[grad][reduce][input]") {

@@ -2,12 +2,17 @@
 //   sum(axes):        y = sum over the axes of x   dx = broadcast_to(reshape(g, keepdims shape), shape(x))
 //   sum_to(shape):    sums broadcast dims away     dx = broadcast_to(g, shape(x))
 //   broadcast_to:     repeats                      dx = sum_to(g, shape(x))
+//   max(axes), min(axes): the largest / smallest element (NaN propagates)
+//                     dx = g 1[x = y] / #{x = y}: the gradient goes to the elements equal to
+//                     the result, shared equally between ties (PyTorch's amax / amin)
 //   mean = sum * (1 / count), where count may include the open batch dimension (then the
 //   factor is resolved when the program is planned for a batch size).
 // Numerics: float32 sums are accumulated in double where the summed axes are one contiguous
 // run (every single-axis and whole-tensor sum): blocks of 256 in T and block totals in double
 // along rows, fully in double down columns. Other axis patterns take an index walk in T.
 #include "kernels.hpp"
+
+#include <limits>
 
 namespace gg {
 
@@ -20,6 +25,14 @@ Value sum(Value a, const std::vector<int>& axes, bool keepdims = false);
 Value mean(Value a);
 Value mean(Value a, int axis, bool keepdims = false);
 Value mean(Value a, const std::vector<int>& axes, bool keepdims = false);
+// Largest / smallest element over every axis, one axis or several; NaN propagates. The gradient
+// goes to the elements equal to the result, shared equally between ties.
+Value max(Value a);
+Value max(Value a, int axis, bool keepdims = false);
+Value max(Value a, const std::vector<int>& axes, bool keepdims = false);
+Value min(Value a);
+Value min(Value a, int axis, bool keepdims = false);
+Value min(Value a, const std::vector<int>& axes, bool keepdims = false);
 // Sums broadcast dimensions away so that the result has `shape` (the adjoint of broadcast_to).
 Value sum_to(Value a, const Shape& shape);
 Value broadcast_to(Value a, const Shape& shape);
@@ -150,6 +163,27 @@ void sum_fwd(const KernelArgs& k) {
   sum_into<T>(k.in[0], out, k.threads);
 }
 
+// out = max (or min) of x over the reduced axes, by an index walk over x: each element is
+// compared with its output slot. NaN wins (x != x), so it propagates as in NumPy.
+template <typename T, bool Max>
+void extreme_fwd(const KernelArgs& k) {
+  const ReduceAttrs& a = k.attrs<ReduceAttrs>();
+  const TensorView& x = k.in[0];
+  const Shape kept = keepdims_shape(x.shape, a.axes);
+  const Strides so = broadcast_strides(TensorView(k.out[0].data, k.out[0].dtype, kept), x.shape);
+  const T* px = data<T>(x);
+  T* po = data<T>(k.out[0]);
+  const T start = Max ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::infinity();
+  for (std::int64_t i = 0, n = k.out[0].numel(); i < n; ++i) po[i] = start;
+  IndexWalker w(x.shape);
+  for (std::int64_t i = 0, n = x.numel(); i < n; ++i, w.next()) {
+    std::int64_t off = 0;
+    for (int d = 0; d < x.shape.rank; ++d) off += w.idx[d] * so[d];
+    const T v = px[i];
+    if ((Max ? v > po[off] : v < po[off]) || v != v) po[off] = v;
+  }
+}
+
 template <typename T>
 void sum_to_fwd(const KernelArgs& k) {
   sum_into<T>(k.in[0], k.out[0], k.threads);
@@ -190,6 +224,22 @@ std::vector<Value> sum_vjp(const VjpArgs& v) {
   return {broadcast_to(reshape(v.dy(), keepdims_shape(s, a.axes)), s)};
 }
 
+// g and y back over x's shape; the mask 1[x = y] (a constant for the gradient: `equal` is not
+// differentiable) counts the ties per output element.
+std::vector<Value> extreme_vjp(const VjpArgs& v) {
+  const ReduceAttrs& a = v.attrs<ReduceAttrs>();
+  const Shape s = v.in_shape(0), kept = keepdims_shape(s, a.axes);
+  std::vector<int> axes;
+  for (int i = 0; i < s.rank; ++i)
+    if (a.axes.has(i)) axes.push_back(i);
+  Value x = v.in(0);
+  Value y = broadcast_to(reshape(v.y(), kept), s);
+  Value g = broadcast_to(reshape(v.dy(), kept), s);
+  Value mask = cast(equal(x, y), x.dtype());
+  Value ties = broadcast_to(sum(mask, axes, true), s);
+  return {g * mask / ties};
+}
+
 std::vector<Value> sum_to_vjp(const VjpArgs& v) { return {broadcast_to(v.dy(), v.in_shape(0))}; }
 std::vector<Value> broadcast_to_vjp(const VjpArgs& v) { return {sum_to(v.dy(), v.in_shape(0))}; }
 
@@ -197,6 +247,12 @@ std::vector<Value> broadcast_to_vjp(const VjpArgs& v) { return {sum_to(v.dy(), v
 
 GG_OP(sum_op) = {.name = "sum", .arity = 1, .diff_inputs = 0b1,
                  .kernels = {.f32 = sum_fwd<float>, .f64 = sum_fwd<double>}, .infer = infer_sum, .vjp = sum_vjp};
+GG_OP(max_op) = {.name = "max", .arity = 1, .diff_inputs = 0b1,
+                 .kernels = {.f32 = extreme_fwd<float, true>, .f64 = extreme_fwd<double, true>}, .infer = infer_sum,
+                 .vjp = extreme_vjp};
+GG_OP(min_op) = {.name = "min", .arity = 1, .diff_inputs = 0b1,
+                 .kernels = {.f32 = extreme_fwd<float, false>, .f64 = extreme_fwd<double, false>}, .infer = infer_sum,
+                 .vjp = extreme_vjp};
 GG_OP(sum_to_op) = {.name = "sum_to", .arity = 1, .diff_inputs = 0b1,
                     .kernels = {.f32 = sum_to_fwd<float>, .f64 = sum_to_fwd<double>}, .infer = infer_sum_to,
                     .vjp = sum_to_vjp};
@@ -255,6 +311,22 @@ Value mean(Value a) { return detail::mean_node(a, detail::all_axes(a), false); }
 Value mean(Value a, int axis, bool keepdims) { return detail::mean_node(a, detail::axis_set(a, "mean", {axis}), keepdims); }
 Value mean(Value a, const std::vector<int>& axes, bool keepdims) {
   return detail::mean_node(a, detail::axis_set(a, "mean", axes), keepdims);
+}
+
+Value max(Value a) { return detail::make(detail::max_op, {a}, Attrs(detail::ReduceAttrs{detail::all_axes(a), false})); }
+Value max(Value a, int axis, bool keepdims) {
+  return detail::make(detail::max_op, {a}, Attrs(detail::ReduceAttrs{detail::axis_set(a, "max", {axis}), keepdims}));
+}
+Value max(Value a, const std::vector<int>& axes, bool keepdims) {
+  return detail::make(detail::max_op, {a}, Attrs(detail::ReduceAttrs{detail::axis_set(a, "max", axes), keepdims}));
+}
+
+Value min(Value a) { return detail::make(detail::min_op, {a}, Attrs(detail::ReduceAttrs{detail::all_axes(a), false})); }
+Value min(Value a, int axis, bool keepdims) {
+  return detail::make(detail::min_op, {a}, Attrs(detail::ReduceAttrs{detail::axis_set(a, "min", {axis}), keepdims}));
+}
+Value min(Value a, const std::vector<int>& axes, bool keepdims) {
+  return detail::make(detail::min_op, {a}, Attrs(detail::ReduceAttrs{detail::axis_set(a, "min", axes), keepdims}));
 }
 
 Value sum_to(Value a, const Shape& shape) { return detail::make(detail::sum_to_op, {a}, Attrs(detail::ShapeAttrs{shape})); }
