@@ -105,6 +105,22 @@ TEST_CASE("f32 and f64 tensors of several shapes survive a save and load bit for
   CHECK(f.metadata.empty());
 }
 
+TEST_CASE("int64 and uint8 tensors survive a save and load bit for bit, as I64 and U8") {
+  ScratchDir d;
+  const std::string path = d.file("ints.safetensors");
+  const Tensor labels = Tensor::from<std::int64_t>({4}, {0, -3, std::int64_t{1} << 60, 9});
+  const Tensor pixels = Tensor::from<std::uint8_t>({2, 3}, {0, 1, 127, 128, 254, 255});
+  gg::io::save_safetensors(path, {{"labels", labels}, {"pixels", pixels}});
+  const std::string bytes = slurp(path);
+  CHECK(bytes.find("\"I64\"") != std::string::npos);
+  CHECK(bytes.find("\"U8\"") != std::string::npos);
+  auto f = gg::io::load_safetensors(path);
+  CHECK(f.at("labels").dtype() == gg::i64);
+  CHECK(f.at("labels").ptr<std::int64_t>()[2] == std::int64_t{1} << 60);  // beyond a double's 53 bits
+  CHECK(f.at("pixels").dtype() == gg::u8);
+  CHECK(same_tensor(f.at("pixels"), pixels));
+}
+
 TEST_CASE("tensors load in the order they were saved, which is the file's data order") {
   ScratchDir d;
   const std::string path = d.file("order.safetensors");

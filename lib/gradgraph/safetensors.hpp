@@ -1,4 +1,4 @@
-// The safetensors file format (https://github.com/huggingface/safetensors), F32 and F64 only:
+// The safetensors file format (https://github.com/huggingface/safetensors), dtypes F32, F64, I64, U8:
 //   8 bytes   N, the header length, unsigned little-endian
 //   N bytes   JSON: {"__metadata__": {str: str}, "<name>": {"dtype": "F32", "shape": [..],
 //             "data_offsets": [begin, end]}, ...}, padded with spaces to a multiple of 8

@@ -28,7 +28,15 @@ using ordered_json = nlohmann::ordered_json;
 
 const char* const kMetadataKey = "__metadata__";
 
-const char* st_dtype(DType t) { return t == DType::f32 ? "F32" : "F64"; }
+const char* st_dtype(DType t) {
+  switch (t) {
+    case DType::f32: return "F32";
+    case DType::f64: return "F64";
+    case DType::i64: return "I64";
+    case DType::u8: return "U8";
+  }
+  return "?";
+}
 
 std::string quoted(const std::string& s) { return "\"" + s + "\""; }
 
@@ -140,8 +148,12 @@ Entry parse_entry(const std::string& path, const std::string& name, const json& 
     e.dtype = DType::f32;
   else if (dts == "F64")
     e.dtype = DType::f64;
+  else if (dts == "I64")
+    e.dtype = DType::i64;
+  else if (dts == "U8")
+    e.dtype = DType::u8;
   else
-    throw std::runtime_error(where + "unsupported dtype " + quoted(dts) + " (gradgraph reads F32 and F64)");
+    throw std::runtime_error(where + "unsupported dtype " + quoted(dts) + " (gradgraph reads F32, F64, I64 and U8)");
 
   const json& sh = j["shape"];
   if (!sh.is_array()) throw std::runtime_error(where + "shape is not an array");
