@@ -198,6 +198,8 @@ TEST_CASE("mnist-train --load starts from the saved parameters, not from the ini
   gg::io::SafetensorsFile f = gg::io::load_safetensors(dir / "w.st");
   CHECK(f.at("W1").shape() == gg::Shape{8, 784});
   CHECK(f.at("b2").shape() == gg::Shape{10, 1});
+  // The network's description, attributes included, travels with the weights.
+  CHECK_THAT(f.metadata.at("graph"), Contains("= matmul(W1, X) [trans_a=false, trans_b=false") && Contains("-> float32 {8, dyn}"));
   // The 31st forward pass of an uninterrupted run sees the parameters after 30 updates: exactly
   // what the saved file holds, so a run that loads it prints the same first line.
   Result longer = run_tool(common + "--iterations 31 --print-every 30");
