@@ -323,14 +323,7 @@ double batch_factor(double s, int batch_power, std::int64_t batch) {
   return batch_power == 0 ? s : s * std::pow(static_cast<double>(batch), batch_power);
 }
 
-bool Layout::contiguous() const {
-  std::int64_t acc = 1;
-  for (int i = shape.rank - 1; i >= 0; --i) {
-    if (shape.dims[i] != 1 && strides.s[i] != acc) return false;
-    acc *= shape.dims[i];
-  }
-  return true;
-}
+bool Layout::contiguous() const { return is_contiguous(shape, strides); }
 
 Strides broadcast_strides(const TensorView& in, const Shape& out) {
   Strides st;

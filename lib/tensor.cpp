@@ -6,15 +6,7 @@
 
 namespace gg {
 
-Shape::Shape(std::initializer_list<std::int64_t> d) {
-  if (d.size() > static_cast<std::size_t>(kMaxRank))
-    throw std::invalid_argument("Shape: rank " + std::to_string(d.size()) + " exceeds the maximum of " +
-                                std::to_string(kMaxRank));
-  for (std::int64_t x : d) {
-    if (x < 0 && x != dyn) throw std::invalid_argument("Shape: negative dimension " + std::to_string(x));
-    dims[rank++] = x;
-  }
-}
+Shape::Shape(std::initializer_list<std::int64_t> d) : Shape(std::span<const std::int64_t>(d.begin(), d.size())) {}
 
 Shape::Shape(std::span<const std::int64_t> d) {
   if (d.size() > static_cast<std::size_t>(kMaxRank))
@@ -78,7 +70,7 @@ Strides contiguous_strides(const Shape& s) {
 TensorView::TensorView(void* p, DType t, const Shape& s) : data(p), dtype(t), shape(s), strides(contiguous_strides(s)) {}
 TensorView::TensorView(void* p, DType t, const Shape& s, const Strides& st) : data(p), dtype(t), shape(s), strides(st) {}
 
-bool TensorView::is_contiguous() const {
+bool is_contiguous(const Shape& shape, const Strides& strides) {
   std::int64_t acc = 1;
   for (int i = shape.rank - 1; i >= 0; --i) {
     if (shape.dims[i] != 1 && strides.s[i] != acc) return false;
@@ -86,6 +78,8 @@ bool TensorView::is_contiguous() const {
   }
   return true;
 }
+
+bool TensorView::is_contiguous() const { return gg::is_contiguous(shape, strides); }
 
 namespace {
 std::int64_t offset_of(const TensorView& v, std::initializer_list<std::int64_t> idx) {

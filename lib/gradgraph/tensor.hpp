@@ -88,6 +88,9 @@ struct Strides {
   std::int64_t& operator[](int i) { return s[i]; }
 };
 Strides contiguous_strides(const Shape& s);
+// Row-major contiguous: every stride equals the product of the extents after it (extent-1
+// dimensions may have any stride).
+bool is_contiguous(const Shape& shape, const Strides& strides);
 
 struct TensorView {
   void* data = nullptr;
