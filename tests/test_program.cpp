@@ -401,6 +401,53 @@ TEST_CASE("the Adam update matches a hand computation over two steps", "[program
   }
 }
 
+TEST_CASE("the Nesterov momentum update matches a hand computation over two steps", "[program][optim]") {
+  Quadratic q;
+  const double lr = 0.05, mu = 0.9, wd = 0.01;
+  const auto ups = gg::sgd({q.w}, {q.grad}, {.lr = lr, .momentum = mu, .weight_decay = wd, .nesterov = true});
+  gg::Program p(q.g, {q.loss, q.grad, ups[0]}, options());
+  std::vector<double> w = values(p.param("w")), v(4, 0.0);
+  const auto x = values(q.xv);
+  for (int step = 1; step <= 2; ++step) {
+    INFO("step " << step);
+    p.run({{q.x, q.xv}});
+    for (std::size_t i = 0; i < 4; ++i) {
+      const double d = x[i] * w[i] + wd * w[i];
+      v[i] = mu * v[i] + d;
+      w[i] -= lr * (d + mu * v[i]);
+    }
+    const auto got_w = values(p.param("w")), got_v = values(p.param("w/velocity"));
+    for (std::size_t i = 0; i < 4; ++i) {
+      CHECK_THAT(got_w[i], Catch::Matchers::WithinRel(w[i], 1e-14));
+      CHECK_THAT(got_v[i], Catch::Matchers::WithinRel(v[i], 1e-14));
+    }
+  }
+}
+
+TEST_CASE("Adam with coupled L2 adds l2 p to the gradient before the moments", "[program][optim]") {
+  Quadratic q;
+  gg::AdamOptions o;
+  o.lr = 0.01;
+  o.l2 = 0.2;
+  const auto ups = gg::adam({q.w}, {q.grad}, o);
+  gg::Program p(q.g, {q.loss, q.grad, ups[0]}, options());
+  std::vector<double> w = values(p.param("w")), m(4, 0.0), v(4, 0.0);
+  const auto x = values(q.xv);
+  for (int t = 1; t <= 2; ++t) {
+    INFO("step " << t);
+    p.run({{q.x, q.xv}});
+    for (std::size_t i = 0; i < 4; ++i) {
+      const double g = x[i] * w[i] + o.l2 * w[i];
+      m[i] = o.beta1 * m[i] + (1 - o.beta1) * g;
+      v[i] = o.beta2 * v[i] + (1 - o.beta2) * g * g;
+      const double mh = m[i] / (1 - std::pow(o.beta1, t)), vh = v[i] / (1 - std::pow(o.beta2, t));
+      w[i] -= o.lr * mh / (std::sqrt(vh) + o.eps);
+    }
+    const auto got_w = values(p.param("w"));
+    for (std::size_t i = 0; i < 4; ++i) CHECK_THAT(got_w[i], Catch::Matchers::WithinRel(w[i], 1e-13));
+  }
+}
+
 // ---- fusion ------------------------------------------------------------------------------------
 
 TEST_CASE("fusion makes add_relu and one softmax-cross-entropy kernel for loss and gradient, with bitwise equal results",

@@ -5,7 +5,8 @@
 // nodes named "<param>/<what>", saved and restored with the parameters.
 //   sgd:      p -= lr (g + wd p)
 //   momentum: v = mu v + (g + wd p);  p -= lr v                       (PyTorch's convention)
-//   adam:     t += 1;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+//   nesterov: d = g + wd p;  v = mu v + d;  p -= lr (d + mu v)          (PyTorch's nesterov=True)
+//   adam:     g += l2 p (coupled L2, if any);  t += 1;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
 //             p -= lr wd p  (decoupled, AdamW);  p -= lr m^ / (sqrt(v^) + eps),
 //             m^ = m / (1 - b1^t),  v^ = v / (1 - b2^t)   (t starts at 1; eps outside the root)
 // Optimizer state that decays below the smallest normal float is flushed to zero: such a value
@@ -23,13 +24,15 @@ struct SgdOptions {
   double lr = 0.01;
   double momentum = 0.0;      // 0: plain SGD, p -= lr g
   double weight_decay = 0.0;  // L2, added to the gradient
+  bool nesterov = false;      // with momentum: p -= lr (g + mu v), PyTorch's nesterov=True
 };
 // One update node per parameter (state "<param>/velocity" with momentum).
 std::vector<Value> sgd(const std::vector<Value>& params, const std::vector<Value>& grads, const SgdOptions& opts);
 
 struct AdamOptions {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
-  double weight_decay = 0.0;  // decoupled (AdamW)
+  double weight_decay = 0.0;  // decoupled (AdamW): p -= lr wd p
+  double l2 = 0.0;            // coupled (Adam's L2, PyTorch Adam's weight_decay): g += l2 p
 };
 // One update node per parameter (states "<param>/adam_m", "/adam_v", "/adam_t").
 std::vector<Value> adam(const std::vector<Value>& params, const std::vector<Value>& grads, const AdamOptions& opts);
@@ -41,13 +44,16 @@ namespace {
 // sgd_update and momentum_update. Every "lr" field is what Program::set_learning_rate sets.
 struct SgdAttrs {
   double lr = 0, momentum = 0, weight_decay = 0;
-  template <typename F> void visit(F&& f) { f("lr", lr), f("momentum", momentum), f("weight_decay", weight_decay); }
+  bool nesterov = false;
+  template <typename F> void visit(F&& f) {
+    f("lr", lr), f("momentum", momentum), f("weight_decay", weight_decay), f("nesterov", nesterov);
+  }
 };
 
 struct AdamAttrs {
-  double lr = 0, beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0;
+  double lr = 0, beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0, l2 = 0;
   template <typename F> void visit(F&& f) {
-    f("lr", lr), f("beta1", beta1), f("beta2", beta2), f("eps", eps), f("weight_decay", weight_decay);
+    f("lr", lr), f("beta1", beta1), f("beta2", beta2), f("eps", eps), f("weight_decay", weight_decay), f("l2", l2);
   }
 };
 
@@ -95,9 +101,17 @@ void momentum_fwd(const KernelArgs& k) {
   const SgdAttrs& a = k.attrs<SgdAttrs>();
   const T lr = static_cast<T>(a.lr), mu = static_cast<T>(a.momentum), wd = static_cast<T>(a.weight_decay);
   parallel_for(k.in[0].numel(), k.threads, 1, [&](std::int64_t lo, std::int64_t hi) {
-    for (std::int64_t i = lo; i < hi; ++i) {
-      v[i] = flush_denormal(mu * v[i] + (g[i] + wd * p[i]));
-      p[i] -= lr * v[i];
+    if (!a.nesterov) {
+      for (std::int64_t i = lo; i < hi; ++i) {
+        v[i] = flush_denormal(mu * v[i] + (g[i] + wd * p[i]));
+        p[i] -= lr * v[i];
+      }
+    } else {
+      for (std::int64_t i = lo; i < hi; ++i) {
+        const T d = g[i] + wd * p[i];
+        v[i] = flush_denormal(mu * v[i] + d);
+        p[i] -= lr * (d + mu * v[i]);
+      }
     }
   });
 }
@@ -115,11 +129,12 @@ void adam_fwd(const KernelArgs& k) {
   const T b1 = static_cast<T>(a.beta1), b2 = static_cast<T>(a.beta2), eps = static_cast<T>(a.eps);
   const T c1 = static_cast<T>(1.0 / (1.0 - std::pow(a.beta1, step)));
   const T c2 = static_cast<T>(1.0 / (1.0 - std::pow(a.beta2, step)));
-  const T lr = static_cast<T>(a.lr), decay = static_cast<T>(1.0 - a.lr * a.weight_decay);
+  const T lr = static_cast<T>(a.lr), decay = static_cast<T>(1.0 - a.lr * a.weight_decay), l2 = static_cast<T>(a.l2);
   parallel_for(k.in[0].numel(), k.threads, 4, [&](std::int64_t lo, std::int64_t hi) {
     for (std::int64_t i = lo; i < hi; ++i) {
-      m[i] = flush_denormal(b1 * m[i] + (T(1) - b1) * g[i]);
-      v[i] = flush_denormal(b2 * v[i] + (T(1) - b2) * g[i] * g[i]);
+      const T gi = l2 == T(0) ? g[i] : g[i] + l2 * p[i];
+      m[i] = flush_denormal(b1 * m[i] + (T(1) - b1) * gi);
+      v[i] = flush_denormal(b2 * v[i] + (T(1) - b2) * gi * gi);
       p[i] = p[i] * decay - lr * (m[i] * c1) / (std::sqrt(v[i] * c2) + eps);
     }
   });
@@ -151,7 +166,7 @@ void check_pairs(const char* who, const std::vector<Value>& params, const std::v
 std::vector<Value> sgd(const std::vector<Value>& params, const std::vector<Value>& grads, const SgdOptions& opts) {
   detail::check_pairs("sgd", params, grads);
   std::vector<Value> ups;
-  const Attrs a(detail::SgdAttrs{opts.lr, opts.momentum, opts.weight_decay});
+  const Attrs a(detail::SgdAttrs{opts.lr, opts.momentum, opts.weight_decay, opts.nesterov});
   for (std::size_t i = 0; i < params.size(); ++i) {
     Graph& g = *params[i].graph;
     const Value p = params[i];
@@ -168,7 +183,7 @@ std::vector<Value> sgd(const std::vector<Value>& params, const std::vector<Value
 std::vector<Value> adam(const std::vector<Value>& params, const std::vector<Value>& grads, const AdamOptions& opts) {
   detail::check_pairs("adam", params, grads);
   std::vector<Value> ups;
-  const Attrs a(detail::AdamAttrs{opts.lr, opts.beta1, opts.beta2, opts.eps, opts.weight_decay});
+  const Attrs a(detail::AdamAttrs{opts.lr, opts.beta1, opts.beta2, opts.eps, opts.weight_decay, opts.l2});
   for (std::size_t i = 0; i < params.size(); ++i) {
     Graph& g = *params[i].graph;
     const Value p = params[i];
