@@ -1,6 +1,8 @@
 #include <gradgraph/random.hpp>
 
 #include <cmath>
+#include <cstring>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -92,6 +94,42 @@ void Generator::shuffle(std::vector<std::int64_t>& v) {
     std::size_t j = static_cast<std::size_t>(below(i));
     std::swap(v[i - 1], v[j]);
   }
+}
+
+std::string Generator::state() const {
+  std::ostringstream os;
+  os << (kind_ == RngKind::numpy ? "numpy " : "standard ");
+  if (kind_ == RngKind::numpy)
+    os << mt32_;
+  else
+    os << mt64_;
+  std::uint64_t bits = 0;
+  std::memcpy(&bits, &gauss_, sizeof bits);  // the cached normal, exactly
+  os << ' ' << (has_gauss_ ? 1 : 0) << ' ' << bits;
+  return os.str();
+}
+
+void Generator::set_state(const std::string& text) {
+  std::istringstream is(text);
+  std::string kind;
+  is >> kind;
+  if (kind != (kind_ == RngKind::numpy ? "numpy" : "standard"))
+    throw std::invalid_argument("Generator::set_state: not a state of a " +
+                                std::string(kind_ == RngKind::numpy ? "numpy" : "standard") + " generator");
+  std::mt19937 m32 = mt32_;
+  std::mt19937_64 m64 = mt64_;
+  if (kind_ == RngKind::numpy)
+    is >> m32;
+  else
+    is >> m64;
+  int has = 0;
+  std::uint64_t bits = 0;
+  is >> has >> bits;
+  if (!is || (has != 0 && has != 1)) throw std::invalid_argument("Generator::set_state: malformed state text");
+  mt32_ = m32;
+  mt64_ = m64;
+  has_gauss_ = has == 1;
+  std::memcpy(&gauss_, &bits, sizeof bits);
 }
 
 }  // namespace gg

@@ -1,13 +1,11 @@
-// mnist-train: the NumpyNet notebook's MLP (784-H-10, ReLU, softmax cross-entropy) defined in
-// the graph API, trained full-batch (the notebook) or in mini-batches, with metrics, plots and
-// checkpoints. `mnist-train --help` documents every flag.
-//
-// Data layout: images are kept example-major ([N][784], as stored in the IDX file) and fed to
-// the graph's X {784, batch} through a strided view (strides 1 and 784): the notebook's
-// features-x-examples layout without a transposed copy; BLIS reads the strides.
+// mnist-train: trains a classifier on MNIST-style data with gradgraph's training layer
+// (lib/gradgraph/train.hpp). By default it is the NumpyNet notebook's MLP (784-64-10, ReLU,
+// softmax cross-entropy) trained full-batch, printing the notebook's lines; flags choose deeper
+// networks, mini-batches, optimizers, schedules, a validation split and checkpoints that resume
+// exactly. `mnist-train --help` documents every flag. The tool parses flags, prints and plots:
+// the training loop, the data pipeline and the checkpoints are the library's.
 #include <gradgraph/gradgraph.hpp>
 #include <gradgraph/idx.hpp>
-#include <gradgraph/safetensors.hpp>
 
 #include "common/metrics.hpp"
 #include "common/plot.hpp"
@@ -18,7 +16,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <optional>
 #include <sstream>
@@ -34,49 +32,36 @@ struct UsageError : std::runtime_error {
 };
 
 struct Options {
-  std::string data, metrics, plot, save, load, optimizer;
+  std::string data, metrics, plot, save, load, resume, model, layers, activation, optimizer, schedule, layout;
   std::int64_t hidden = 64, iterations = 500, batch_size = 0, epochs = 0, print_every = 100, eval_every = 0;
-  double lr = 0.1, momentum = 0.9, test_divisor = 255.0;
+  std::int64_t warmup = 0, lr_step = 0, stop_after_epochs = 0;
+  double lr = 0.1, momentum = 0.9, weight_decay = 0, lr_gamma = 0.1, val_split = 0, test_divisor = 255.0;
   std::uint64_t seed = 33;
   std::string init = "numpy", dtype = "float32";
   int threads = 0;
   bool verbose = false, progress = true, shuffle = true;
 };
 
-// The dataset in the dtype of the graph: images example-major, labels as int64 class indices
-// and as a one-hot matrix {10, N} (the notebook's layout; gathered per batch for mini-batches).
-template <typename T>
-struct Dataset {
-  std::int64_t n = 0, features = 0;
-  std::vector<T> images;               // [n][features]
-  std::vector<std::int64_t> labels;    // [n]
-  std::vector<T> onehot;               // [10][n]
-};
-
-// Pixels are divided in float32 (the notebook's `astype('float32') / 255`) and then promoted,
-// exactly, to the graph's dtype.
-template <typename T>
-Dataset<T> to_dataset(gg::data::Split&& s, double divisor, bool with_onehot) {
-  Dataset<T> d;
-  d.n = s.count;
-  d.features = s.rows * s.cols;
-  d.images.resize(static_cast<std::size_t>(d.n * d.features));
-  const float div = static_cast<float>(divisor);
-  for (std::size_t i = 0; i < d.images.size(); ++i) d.images[i] = static_cast<T>(static_cast<float>(s.images[i]) / div);
-  std::vector<std::uint8_t>().swap(s.images);  // keep the peak memory at one copy of the pixels
-  d.labels.resize(static_cast<std::size_t>(d.n));
-  for (std::int64_t i = 0; i < d.n; ++i) d.labels[static_cast<std::size_t>(i)] = s.labels[static_cast<std::size_t>(i)];
-  if (with_onehot) {
-    d.onehot.assign(static_cast<std::size_t>(10 * d.n), T(0));
-    for (std::int64_t i = 0; i < d.n; ++i) d.onehot[static_cast<std::size_t>(s.labels[static_cast<std::size_t>(i)] * d.n + i)] = T(1);
-  }
-  return d;
-}
-
 std::string format(const char* fmt, double a, double b = 0, double c = 0) {
   char buf[256];
   std::snprintf(buf, sizeof buf, fmt, a, b, c);
   return buf;
+}
+
+std::vector<std::int64_t> parse_layers(const std::string& text) {
+  std::vector<std::int64_t> out;
+  std::stringstream ss(text);
+  for (std::string item; std::getline(ss, item, ',');) {
+    try {
+      std::size_t used = 0;
+      const long long v = std::stoll(item, &used);
+      if (used != item.size() || v <= 0 || v > 1000000) throw std::invalid_argument("");
+      out.push_back(v);
+    } catch (const std::exception&) {
+      throw UsageError("--layers takes hidden widths like 256,128 (got " + text + ")");
+    }
+  }
+  return out;
 }
 
 void check_options(const Options& o) {
@@ -94,33 +79,60 @@ void check_options(const Options& o) {
     bad("test-divisor", "must be a positive number", format("%g", o.test_divisor));
   if (o.threads < 0 || o.threads > 64) bad("threads", "must be 0 (all cores) to 64", std::to_string(o.threads));
   if (!(o.momentum >= 0 && o.momentum < 1)) bad("momentum", "must be in [0, 1)", format("%g", o.momentum));
+  if (!(o.weight_decay >= 0) || !std::isfinite(o.weight_decay)) bad("weight-decay", "must be 0 or positive", format("%g", o.weight_decay));
+  if (!(o.val_split >= 0) || !std::isfinite(o.val_split) || (o.val_split >= 1 && o.val_split != std::floor(o.val_split)))
+    bad("val-split", "must be a fraction in [0, 1) or a whole number of examples", format("%g", o.val_split));
+  if (o.warmup < 0) bad("warmup", "must be 0 or positive", std::to_string(o.warmup));
+  if (o.lr_step < 0) bad("lr-step", "must be 0 (a third of the run) or positive", std::to_string(o.lr_step));
+  if (!(o.lr_gamma > 0) || !std::isfinite(o.lr_gamma)) bad("lr-gamma", "must be a positive number", format("%g", o.lr_gamma));
+  if (o.stop_after_epochs < 0) bad("stop-after-epochs", "must be 0 or positive", std::to_string(o.stop_after_epochs));
   if (o.init != "numpy" && o.init != "default") bad("init", "must be numpy or default", o.init);
   if (o.dtype != "float32" && o.dtype != "float64") bad("dtype", "must be float32 or float64", o.dtype);
-  if (o.optimizer != "sgd" && o.optimizer != "momentum" && o.optimizer != "adam")
-    bad("optimizer", "must be sgd, momentum or adam", o.optimizer);
+  if (!o.load.empty() && !o.resume.empty()) throw UsageError("--load and --resume exclude each other");
+  try {
+    gg::train::Optimizer::parse_kind(o.optimizer);
+    gg::train::Schedule::parse_kind(o.schedule);
+    gg::nn::parse_activation(o.activation);
+    gg::nn::parse_layout(o.layout);
+    if (!o.model.empty()) gg::nn::parse(o.model);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
 }
 
 std::optional<Options> parse(int argc, char** argv) {
   Options o;
   po::options_description desc(
-      "mnist-train: train the NumpyNet MLP (784-H-10, ReLU, softmax) on MNIST with gradgraph.\n"
-      "Prints the notebook's lines (accuracy and loss of the forward pass before each update),\n"
-      "then the test accuracy.\n\nOptions");
+      "mnist-train: train a classifier on MNIST with gradgraph. By default the NumpyNet notebook's MLP\n"
+      "(784-64-10, ReLU, softmax) full-batch, printing the notebook's lines (accuracy and loss of the\n"
+      "forward pass before each update), then the test accuracy.\n\nOptions");
   // clang-format off
   desc.add_options()
     ("help,h", "show this help and exit")
     ("data", po::value(&o.data)->default_value(gg::data::default_data_dir()),
        "directory with the four IDX files, raw or .gz (MNIST: fetched by scripts/fetch-mnist; "
        "Fashion-MNIST: /usr/share/datasets/fashion-mnist)")
-    ("hidden", po::value(&o.hidden)->default_value(64), "hidden layer width")
-    ("lr", po::value(&o.lr)->default_value(0.1), "learning rate")
-    ("iterations", po::value(&o.iterations)->default_value(500), "parameter updates (steps)")
+    ("hidden", po::value(&o.hidden)->default_value(64), "width of the one hidden layer (the notebook's 64)")
+    ("layers", po::value(&o.layers), "hidden layer widths, e.g. 256,128 (instead of --hidden)")
+    ("activation", po::value(&o.activation)->default_value("relu"), "relu | tanh | sigmoid, after each hidden layer")
+    ("model", po::value(&o.model), "the network as a spec, e.g. dense256,relu,dense128,relu,dense10 (instead of --layers)")
+    ("layout", po::value(&o.layout)->default_value("columns"),
+       "columns: X {784, batch}, the notebook's; rows: X {batch, 784}")
+    ("lr", po::value(&o.lr)->default_value(0.1), "learning rate (the peak, with a schedule)")
+    ("iterations", po::value(&o.iterations)->default_value(500), "parameter updates (steps), without --epochs")
     ("batch-size", po::value(&o.batch_size)->default_value(0), "examples per step; 0 = the full training set (the notebook)")
     ("epochs", po::value(&o.epochs)->default_value(0), "with --batch-size: train this many passes over the data instead of --iterations")
     ("no-shuffle", "mini-batches in file order instead of a fresh shuffle every epoch")
-    ("optimizer", po::value(&o.optimizer)->default_value("sgd"), "sgd | momentum | adam")
-    ("momentum", po::value(&o.momentum)->default_value(0.9), "momentum coefficient for --optimizer momentum")
-    ("seed", po::value(&o.seed)->default_value(33), "seed of the initialisers (and of the shuffles)")
+    ("optimizer", po::value(&o.optimizer)->default_value("sgd"), "sgd | momentum | nesterov | adam | adamw")
+    ("momentum", po::value(&o.momentum)->default_value(0.9), "momentum coefficient for momentum and nesterov")
+    ("weight-decay", po::value(&o.weight_decay)->default_value(0.0), "L2 decay added to the gradient (adamw: decoupled decay)")
+    ("schedule", po::value(&o.schedule)->default_value("constant"), "learning-rate schedule: constant | step | cosine")
+    ("warmup", po::value(&o.warmup)->default_value(0), "steps of linear warm-up before the schedule")
+    ("lr-step", po::value(&o.lr_step)->default_value(0), "step schedule: steps between decays (0: a third of the run)")
+    ("lr-gamma", po::value(&o.lr_gamma)->default_value(0.1), "step schedule: the decay factor")
+    ("val-split", po::value(&o.val_split)->default_value(0.0),
+       "hold out this fraction (or number) of the training examples, evaluated after each epoch")
+    ("seed", po::value(&o.seed)->default_value(33), "seed of the initialisers (and of the shuffles and the split)")
     ("init", po::value(&o.init)->default_value("numpy"),
        "numpy: He-normal weights drawn bit-exactly as NumPy's np.random.seed(seed); randn (the notebook); "
        "default: gradgraph's own generator")
@@ -131,8 +143,13 @@ std::optional<Options> parse(int argc, char** argv) {
     ("eval-every", po::value(&o.eval_every)->default_value(0), "evaluate the test set every N iterations (0: only at the end)")
     ("metrics", po::value(&o.metrics), "write iteration, loss, train accuracy (and test accuracy) to this CSV file")
     ("plot", po::value(&o.plot), "draw loss and accuracy curves into this PNG file")
-    ("save", po::value(&o.save), "save the trained parameters (safetensors) to this file")
-    ("load", po::value(&o.load), "start from parameters saved by --save (instead of the initialisers)")
+    ("save", po::value(&o.save), "checkpoint (safetensors: parameters, optimizer state, counters, data order) to this "
+       "file after each epoch and at the end")
+    ("load", po::value(&o.load), "start from the parameters of a checkpoint, as a new run")
+    ("resume", po::value(&o.resume), "continue the run a checkpoint was saved from, exactly (same network, batches, "
+       "optimizer; --epochs/--iterations say where the run ends)")
+    ("stop-after-epochs", po::value(&o.stop_after_epochs)->default_value(0),
+       "end this invocation after so many epochs (checkpoint with --save, continue with --resume)")
     ("threads", po::value(&o.threads)->default_value(0), "threads for GEMMs and kernels (0: all cores)")
     ("no-progress", "no progress bar even on a terminal")
     ("verbose,v", "print the plan (buffer bytes, schedule length) and timings on stderr");
@@ -155,195 +172,149 @@ std::optional<Options> parse(int argc, char** argv) {
   return o;
 }
 
-struct Net {
-  gg::Graph g;
-  gg::Value X, Y, L, loss, accuracy;
-  std::vector<gg::Value> params, updates;
-  Net(gg::DType dt, const Options& o) : g(dt) {
-    X = g.input("X", {784, gg::dyn});
-    Y = g.input("Y", {10, gg::dyn});
-    L = g.input("labels", {gg::dyn}, gg::i64);
-    // The notebook draws W1 then W2 from one stream; zero biases draw nothing.
-    gg::Value W1 = g.param("W1", {o.hidden, 784}, gg::he_normal());
-    gg::Value b1 = g.param("b1", {o.hidden, 1});
-    gg::Value W2 = g.param("W2", {10, o.hidden}, gg::he_normal());
-    gg::Value b2 = g.param("b2", {10, 1});
-    gg::Value A1 = gg::relu(gg::matmul(W1, X) + b1);
-    gg::Value Z2 = gg::matmul(W2, A1) + b2;
-    loss = gg::softmax_cross_entropy(Z2, Y, 0).named("loss");
-    accuracy = gg::mean(gg::equal(gg::argmax(Z2, 0), L)).named("accuracy");
-    params = {W1, b1, W2, b2};
-    std::vector<gg::Value> grads = gg::gradients(loss, params);
-    if (o.optimizer == "adam")
-      updates = gg::adam(params, grads, {o.lr, 0.9, 0.999, 1e-8, 0.0});
-    else
-      updates = gg::sgd(params, grads, {o.lr, o.optimizer == "momentum" ? o.momentum : 0.0, 0.0});
-  }
-};
-
-template <typename T>
-gg::TensorView images_view(const Dataset<T>& d, std::int64_t begin, std::int64_t count, const T* base = nullptr) {
-  // {features, count} over example-major storage: strides (1, features).
-  gg::Strides st;
-  st[0] = 1;
-  st[1] = d.features;
-  const T* p = base ? base : d.images.data() + begin * d.features;
-  return gg::TensorView(const_cast<T*>(p), gg::dtype_of<T>(), gg::Shape{d.features, count}, st);
+// The network: --model, else --layers, else one hidden layer of --hidden (the notebook's).
+gg::nn::Spec network(const Options& o, std::int64_t classes) {
+  if (!o.model.empty()) return gg::nn::parse(o.model);
+  const std::vector<std::int64_t> hidden = o.layers.empty() ? std::vector<std::int64_t>{o.hidden} : parse_layers(o.layers);
+  return gg::nn::mlp(hidden, gg::nn::parse_activation(o.activation), classes);
 }
 
-template <typename T>
 int train(const Options& o) {
-  const gg::DType dt = gg::dtype_of<T>();
-  auto t_start = std::chrono::steady_clock::now();
-  Dataset<T> train_set = to_dataset<T>(gg::data::load_split(o.data, "train"), 255.0, true);
-  Dataset<T> test_set = to_dataset<T>(gg::data::load_split(o.data, "t10k"), o.test_divisor, false);
-  if (train_set.features != 784 || test_set.features != 784)
-    throw gg::data::DataError(o.data + ": images are " + std::to_string(train_set.features) +
-                              " pixels, the network takes 28x28 = 784");
-
-  Net net(dt, o);
-  gg::CompileOptions co;
-  co.threads = o.threads;
-  co.seed = o.seed;
-  co.rng = o.init == "numpy" ? gg::RngKind::numpy : gg::RngKind::standard;
-  std::vector<gg::Value> fetch = net.updates;
-  fetch.push_back(net.loss);
-  fetch.push_back(net.accuracy);
-  gg::Program step(net.g, fetch, co);
-  gg::CompileOptions eo = co;
-  eo.share_params_with = &step;
-  gg::Program eval(net.g, {net.accuracy}, eo);
-
-  if (!o.load.empty()) {
-    // Every parameter (and optimizer state) of the network must be in the file: a checkpoint of
-    // another network must not load half-way and train from a mix.
-    gg::io::SafetensorsFile f = gg::io::load_safetensors(o.load);
-    for (const std::string& name : step.param_names()) {
-      const gg::Tensor* t = nullptr;
-      for (const auto& [n, v] : f.tensors)
-        if (n == name) t = &v;
-      if (!t) {
-        if (gg::Value v = net.g.find(name); v.node().op_name() == std::string("state")) continue;  // optimizer state: starts fresh
-        throw std::runtime_error(o.load + ": no tensor '" + name + "' (is it a checkpoint of this network?)");
-      }
-      try {
-        step.set_param(name, t->view());
-      } catch (const std::invalid_argument& e) {
-        throw std::runtime_error(o.load + ": " + e.what());
-      }
-    }
+  const gg::DType dt = o.dtype == "float64" ? gg::f64 : gg::f32;
+  const auto t_start = std::chrono::steady_clock::now();
+  gg::train::Dataset all = gg::train::load_idx(o.data, "train");
+  gg::train::Dataset test = gg::train::load_idx(o.data, "t10k");
+  std::optional<gg::train::Dataset> val;
+  gg::train::Dataset* train_set = &all;
+  std::pair<gg::train::Dataset, gg::train::Dataset> parts;
+  if (o.val_split > 0) {
+    const auto held = static_cast<std::int64_t>(o.val_split < 1 ? std::floor(o.val_split * static_cast<double>(all.count))
+                                                                : o.val_split);
+    parts = all.split(held, o.seed);
+    train_set = &parts.first;
+    val = std::move(parts.second);
   }
 
-  const std::int64_t n = train_set.n;
-  const std::int64_t bs = o.batch_size == 0 ? n : std::min(o.batch_size, n);
-  const std::int64_t steps_per_epoch = (n + bs - 1) / bs;
-  const std::int64_t iterations = o.epochs > 0 && o.batch_size > 0 ? o.epochs * steps_per_epoch : o.iterations;
+  const gg::nn::Spec spec = network(o, all.classes);
+  const gg::nn::Layout layout = gg::nn::parse_layout(o.layout);
+  gg::Graph g(dt);
+  const gg::train::Model model = gg::train::classifier(g, spec, all.example, all.classes, layout);
+  gg::train::TrainOptions to;
+  to.optimizer.kind = gg::train::Optimizer::parse_kind(o.optimizer);
+  to.optimizer.lr = o.lr;
+  to.optimizer.momentum = o.momentum;
+  to.optimizer.weight_decay = o.weight_decay;
+  to.schedule.kind = gg::train::Schedule::parse_kind(o.schedule);
+  to.schedule.warmup = o.warmup;
+  to.schedule.step_size = o.lr_step;
+  to.schedule.gamma = o.lr_gamma;
+  to.compile.threads = o.threads;
+  to.compile.seed = o.seed;
+  to.compile.rng = o.init == "numpy" ? gg::RngKind::numpy : gg::RngKind::standard;
+  gg::train::Trainer trainer(g, model, to);
 
-  // Mini-batch buffers (gathered rows), allocated once.
-  std::vector<T> bx, by;
-  std::vector<std::int64_t> bl;
-  std::vector<std::int64_t> order(static_cast<std::size_t>(n));
-  for (std::int64_t i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
-  gg::Generator shuffler(gg::RngKind::standard, o.seed);
-  if (bs < n) {
-    bx.resize(static_cast<std::size_t>(bs * 784));
-    by.resize(static_cast<std::size_t>(bs * 10));
-    bl.resize(static_cast<std::size_t>(bs));
-  }
+  gg::train::BatchOptions bo;
+  bo.batch_size = o.batch_size;
+  bo.shuffle = o.shuffle;
+  bo.seed = o.seed;
+  bo.layout = layout;
+  bo.dtype = dt;
+  bo.threads = trainer.train_program().threads();
+  gg::train::Batches batches(*train_set, bo);
+  if (!o.load.empty()) trainer.load(o.load);
+  if (!o.resume.empty()) trainer.resume(o.resume, batches);
 
-  auto evaluate = [&]() {
-    eval.run({{net.X, images_view(test_set, 0, test_set.n)}, {net.L, gg::TensorView(test_set.labels.data(), gg::Shape{test_set.n})}});
-    return eval.scalar(net.accuracy) * 100.0;
-  };
+  const bool full_batch = batches.batch_size() == train_set->count;
+  gg::train::FitOptions fo;
+  if (o.epochs > 0 && !full_batch)
+    fo.epochs = o.epochs;
+  else
+    fo.steps = o.epochs > 0 ? o.epochs * batches.steps_per_epoch() : o.iterations;
+  fo.stop_after_epochs = o.stop_after_epochs;
+  fo.validation = val ? &*val : nullptr;
+  fo.checkpoint = o.save;
+  const std::int64_t total = fo.steps > 0 ? fo.steps : fo.epochs * batches.steps_per_epoch();
+  if (trainer.steps_done() >= total)
+    throw UsageError("the checkpoint has done " + std::to_string(trainer.steps_done()) + " steps already; the run ends at " +
+                     std::to_string(total) + " (raise --epochs or --iterations)");
 
+  gg::Program& step_program = trainer.train_program();
   if (o.verbose) {
-    std::fprintf(stderr, "# %s, hidden %lld, batch %lld, %lld iterations, %d threads, %s init\n", gg::dtype_name(dt),
-                 static_cast<long long>(o.hidden), static_cast<long long>(bs), static_cast<long long>(iterations),
-                 step.threads(), o.init.c_str());
+    std::fprintf(stderr, "# %s, network %s (%s), batch %lld, %lld steps, %d threads, %s init, %s, schedule %s\n",
+                 gg::dtype_name(dt), spec.text().c_str(), gg::nn::layout_name(layout),
+                 static_cast<long long>(batches.batch_size()), static_cast<long long>(total), step_program.threads(),
+                 o.init.c_str(), to.optimizer.text().c_str(), to.schedule.text().c_str());
     std::fprintf(stderr, "# planned arena %.1f MB (%.1f MB without sharing), %d kernels per step, parameters %.1f KB\n",
-                 static_cast<double>(step.planned_bytes(bs)) / 1e6, static_cast<double>(step.unshared_bytes(bs)) / 1e6,
-                 step.num_steps(bs), static_cast<double>(step.param_bytes()) / 1e3);
+                 static_cast<double>(step_program.planned_bytes(batches.batch_size())) / 1e6,
+                 static_cast<double>(step_program.unshared_bytes(batches.batch_size())) / 1e6,
+                 step_program.num_steps(batches.batch_size()), static_cast<double>(step_program.param_bytes()) / 1e3);
   }
+
+  gg::train::Normalization test_norm;
+  test_norm.divisor = o.test_divisor;
+  auto test_accuracy = [&] { return trainer.evaluate(test, test_norm).accuracy * 100.0; };
 
   std::vector<gg::tools::MetricsRow> rows;
   std::vector<double> losses, accs, test_accs;
-  rows.reserve(static_cast<std::size_t>(iterations));
-  gg::tools::Progress bar(iterations, o.progress && gg::tools::stderr_is_terminal());
-  auto t_train = std::chrono::steady_clock::now();
-  std::int64_t cursor = n;  // position in the current epoch's order
-  for (std::int64_t it = 0; it < iterations; ++it) {
-    if (bs == n) {
-      step.run({{net.X, images_view(train_set, 0, n)},
-                {net.Y, gg::TensorView(train_set.onehot.data(), dt, gg::Shape{10, n})},
-                {net.L, gg::TensorView(train_set.labels.data(), gg::Shape{n})}});
-    } else {
-      if (cursor >= n) {
-        if (o.shuffle) shuffler.shuffle(order);
-        cursor = 0;
-      }
-      const std::int64_t b = std::min(bs, n - cursor);
-      // The gather is memory-latency bound (random rows): split it over the program's threads
-      // (the same team size as its GEMMs, so libgomp reuses the team).
-      const int gather_threads = step.threads();
-#pragma omp parallel for num_threads(gather_threads) schedule(static)
-      for (std::int64_t j = 0; j < b; ++j) {
-        const std::int64_t src = order[static_cast<std::size_t>(cursor + j)];
-        std::memcpy(bx.data() + j * 784, train_set.images.data() + src * 784, 784 * sizeof(T));
-        bl[static_cast<std::size_t>(j)] = train_set.labels[static_cast<std::size_t>(src)];
-        for (int c = 0; c < 10; ++c) by[static_cast<std::size_t>(c * b + j)] = train_set.onehot[static_cast<std::size_t>(c * n + src)];
-      }
-      cursor += b;
-      step.run({{net.X, images_view(train_set, 0, b, bx.data())},
-                {net.Y, gg::TensorView(by.data(), dt, gg::Shape{10, b})},
-                {net.L, gg::TensorView(bl.data(), gg::Shape{b})}});
-    }
-    const double loss = step.scalar(net.loss), acc = step.scalar(net.accuracy) * 100.0;
-    if (!std::isfinite(loss)) {
-      bar.clear();
-      throw std::runtime_error("the loss became " + std::string(std::isnan(loss) ? "NaN" : "infinite") + " at iteration " +
-                               std::to_string(it) + " (try a smaller --lr); nothing was saved");
-    }
-    gg::tools::MetricsRow row{it, loss, acc, std::nullopt};
-    if (o.eval_every > 0 && (it % o.eval_every == 0 || it == iterations - 1)) {
-      row.test_accuracy = evaluate();
+  gg::tools::Progress bar(total - trainer.steps_done(), o.progress && gg::tools::stderr_is_terminal());
+  const std::int64_t first_step = trainer.steps_done();
+  gg::train::Callbacks cb;
+  cb.on_step = [&](const gg::train::StepInfo& s) {
+    gg::tools::MetricsRow row{s.step, s.loss, s.accuracy * 100.0, std::nullopt};
+    if (o.eval_every > 0 && (s.step % o.eval_every == 0 || s.step == total - 1)) {
+      row.test_accuracy = test_accuracy();
       test_accs.push_back(*row.test_accuracy);
     }
     rows.push_back(row);
-    losses.push_back(loss);
-    accs.push_back(acc);
-    if (it % o.print_every == 0) {
+    losses.push_back(s.loss);
+    accs.push_back(s.accuracy * 100.0);
+    if (s.step % o.print_every == 0) {
       bar.clear();
-      std::printf("Iteration: %lld | Accuracy: %.3f%% | Loss:%.3f\n", static_cast<long long>(it), acc, loss);
+      std::printf("Iteration: %lld | Accuracy: %.3f%% | Loss:%.3f\n", static_cast<long long>(s.step), s.accuracy * 100.0, s.loss);
       std::fflush(stdout);
     }
-    bar.update(it + 1, format("loss %.3f", loss));
+    bar.update(s.step + 1 - first_step, format("loss %.3f", s.loss));
+    return true;
+  };
+  cb.on_epoch = [&](const gg::train::EpochInfo& e) {
+    if (full_batch) return true;  // every step is an epoch: the iteration lines say it all
+    bar.clear();
+    std::printf("Epoch %lld/%lld | loss %.4f | train %.2f%%%s | %.0f images/s | %.1f s\n", static_cast<long long>(e.epoch + 1),
+                static_cast<long long>(total / batches.steps_per_epoch()), e.loss, e.accuracy * 100.0,
+                e.val_accuracy ? format(" | val %.2f%%", *e.val_accuracy * 100.0).c_str() : "", e.images_per_second, e.elapsed);
+    std::fflush(stdout);
+    return true;
+  };
+
+  const auto t_train = std::chrono::steady_clock::now();
+  gg::train::FitResult fit;
+  try {
+    fit = trainer.fit(batches, fo, cb);
+  } catch (const gg::train::Diverged& d) {
+    bar.clear();
+    const bool kept = !o.save.empty() && std::filesystem::exists(o.save);
+    throw std::runtime_error("the loss became non-finite at iteration " + std::to_string(d.step) + " (try a smaller --lr); " +
+                             (kept ? "the last checkpoint in " + o.save + " is kept" : std::string("nothing was saved")));
   }
   bar.finish();
   const double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_train).count();
-  const double test_acc = evaluate();
+  const double test_acc = test_accuracy();
   std::printf("Accuracy: %.2f %%\n", test_acc);
   std::fflush(stdout);
-  std::fprintf(stderr, "# %lld iterations in %.2f s (%.1f ms/iteration), total %.2f s\n", static_cast<long long>(iterations),
-               train_seconds, 1e3 * train_seconds / static_cast<double>(iterations),
+  const std::int64_t done = fit.steps - first_step;
+  std::fprintf(stderr, "# %lld iterations in %.2f s (%.1f ms/iteration), total %.2f s\n", static_cast<long long>(done),
+               train_seconds, 1e3 * train_seconds / static_cast<double>(std::max<std::int64_t>(1, done)),
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
 
   if (!o.metrics.empty()) gg::tools::write_metrics_csv(o.metrics, rows);
-  if (!o.plot.empty()) {
+  if (!o.plot.empty() && !losses.empty()) {
     std::ostringstream title;
     title << "Training Results: " << format("%.2f", accs.back()) << "% (test " << format("%.2f", test_acc)
           << "%), learning rate=" << o.lr;
     gg::tools::plot_training_curves(o.plot, losses, accs, title.str(), test_accs, static_cast<int>(o.eval_every));
   }
-  if (!o.save.empty()) {
-    std::vector<std::pair<std::string, gg::TensorView>> tensors;
-    for (const std::string& name : step.param_names()) tensors.emplace_back(name, step.param(name));
-    gg::io::save_safetensors(o.save, tensors,
-                             {{"format", "gradgraph mnist-train"},
-                              {"network", "784-" + std::to_string(o.hidden) + "-10 relu softmax, X {784, batch}"},
-                              {"graph", gg::describe(net.g)},
-                              {"iterations", std::to_string(iterations)},
-                              {"test_accuracy", format("%.2f", test_acc)}});
-  }
+  if (!o.save.empty())
+    trainer.save(o.save, &batches, {{"data", o.data}, {"test_accuracy", format("%.2f", test_acc)}});
   return 0;
 }
 
@@ -353,7 +324,7 @@ int main(int argc, char** argv) {
   try {
     std::optional<Options> o = parse(argc, argv);
     if (!o) return 0;
-    return o->dtype == "float64" ? train<double>(*o) : train<float>(*o);
+    return train(*o);
   } catch (const UsageError& e) {
     std::fprintf(stderr, "mnist-train: %s (see --help)\n", e.what());
     return 2;

@@ -6,7 +6,9 @@
 #include <gradgraph/check.hpp>
 #include <gradgraph/dot.hpp>
 #include <gradgraph/graph.hpp>
+#include <gradgraph/nn.hpp>
 #include <gradgraph/ops.hpp>
 #include <gradgraph/program.hpp>
 #include <gradgraph/random.hpp>
 #include <gradgraph/tensor.hpp>
+#include <gradgraph/train.hpp>

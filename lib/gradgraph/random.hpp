@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace gg {
@@ -35,6 +36,11 @@ class Generator {
   void shuffle(std::vector<std::int64_t>& v);
 
   RngKind kind() const { return kind_; }
+  // The whole state as text (the engine's words and the cached normal), for checkpoints:
+  // set_state(state()) continues the stream exactly. set_state throws std::invalid_argument for
+  // text that is not a state of this kind of generator.
+  std::string state() const;
+  void set_state(const std::string& text);
 
  private:
   std::uint32_t next32();

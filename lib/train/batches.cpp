@@ -1,0 +1,118 @@
+// The batch iterator (lib/gradgraph/train.hpp): seeded shuffles, buffers allocated once, a
+// parallel gather that normalises bytes into the graph's dtype.
+#include <gradgraph/train.hpp>
+
+#include <omp.h>
+
+#include <algorithm>
+#include <numeric>
+
+namespace gg::train {
+
+namespace {
+
+template <typename T>
+void normalise_rows(const Dataset& d, const std::int64_t* order, std::int64_t count, T* x, std::int64_t* labels,
+                    const Normalization& n, int threads) {
+  const std::int64_t f = d.features();
+  const float div = static_cast<float>(n.divisor), mean = static_cast<float>(n.mean), sd = static_cast<float>(n.std);
+  const bool plain = n.mean == 0.0 && n.std == 1.0;
+  // Random rows: memory-latency bound, so split over the program's threads (the same team size as
+  // its kernels, so libgomp reuses the team and nothing is allocated).
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (std::int64_t j = 0; j < count; ++j) {
+    const std::int64_t src = order[j];
+    const std::uint8_t* p = d.pixels.data() + src * f;
+    T* row = x + j * f;
+    if (plain)
+      for (std::int64_t i = 0; i < f; ++i) row[i] = static_cast<T>(static_cast<float>(p[i]) / div);
+    else
+      for (std::int64_t i = 0; i < f; ++i) row[i] = static_cast<T>((static_cast<float>(p[i]) / div - mean) / sd);
+    labels[j] = d.labels[static_cast<std::size_t>(src)];
+  }
+}
+
+}  // namespace
+
+Batches::Batches(const Dataset& d, const BatchOptions& o) : data_(&d), opts_(o), rng_(RngKind::standard, o.seed) {
+  if (d.count <= 0) throw std::invalid_argument(d.name + ": no examples");
+  if (!is_float(o.dtype)) throw std::invalid_argument("Batches: the inputs' dtype must be float32 or float64");
+  if (o.batch_size < 0) throw std::invalid_argument("Batches: negative batch size");
+  if (static_cast<std::int64_t>(d.pixels.size()) != d.count * d.features() ||
+      static_cast<std::int64_t>(d.labels.size()) != d.count)
+    throw std::invalid_argument(d.name + ": pixels or labels do not match the example count");
+  batch_ = o.batch_size == 0 ? d.count : std::min(o.batch_size, d.count);
+  steps_per_epoch_ = (d.count + batch_ - 1) / batch_;
+  order_.resize(static_cast<std::size_t>(d.count));
+  std::iota(order_.begin(), order_.end(), std::int64_t{0});
+  xbuf_ = Tensor(o.dtype, {batch_, d.features()});
+  lbuf_ = Tensor(DType::i64, {batch_});
+}
+
+void Batches::start_epoch() {
+  rng_at_epoch_start_ = rng_.state();
+  std::iota(order_.begin(), order_.end(), std::int64_t{0});  // each epoch's order depends on its rng state only
+  if (opts_.shuffle && batch_ < data_->count) rng_.shuffle(order_);
+}
+
+void Batches::gather(std::int64_t first, std::int64_t count) {
+  const int threads = std::max(1, opts_.threads);
+  if (opts_.dtype == DType::f32)
+    normalise_rows<float>(*data_, order_.data() + first, count, xbuf_.ptr<float>(), lbuf_.ptr<std::int64_t>(),
+                          opts_.normalization, threads);
+  else
+    normalise_rows<double>(*data_, order_.data() + first, count, xbuf_.ptr<double>(), lbuf_.ptr<std::int64_t>(),
+                           opts_.normalization, threads);
+}
+
+const Batch& Batches::next() {
+  if (!started_ || index_ + 1 >= steps_per_epoch_) {
+    if (started_) ++epoch_;
+    start_epoch();
+    index_ = 0;
+    started_ = true;
+  } else {
+    ++index_;
+  }
+  const std::int64_t first = index_ * batch_, count = std::min(batch_, data_->count - first);
+  const bool full = batch_ == data_->count;
+  if (!(full && filled_once_)) gather(first, count);  // the full batch is in file order: normalise it once
+  filled_once_ = full;
+  const std::int64_t f = data_->features();
+  Batch& b = batch_view_;
+  if (opts_.layout == nn::Layout::columns) {
+    // {features, count} over example-major rows: strides (1, features); GEMMs read it as it is.
+    Strides st;
+    st[0] = 1;
+    st[1] = f;
+    b.x = TensorView(xbuf_.data(), opts_.dtype, Shape{f, count}, st);
+  } else {
+    b.x = TensorView(xbuf_.data(), opts_.dtype, Shape{count, f});
+  }
+  b.labels = TensorView(lbuf_.data(), DType::i64, Shape{count});
+  b.size = count;
+  b.epoch = epoch_;
+  b.index = index_;
+  b.last = index_ + 1 == steps_per_epoch_;
+  return b;
+}
+
+Batches::Position Batches::position() const {
+  if (!started_) return {0, 0, rng_.state()};
+  if (index_ + 1 >= steps_per_epoch_) return {epoch_ + 1, 0, rng_.state()};
+  return {epoch_, index_ + 1, rng_at_epoch_start_};
+}
+
+void Batches::seek(const Position& p) {
+  if (p.epoch < 0 || p.index < 0 || p.index >= steps_per_epoch_)
+    throw std::invalid_argument("Batches::seek: batch " + std::to_string(p.index) + " of an epoch of " +
+                                std::to_string(steps_per_epoch_));
+  rng_.set_state(p.rng);
+  epoch_ = p.epoch;
+  start_epoch();
+  index_ = p.index - 1;
+  started_ = true;
+  filled_once_ = false;
+}
+
+}  // namespace gg::train

@@ -1,0 +1,138 @@
+// Checkpoints (lib/gradgraph/train.hpp): one safetensors file holding every parameter and
+// optimizer state, with what a resumed run needs in the JSON header's metadata: the counters,
+// the batch iterator's position (the shuffling generator's state), the network's spec and
+// description, the data's normalisation. Written atomically, so a crash mid-save leaves the
+// previous checkpoint.
+#include <gradgraph/safetensors.hpp>
+#include <gradgraph/train.hpp>
+
+#include <sstream>
+
+namespace gg::train {
+
+namespace {
+
+const char* const kFormat = "gradgraph checkpoint";
+const char* const kVersion = "1";
+
+std::int64_t to_int(const CheckpointInfo& info, const std::string& key) {
+  const std::string v = info.get(key);
+  try {
+    std::size_t used = 0;
+    const long long x = std::stoll(v, &used);
+    if (used != v.size()) throw std::invalid_argument("");
+    return x;
+  } catch (const std::exception&) {
+    throw std::runtime_error("metadata '" + key + "' is not an integer: '" + v + "'");
+  }
+}
+
+}  // namespace
+
+std::string CheckpointInfo::get(const std::string& key) const {
+  auto it = metadata.find(key);
+  if (it == metadata.end()) throw std::runtime_error("no '" + key + "' in its metadata");
+  return it->second;
+}
+
+CheckpointInfo read_checkpoint_info(const std::string& path) {
+  io::SafetensorsFile f = io::load_safetensors(path);
+  CheckpointInfo info{f.metadata};
+  auto it = info.metadata.find("format");
+  if (it == info.metadata.end() || it->second != kFormat)
+    throw std::runtime_error(path + ": not a gradgraph checkpoint (its metadata has no format \"" + kFormat + "\")");
+  return info;
+}
+
+void Trainer::save(const std::string& path, const Batches* batches, const std::map<std::string, std::string>& extra) {
+  std::vector<std::pair<std::string, TensorView>> tensors;
+  for (const std::string& name : train_->param_names()) tensors.emplace_back(name, train_->param(name));
+  std::map<std::string, std::string> meta = extra;
+  meta["format"] = kFormat;
+  meta["version"] = kVersion;
+  meta["spec"] = model_.spec;
+  meta["layout"] = nn::layout_name(model_.layout);
+  meta["dtype"] = dtype_name(model_.x.dtype());
+  meta["example"] = to_string(model_.example);
+  meta["classes"] = std::to_string(model_.logits.shape()[model_.class_axis]);
+  meta["graph"] = describe(*g_);
+  meta["optimizer"] = opts_.optimizer.text();
+  meta["schedule"] = opts_.schedule.text();
+  meta["step"] = std::to_string(step_);
+  meta["epoch"] = std::to_string(epoch_);
+  meta["planned_steps"] = std::to_string(planned_steps_);
+  if (batches) {
+    const Batches::Position p = batches->position();
+    meta["batch_size"] = std::to_string(batches->batch_size());
+    meta["shuffle"] = batches->options().shuffle ? "true" : "false";
+    meta["normalization"] = batches->options().normalization.text();
+    meta["next_epoch"] = std::to_string(p.epoch);
+    meta["next_batch"] = std::to_string(p.index);
+    meta["shuffle_rng"] = p.rng;
+  }
+  io::save_safetensors(path, tensors, meta);
+}
+
+namespace {
+
+// Runs f, turning any error into one line that starts with the file's path.
+template <typename F>
+void naming_file(const std::string& path, F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    throw std::runtime_error(what.rfind(path, 0) == 0 ? what : path + ": " + what);
+  }
+}
+
+}  // namespace
+
+void Trainer::load(const std::string& path) {
+  naming_file(path, [&] {
+    const io::SafetensorsFile f = io::load_safetensors(path);
+    const CheckpointInfo info{f.metadata};
+    if (f.metadata.count("format") && f.metadata.at("format") == kFormat) {
+      if (info.get("spec") != model_.spec)
+        throw std::runtime_error("a checkpoint of another network: '" + info.get("spec") + "', this one is '" + model_.spec + "'");
+      if (info.get("dtype") != dtype_name(model_.x.dtype()))
+        throw std::runtime_error("a " + info.get("dtype") + " checkpoint, this network is " + dtype_name(model_.x.dtype()));
+    }
+    for (const std::string& name : train_->param_names()) {
+      const Tensor* t = nullptr;
+      for (const auto& [n, v] : f.tensors)
+        if (n == name) t = &v;
+      if (!t) {
+        if (g_->find(name).node().op_name() == std::string("state")) continue;  // optimizer state starts fresh
+        throw std::runtime_error("no tensor '" + name + "' (is it a checkpoint of this network?)");
+      }
+      try {
+        train_->set_param(name, t->view());
+      } catch (const std::invalid_argument& e) {
+        throw std::runtime_error(e.what());
+      }
+    }
+  });
+}
+
+void Trainer::resume(const std::string& path, Batches& batches) {
+  const CheckpointInfo info = read_checkpoint_info(path);
+  load(path);
+  naming_file(path, [&] {
+    step_ = to_int(info, "step");
+    epoch_ = to_int(info, "epoch");
+    planned_steps_ = to_int(info, "planned_steps");
+    if (to_int(info, "batch_size") != batches.batch_size())
+      throw std::runtime_error("saved with batches of " + info.get("batch_size") + ", resumed with " +
+                               std::to_string(batches.batch_size()));
+    if (info.get("shuffle") != (batches.options().shuffle ? "true" : "false"))
+      throw std::runtime_error("saved with shuffle=" + info.get("shuffle") + ", resumed without the same setting");
+    Batches::Position p;
+    p.epoch = to_int(info, "next_epoch");
+    p.index = to_int(info, "next_batch");
+    p.rng = info.get("shuffle_rng");
+    batches.seek(p);
+  });
+}
+
+}  // namespace gg::train

@@ -1,0 +1,170 @@
+// The trainer: the training and evaluation programs of a classifier, fit and evaluate.
+#include <gradgraph/autodiff.hpp>
+#include <gradgraph/train.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+namespace gg::train {
+
+Model classifier(Graph& g, const nn::Spec& spec, const Shape& example, std::int64_t classes, nn::Layout layout) {
+  const std::int64_t f = example.numel();
+  if (spec.outputs() != classes)
+    throw std::invalid_argument("model spec '" + spec.text() + "' ends in " + std::to_string(spec.outputs()) +
+                                " outputs, the data have " + std::to_string(classes) + " classes");
+  Model m;
+  m.layout = layout;
+  m.spec = spec.text();
+  m.example = example;
+  m.x = layout == nn::Layout::columns ? g.input("X", {f, dyn}) : g.input("X", {dyn, f});
+  m.labels = g.input("labels", {dyn}, DType::i64);
+  m.logits = nn::build(spec, m.x, layout);
+  m.class_axis = layout == nn::Layout::columns ? 0 : 1;
+  return m;
+}
+
+Trainer::Trainer(Graph& g, const Model& m, const TrainOptions& o) : g_(&g), model_(m), opts_(o) {
+  loss_ = softmax_cross_entropy(m.logits, m.labels).named("loss");
+  predictions_ = argmax(m.logits, m.class_axis).named("predictions");
+  accuracy_ = mean(equal(predictions_, m.labels)).named("accuracy");
+  probabilities_ = softmax(m.logits, m.class_axis).named("probabilities");
+  params_ = g.params();
+  grads_ = gradients(loss_, params_);
+  const std::vector<Value> used = o.gradient_hook ? o.gradient_hook(g, params_, grads_) : grads_;
+  if (used.size() != params_.size()) throw std::invalid_argument("gradient_hook: one gradient per parameter");
+  updates_ = updates(o.optimizer, params_, used);
+  std::vector<Value> fetch = updates_;
+  fetch.push_back(loss_);
+  fetch.push_back(accuracy_);
+  train_ = std::make_unique<Program>(g, fetch, o.compile);
+  CompileOptions eo = o.compile;
+  eo.share_params_with = train_.get();
+  eval_ = std::make_unique<Program>(g, std::vector<Value>{loss_, accuracy_, predictions_, probabilities_}, eo);
+}
+
+FitResult Trainer::fit(Batches& batches, const FitOptions& fo, const Callbacks& cb) {
+  using clock = std::chrono::steady_clock;
+  const auto t_start = clock::now();
+  const std::int64_t total = fo.steps > 0 ? fo.steps : fo.epochs * batches.steps_per_epoch();
+  if (total <= 0) throw std::invalid_argument("fit: the run needs a positive number of epochs or steps");
+  planned_steps_ = total;
+  FitResult r;
+  double lr = std::numeric_limits<double>::quiet_NaN();
+  double epoch_loss = 0, epoch_acc = 0;
+  std::int64_t epoch_examples = 0, epoch_steps = 0, epochs_this_call = 0;
+  auto t_epoch = clock::now();
+  const auto seconds_since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
+  while (step_ < total) {
+    const Batch& b = batches.next();
+    const double want = opts_.schedule.lr_at(opts_.optimizer.lr, step_, total);
+    if (want != lr) {
+      train_->set_learning_rate(want);
+      lr = want;
+    }
+    train_->run({{model_.x, b.x}, {model_.labels, b.labels}});
+    StepInfo s;
+    s.step = step_;
+    s.epoch = b.epoch;
+    s.batch_size = b.size;
+    s.loss = train_->scalar(loss_);
+    s.accuracy = train_->scalar(accuracy_);
+    s.lr = lr;
+    if (!std::isfinite(s.loss)) {
+      Diverged d("the loss became " + std::string(std::isnan(s.loss) ? "NaN" : "infinite") + " at step " +
+                 std::to_string(step_) + " (epoch " + std::to_string(b.epoch + 1) + ")" +
+                 (fo.checkpoint.empty() ? "" : "; the last checkpoint written is kept"));
+      d.step = step_;
+      throw d;
+    }
+    ++step_;
+    epoch_loss += s.loss * static_cast<double>(b.size);
+    epoch_acc += s.accuracy * static_cast<double>(b.size);
+    epoch_examples += b.size;
+    ++epoch_steps;
+    bool go_on = !cb.on_step || cb.on_step(s);
+    if (b.last) {
+      epoch_ = b.epoch + 1;
+      ++epochs_this_call;
+      EpochInfo e;
+      e.epoch = b.epoch;
+      e.steps = epoch_steps;
+      e.loss = epoch_loss / static_cast<double>(epoch_examples);
+      e.accuracy = epoch_acc / static_cast<double>(epoch_examples);
+      e.seconds = seconds_since(t_epoch);
+      e.images_per_second = static_cast<double>(epoch_examples) / e.seconds;
+      if (fo.validation) {
+        const Evaluation v = evaluate(*fo.validation, batches.options().normalization);
+        e.val_loss = v.loss;
+        e.val_accuracy = v.accuracy;
+      }
+      e.elapsed = seconds_since(t_start);
+      if (!fo.checkpoint.empty() && batches.steps_per_epoch() > 1) save(fo.checkpoint, &batches);
+      if (cb.on_epoch && !cb.on_epoch(e)) go_on = false;
+      epoch_loss = epoch_acc = 0;
+      epoch_examples = epoch_steps = 0;
+      t_epoch = clock::now();
+      if (fo.stop_after_epochs > 0 && epochs_this_call >= fo.stop_after_epochs) break;
+    }
+    if (!go_on) {
+      r.stopped_early = true;
+      break;
+    }
+  }
+  if (!fo.checkpoint.empty()) save(fo.checkpoint, &batches);
+  r.steps = step_;
+  r.epochs = epoch_;
+  r.seconds = seconds_since(t_start);
+  return r;
+}
+
+Evaluation Trainer::evaluate(const Dataset& d, const Normalization& norm, std::int64_t batch_size) {
+  BatchOptions bo;
+  bo.batch_size = std::min(batch_size, d.count);
+  bo.shuffle = false;
+  bo.layout = model_.layout;
+  bo.dtype = model_.x.dtype();
+  bo.normalization = norm;
+  bo.threads = eval_->threads();
+  Batches batches(d, bo);
+  Evaluation e;
+  e.count = d.count;
+  e.classes = model_.logits.shape()[model_.class_axis];
+  e.confusion.assign(static_cast<std::size_t>(e.classes * e.classes), 0);
+  e.predicted.resize(static_cast<std::size_t>(d.count));
+  e.confidence.resize(static_cast<std::size_t>(d.count));
+  e.probabilities.resize(static_cast<std::size_t>(d.count * e.classes));
+  double loss = 0;
+  std::int64_t at = 0;
+  for (std::int64_t s = 0; s < batches.steps_per_epoch(); ++s) {
+    const Batch& b = batches.next();
+    eval_->run({{model_.x, b.x}, {model_.labels, b.labels}});
+    loss += eval_->scalar(loss_) * static_cast<double>(b.size);
+    const TensorView pred = eval_->get(predictions_), prob = eval_->get(probabilities_);
+    const std::int64_t* p = pred.ptr<std::int64_t>();
+    for (std::int64_t j = 0; j < b.size; ++j, ++at) {
+      const std::int64_t truth = d.labels[static_cast<std::size_t>(at)];
+      e.predicted[static_cast<std::size_t>(at)] = p[j];
+      for (std::int64_t c = 0; c < e.classes; ++c)
+        e.probabilities[static_cast<std::size_t>(at * e.classes + c)] =
+            model_.class_axis == 0 ? prob.flat(c * prob.strides[0] + j * prob.strides[1])
+                                   : prob.flat(j * prob.strides[0] + c * prob.strides[1]);
+      e.confidence[static_cast<std::size_t>(at)] = e.probabilities[static_cast<std::size_t>(at * e.classes + p[j])];
+      if (truth >= 0 && truth < e.classes) ++e.confusion[static_cast<std::size_t>(truth * e.classes + p[j])];
+    }
+  }
+  std::int64_t right = 0;
+  e.per_class.assign(static_cast<std::size_t>(e.classes), std::numeric_limits<double>::quiet_NaN());
+  for (std::int64_t c = 0; c < e.classes; ++c) {
+    std::int64_t row = 0;
+    for (std::int64_t k = 0; k < e.classes; ++k) row += e.confusion[static_cast<std::size_t>(c * e.classes + k)];
+    const std::int64_t hit = e.confusion[static_cast<std::size_t>(c * e.classes + c)];
+    right += hit;
+    if (row > 0) e.per_class[static_cast<std::size_t>(c)] = static_cast<double>(hit) / static_cast<double>(row);
+  }
+  e.loss = loss / static_cast<double>(d.count);
+  e.accuracy = static_cast<double>(right) / static_cast<double>(d.count);
+  return e;
+}
+
+}  // namespace gg::train

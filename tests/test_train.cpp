@@ -1,0 +1,441 @@
+// The training layer: data sets, batches, layer builders, schedules and optimizers, fit and
+// evaluate, checkpoints and exact resume.
+#include "support.hpp"
+
+#include <gradgraph/gradgraph.hpp>
+#include <gradgraph/safetensors.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace {
+
+using Catch::Matchers::Contains;
+using gg::Shape;
+using gg::test::message_of;
+using gg::test::TempDir;
+using gg::test::values;
+namespace train = gg::train;
+namespace nn = gg::nn;
+
+// Learnable fake images: 4x4 pixels, class c brightens row c (of 3 classes), plus noise.
+train::Dataset fake_data(std::int64_t n, std::uint32_t seed = 1) {
+  train::Dataset d;
+  d.name = "fake";
+  d.count = n;
+  d.example = Shape{4, 4};
+  d.classes = 3;
+  std::uint32_t state = seed;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::int64_t c = (i * 5 + 1) % 3;
+    d.labels.push_back(c);
+    for (int p = 0; p < 16; ++p) {
+      state = state * 1664525u + 1013904223u;
+      d.pixels.push_back(static_cast<std::uint8_t>((state >> 27) + (p / 4 == c ? 180 : 0)));
+    }
+  }
+  return d;
+}
+
+struct Net {
+  gg::Graph g;
+  train::Model model;
+  std::unique_ptr<train::Trainer> trainer;
+  Net(gg::DType dt, const std::string& spec, nn::Layout layout, const train::TrainOptions& o) : g(dt) {
+    model = train::classifier(g, nn::parse(spec), Shape{4, 4}, 3, layout);
+    trainer = std::make_unique<train::Trainer>(g, model, o);
+  }
+};
+
+train::TrainOptions options(train::Optimizer::Kind kind, double lr) {
+  train::TrainOptions o;
+  o.optimizer.kind = kind;
+  o.optimizer.lr = lr;
+  o.compile.threads = 1;
+  o.compile.seed = 7;
+  return o;
+}
+
+train::BatchOptions batch_options(std::int64_t size, nn::Layout layout = nn::Layout::columns, gg::DType dt = gg::f64) {
+  train::BatchOptions b;
+  b.batch_size = size;
+  b.seed = 11;
+  b.layout = layout;
+  b.dtype = dt;
+  return b;
+}
+
+// Which example each batch row holds, read back through the labels and pixels of a data set whose
+// examples are all different.
+std::vector<std::int64_t> example_ids(const train::Batch& b, const train::Dataset& d) {
+  std::vector<std::int64_t> ids;
+  for (std::int64_t j = 0; j < b.size; ++j) {
+    // Pixel 0 of example i is i (the data set below), divided by 255.
+    const double v = b.x.at({0, j});
+    ids.push_back(std::llround(v * 255.0));
+  }
+  (void)d;
+  return ids;
+}
+
+train::Dataset numbered(std::int64_t n) {
+  train::Dataset d;
+  d.name = "numbered";
+  d.count = n;
+  d.example = Shape{2};
+  d.classes = 2;
+  for (std::int64_t i = 0; i < n; ++i) {
+    d.pixels.push_back(static_cast<std::uint8_t>(i));
+    d.pixels.push_back(static_cast<std::uint8_t>(255 - i));
+    d.labels.push_back(i % 2);
+  }
+  return d;
+}
+
+}  // namespace
+
+// ---- data ---------------------------------------------------------------------------------------------
+
+TEST_CASE("each epoch's batches are a seeded permutation: every example once, reproducible, different per epoch",
+          "[train][batches]") {
+  const train::Dataset d = numbered(23);
+  train::Batches a(d, batch_options(5)), b(d, batch_options(5));
+  CHECK(a.steps_per_epoch() == 5);
+  std::vector<std::int64_t> first_epoch;
+  for (int epoch = 0; epoch < 2; ++epoch) {
+    std::vector<std::int64_t> seen;
+    for (std::int64_t s = 0; s < a.steps_per_epoch(); ++s) {
+      const train::Batch& x = a.next();
+      const train::Batch& y = b.next();
+      CHECK(x.epoch == epoch);
+      CHECK(x.index == s);
+      CHECK(x.last == (s == 4));
+      CHECK(x.size == (s == 4 ? 3 : 5));  // the last batch is partial
+      const auto ids = example_ids(x, d);
+      CHECK(ids == example_ids(y, d));    // same seed, same order
+      for (std::int64_t j = 0; j < x.size; ++j) CHECK(x.labels.at({j}) == static_cast<double>(ids[static_cast<std::size_t>(j)] % 2));
+      seen.insert(seen.end(), ids.begin(), ids.end());
+    }
+    std::vector<std::int64_t> sorted = seen;
+    std::sort(sorted.begin(), sorted.end());
+    std::vector<std::int64_t> all(23);
+    for (std::int64_t i = 0; i < 23; ++i) all[static_cast<std::size_t>(i)] = i;
+    CHECK(sorted == all);
+    if (epoch == 0) first_epoch = seen;
+    else CHECK(seen != first_epoch);
+  }
+  train::BatchOptions other = batch_options(5);
+  other.seed = 12;
+  train::Batches c(d, other);
+  CHECK(example_ids(c.next(), d) != example_ids(train::Batches(d, batch_options(5)).next(), d));
+}
+
+TEST_CASE("batches are normalised from bytes in float32 arithmetic, in either layout", "[train][batches]") {
+  const train::Dataset d = numbered(4);
+  train::BatchOptions o = batch_options(4, nn::Layout::rows, gg::f32);
+  o.shuffle = false;
+  o.normalization = {.divisor = 225.0, .mean = 0.1, .std = 0.5};
+  train::Batches rows(d, o);
+  const train::Batch& r = rows.next();
+  REQUIRE(r.x.shape == Shape{4, 2});
+  CHECK(r.x.at({3, 1}) == static_cast<float>((static_cast<float>(252) / 225.0f - 0.1f) / 0.5f));
+  o.layout = nn::Layout::columns;
+  train::Batches cols(d, o);
+  const train::Batch& c = cols.next();
+  REQUIRE(c.x.shape == Shape{2, 4});
+  CHECK(c.x.at({1, 3}) == r.x.at({3, 1}));
+  CHECK_FALSE(c.x.is_contiguous());  // examples stay rows in memory; the view is the transpose
+}
+
+TEST_CASE("a full batch is gathered once and reused", "[train][batches]") {
+  const train::Dataset d = numbered(6);
+  train::Batches b(d, batch_options(0));
+  CHECK(b.batch_size() == 6);
+  CHECK(b.steps_per_epoch() == 1);
+  const std::vector<double> first = values(b.next().x);
+  const void* at = b.next().x.data;
+  CHECK(values(b.next().x) == first);
+  CHECK(b.next().x.data == at);
+  CHECK(example_ids(b.next(), d) == std::vector<std::int64_t>{0, 1, 2, 3, 4, 5});  // file order
+}
+
+TEST_CASE("a batch iterator sought to a saved position continues the same sequence", "[train][batches]") {
+  const train::Dataset d = numbered(17);
+  train::Batches a(d, batch_options(4));
+  for (int i = 0; i < 7; ++i) a.next();  // into the second epoch
+  const train::Batches::Position p = a.position();
+  CHECK(p.epoch == 1);
+  CHECK(p.index == 2);
+  std::vector<std::vector<std::int64_t>> expect;
+  for (int i = 0; i < 9; ++i) expect.push_back(example_ids(a.next(), d));
+  train::Batches b(d, batch_options(4));
+  b.seek(p);
+  for (int i = 0; i < 9; ++i) CHECK(example_ids(b.next(), d) == expect[static_cast<std::size_t>(i)]);
+}
+
+TEST_CASE("a validation split is a seeded, disjoint partition in file order", "[train][data]") {
+  const train::Dataset d = numbered(50);
+  auto [keep, val] = d.split(12, 3);
+  CHECK(keep.count == 38);
+  CHECK(val.count == 12);
+  std::set<int> ids;
+  for (const auto* part : {&keep, &val})
+    for (std::int64_t i = 0; i < part->count; ++i) ids.insert(part->pixels[static_cast<std::size_t>(2 * i)]);
+  CHECK(ids.size() == 50);
+  // File order: the ids (pixel 0 of each example) increase.
+  for (std::int64_t i = 1; i < val.count; ++i) CHECK(val.pixels[static_cast<std::size_t>(2 * i)] > val.pixels[static_cast<std::size_t>(2 * i - 2)]);
+  auto [keep2, val2] = d.split(12, 3);
+  CHECK(val2.pixels == val.pixels);
+  CHECK(d.split(12, 4).second.pixels != val.pixels);
+  CHECK_THROWS_AS(d.split(50, 1), std::invalid_argument);
+}
+
+// ---- layers ----------------------------------------------------------------------------------------------
+
+TEST_CASE("a spec builds dense layers named W1, b1, ... in either layout", "[train][nn]") {
+  const nn::Spec s = nn::parse("dense8,relu,dense5,tanh,dense3");
+  CHECK(s.text() == "dense8,relu,dense5,tanh,dense3");
+  CHECK(s.outputs() == 3);
+  for (nn::Layout layout : {nn::Layout::columns, nn::Layout::rows}) {
+    gg::Graph g(gg::f32);
+    gg::Value x = layout == nn::Layout::columns ? g.input("x", {16, gg::dyn}) : g.input("x", {gg::dyn, 16});
+    gg::Value z = nn::build(s, x, layout);
+    CHECK(z.shape() == (layout == nn::Layout::columns ? Shape{3, gg::dyn} : Shape{gg::dyn, 3}));
+    std::vector<std::string> names;
+    for (const gg::Value& p : g.params()) names.push_back(p.name());
+    CHECK(names == std::vector<std::string>{"W1", "b1", "W2", "b2", "W3", "b3"});
+    CHECK(g.find("W1").shape() == (layout == nn::Layout::columns ? Shape{8, 16} : Shape{16, 8}));
+  }
+  CHECK(nn::mlp({256, 128}, nn::Activation::relu, 10).text() == "dense256,relu,dense128,relu,dense10");
+}
+
+TEST_CASE("a malformed spec is refused naming the layer", "[train][nn]") {
+  CHECK_THAT(message_of<std::invalid_argument>([] { nn::parse("dense64,rleu,dense10"); }), Contains("layer 2 'rleu'"));
+  CHECK_THAT(message_of<std::invalid_argument>([] { nn::parse("dense0"); }), Contains("denseN"));
+  CHECK_THAT(message_of<std::invalid_argument>([] { nn::parse("relu"); }), Contains("no dense layer"));
+  CHECK_THAT(message_of<std::invalid_argument>([] { nn::parse("dense12x"); }), Contains("'dense12x'"));
+}
+
+// ---- schedules and optimizers --------------------------------------------------------------------------------
+
+TEST_CASE("learning-rate schedules give the hand-computed rates", "[train][schedule]") {
+  train::Schedule s;
+  CHECK(s.lr_at(0.5, 0, 100) == 0.5);
+  CHECK(s.lr_at(0.5, 99, 100) == 0.5);
+  s.warmup = 4;
+  CHECK(s.lr_at(0.4, 0, 100) == 0.1);
+  CHECK(s.lr_at(0.4, 3, 100) == 0.4);
+  CHECK(s.lr_at(0.4, 4, 100) == 0.4);
+  s.kind = train::Schedule::Kind::step;
+  s.step_size = 10;
+  s.gamma = 0.5;
+  CHECK(s.lr_at(0.4, 13, 100) == 0.4);
+  CHECK(s.lr_at(0.4, 14, 100) == 0.2);
+  CHECK(s.lr_at(0.4, 34, 100) == 0.05);
+  s.kind = train::Schedule::Kind::cosine;
+  s.min_lr = 0.1;
+  CHECK(s.lr_at(0.5, 4, 104) == 0.5);
+  CHECK_THAT(s.lr_at(0.5, 54, 104), Catch::Matchers::WithinAbs(0.3, 1e-15));
+  CHECK_THAT(s.lr_at(0.5, 29, 104), Catch::Matchers::WithinAbs(0.1 + 0.4 * 0.5 * (1 + std::cos(std::numbers::pi / 4)), 1e-15));
+  CHECK(s.lr_at(0.5, 104, 104) == 0.1);
+}
+
+TEST_CASE("each optimizer kind makes its update with the weight decay where it belongs", "[train][optim]") {
+  using K = train::Optimizer::Kind;
+  const std::vector<std::pair<K, std::string>> expect = {
+      {K::sgd, "sgd_update"}, {K::momentum, "momentum_update"}, {K::nesterov, "momentum_update"},
+      {K::adam, "adam_update"}, {K::adamw, "adam_update"}};
+  for (const auto& [kind, op] : expect) {
+    INFO(train::Optimizer::kind_name(kind));
+    gg::Graph g(gg::f32);
+    gg::Value w = g.param("w", {3});
+    gg::Value grad = g.input("g", {3});
+    train::Optimizer o;
+    o.kind = kind;
+    o.weight_decay = 0.25;
+    const gg::Value up = train::updates(o, {w}, {grad})[0];
+    CHECK(up.op_name() == op);
+    const std::string attrs = up.node().attrs.to_string();
+    if (kind == K::nesterov) CHECK_THAT(attrs, Contains("nesterov=true"));
+    if (kind == K::adam) CHECK_THAT(attrs, Contains("weight_decay=0,") && Contains("l2=0.25"));
+    if (kind == K::adamw) CHECK_THAT(attrs, Contains("weight_decay=0.25") && Contains("l2=0"));
+  }
+  CHECK_THROWS_AS(train::Optimizer::parse_kind("rmsprop"), std::invalid_argument);
+}
+
+// ---- fit, evaluate ---------------------------------------------------------------------------------------------
+
+TEST_CASE("a short mini-batch run learns: its loss falls below a threshold and it classifies held-out data", "[train][fit]") {
+  const train::Dataset d = fake_data(240), test = fake_data(60, 99);
+  for (auto kind : {train::Optimizer::Kind::momentum, train::Optimizer::Kind::adam}) {
+    INFO(train::Optimizer::kind_name(kind));
+    Net net(gg::f32, "dense16,relu,dense3", nn::Layout::rows, options(kind, kind == train::Optimizer::Kind::adam ? 0.01 : 0.1));
+    train::Batches b(d, batch_options(16, nn::Layout::rows, gg::f32));
+    std::vector<double> losses;
+    std::vector<train::EpochInfo> epochs;
+    train::Callbacks cb;
+    cb.on_step = [&](const train::StepInfo& s) { return losses.push_back(s.loss), true; };
+    cb.on_epoch = [&](const train::EpochInfo& e) { return epochs.push_back(e), true; };
+    const train::FitResult r = net.trainer->fit(b, {.epochs = 4}, cb);
+    CHECK(r.steps == 60);
+    CHECK(r.epochs == 4);
+    REQUIRE(epochs.size() == 4);
+    CHECK(epochs[0].steps == 15);
+    CHECK(losses.front() > 0.9);
+    CHECK(epochs.back().loss < 0.1);
+    CHECK(net.trainer->evaluate(test).accuracy >= 0.95);
+  }
+}
+
+TEST_CASE("a callback returning false stops the run after that step", "[train][fit]") {
+  const train::Dataset d = fake_data(64);
+  Net net(gg::f64, "dense3", nn::Layout::columns, options(train::Optimizer::Kind::sgd, 0.1));
+  train::Batches b(d, batch_options(8));
+  train::Callbacks cb;
+  cb.on_step = [](const train::StepInfo& s) { return s.step < 4; };
+  const train::FitResult r = net.trainer->fit(b, {.epochs = 3}, cb);
+  CHECK(r.stopped_early);
+  CHECK(r.steps == 5);
+}
+
+TEST_CASE("evaluate's confusion matrix, per-class accuracy and confidences match a hand-made case", "[train][evaluate]") {
+  // One input feature per class and identity weights: the logits are the pixels, so each
+  // example's prediction is its brightest pixel.
+  train::Dataset d;
+  d.name = "hand";
+  d.count = 5;
+  d.example = Shape{3};
+  d.classes = 3;
+  d.pixels = {255, 0, 0, /**/ 0, 255, 0, /**/ 0, 255, 0, /**/ 0, 0, 255, /**/ 255, 0, 0};
+  d.labels = {0, 1, 0, 2, 2};  // examples 2 and 4 are wrong: true 0 predicted 1, true 2 predicted 0
+  gg::Graph g(gg::f64);
+  const train::Model m = train::classifier(g, nn::parse("dense3"), Shape{3}, 3, nn::Layout::columns);
+  train::Trainer t(g, m, options(train::Optimizer::Kind::sgd, 0.1));
+  t.train_program().set_param("W1", gg::Tensor::from<double>({3, 3}, {1, 0, 0, 0, 1, 0, 0, 0, 1}));
+  const train::Evaluation e = t.evaluate(d, {}, 2);  // batches of 2: the last one partial
+  CHECK(e.confusion == std::vector<std::int64_t>{1, 1, 0, /**/ 0, 1, 0, /**/ 1, 0, 1});
+  CHECK(e.accuracy == 0.6);
+  CHECK(e.per_class == std::vector<double>{0.5, 1.0, 0.5});
+  CHECK(e.predicted == std::vector<std::int64_t>{0, 1, 1, 2, 0});
+  const double p = std::exp(1.0) / (std::exp(1.0) + 2.0);  // softmax of (1, 0, 0)
+  for (double c : e.confidence) CHECK_THAT(c, Catch::Matchers::WithinRel(p, 1e-12));
+  CHECK_THAT(e.loss, Catch::Matchers::WithinRel((3 * -std::log(p) + 2 * -std::log(1 / (std::exp(1.0) + 2.0))) / 5, 1e-12));
+}
+
+TEST_CASE("the gradient hook between backward and update changes what the updates use", "[train][fit]") {
+  const train::Dataset d = fake_data(32);
+  train::TrainOptions o = options(train::Optimizer::Kind::sgd, 0.5);
+  o.gradient_hook = [](gg::Graph&, const std::vector<gg::Value>&, const std::vector<gg::Value>& grads) {
+    std::vector<gg::Value> out;
+    for (const gg::Value& g : grads) out.push_back(g * 0.0);  // no update at all
+    return out;
+  };
+  Net net(gg::f64, "dense4,relu,dense3", nn::Layout::columns, o);
+  const std::vector<double> before = values(net.trainer->train_program().param("W1"));
+  train::Batches b(d, batch_options(8));
+  net.trainer->fit(b, {.steps = 3});
+  CHECK(values(net.trainer->train_program().param("W1")) == before);
+}
+
+TEST_CASE("a non-finite loss stops fit naming the step, and the last checkpoint stays as it was", "[train][fit]") {
+  TempDir dir;
+  const train::Dataset d = fake_data(64);
+  Net net(gg::f32, "dense8,relu,dense3", nn::Layout::columns, options(train::Optimizer::Kind::sgd, 1e30));
+  train::Batches b(d, batch_options(16, nn::Layout::columns, gg::f32));
+  const std::string ck = dir / "ck.st";
+  net.trainer->save(ck, &b);
+  const std::string before = gg::test::slurp(ck);
+  try {
+    net.trainer->fit(b, {.epochs = 5, .checkpoint = ck});
+    FAIL("no divergence");
+  } catch (const train::Diverged& e) {
+    CHECK_THAT(e.what(), Contains("at step " + std::to_string(e.step)));
+    CHECK(e.step < 4);  // within the first epoch, before any checkpoint
+  }
+  CHECK(gg::test::slurp(ck) == before);
+}
+
+// ---- checkpoints --------------------------------------------------------------------------------------------------
+
+TEST_CASE("a checkpoint round trip restores parameters and optimizer state bit for bit", "[train][checkpoint]") {
+  TempDir dir;
+  const train::Dataset d = fake_data(48);
+  Net a(gg::f32, "dense6,tanh,dense3", nn::Layout::rows, options(train::Optimizer::Kind::adam, 0.01));
+  train::Batches ba(d, batch_options(16, nn::Layout::rows, gg::f32));
+  a.trainer->fit(ba, {.epochs = 2});
+  a.trainer->save(dir / "ck.st", &ba, {{"note", "x"}});
+  Net b(gg::f32, "dense6,tanh,dense3", nn::Layout::rows, options(train::Optimizer::Kind::adam, 0.01));
+  b.trainer->load(dir / "ck.st");
+  for (const std::string& name : a.trainer->train_program().param_names()) {
+    INFO(name);
+    CHECK(values(b.trainer->train_program().param(name)) == values(a.trainer->train_program().param(name)));
+  }
+  CHECK(a.trainer->train_program().param_names().size() == 4 + 3 * 4);  // W, b and Adam's m, v, t for each
+  const train::CheckpointInfo info = train::read_checkpoint_info(dir / "ck.st");
+  CHECK(info.get("spec") == "dense6,tanh,dense3");
+  CHECK(info.get("step") == "6");
+  CHECK(info.get("note") == "x");
+  CHECK_THAT(info.get("graph"), Contains("matmul(X, W1)"));
+}
+
+TEST_CASE("a resumed run's losses and parameters equal the uninterrupted run's, bit for bit", "[train][checkpoint]") {
+  TempDir dir;
+  const train::Dataset d = fake_data(70);
+  train::TrainOptions o = options(train::Optimizer::Kind::adamw, 0.02);
+  o.optimizer.weight_decay = 0.01;
+  o.schedule.kind = train::Schedule::Kind::cosine;
+  o.schedule.warmup = 3;
+  auto run = [&](train::Trainer& t, train::Batches& b, const train::FitOptions& fo) {
+    std::vector<double> losses;
+    train::Callbacks cb;
+    cb.on_step = [&](const train::StepInfo& s) { return losses.push_back(s.loss), true; };
+    t.fit(b, fo, cb);
+    return losses;
+  };
+  Net whole(gg::f32, "dense8,relu,dense3", nn::Layout::columns, o);
+  train::Batches bw(d, batch_options(16, nn::Layout::columns, gg::f32));
+  const std::vector<double> all = run(*whole.trainer, bw, {.epochs = 5});
+  REQUIRE(all.size() == 25);
+
+  Net first(gg::f32, "dense8,relu,dense3", nn::Layout::columns, o);
+  train::Batches b1(d, batch_options(16, nn::Layout::columns, gg::f32));
+  const std::vector<double> head = run(*first.trainer, b1, {.epochs = 5, .stop_after_epochs = 2, .checkpoint = dir / "ck.st"});
+  REQUIRE(head.size() == 10);
+  Net second(gg::f32, "dense8,relu,dense3", nn::Layout::columns, o);
+  train::Batches b2(d, batch_options(16, nn::Layout::columns, gg::f32));
+  second.trainer->resume(dir / "ck.st", b2);
+  CHECK(second.trainer->steps_done() == 10);
+  const std::vector<double> tail = run(*second.trainer, b2, {.epochs = 5});
+  std::vector<double> joined = head;
+  joined.insert(joined.end(), tail.begin(), tail.end());
+  CHECK(joined == all);
+  for (const std::string& name : whole.trainer->train_program().param_names()) {
+    INFO(name);
+    CHECK(values(second.trainer->train_program().param(name)) == values(whole.trainer->train_program().param(name)));
+  }
+}
+
+TEST_CASE("loading refuses a checkpoint of another network, dtype or batch size, naming the file", "[train][checkpoint]") {
+  TempDir dir;
+  const train::Dataset d = fake_data(32);
+  Net a(gg::f32, "dense6,relu,dense3", nn::Layout::columns, options(train::Optimizer::Kind::sgd, 0.1));
+  train::Batches ba(d, batch_options(8, nn::Layout::columns, gg::f32));
+  a.trainer->save(dir / "ck.st", &ba);
+  Net other(gg::f32, "dense7,relu,dense3", nn::Layout::columns, options(train::Optimizer::Kind::sgd, 0.1));
+  CHECK_THAT(message_of<std::runtime_error>([&] { other.trainer->load(dir / "ck.st"); }),
+             Contains("ck.st") && Contains("another network") && Contains("dense7"));
+  Net wide(gg::f64, "dense6,relu,dense3", nn::Layout::columns, options(train::Optimizer::Kind::sgd, 0.1));
+  CHECK_THAT(message_of<std::runtime_error>([&] { wide.trainer->load(dir / "ck.st"); }), Contains("float32") && Contains("float64"));
+  Net same(gg::f32, "dense6,relu,dense3", nn::Layout::columns, options(train::Optimizer::Kind::sgd, 0.1));
+  train::Batches b16(d, batch_options(16, nn::Layout::columns, gg::f32));
+  CHECK_THAT(message_of<std::runtime_error>([&] { same.trainer->resume(dir / "ck.st", b16); }), Contains("batches of 8"));
+  gg::io::save_safetensors(dir / "plain.st", {{"x", gg::Tensor(gg::f32, {2})}});
+  CHECK_THAT(message_of<std::runtime_error>([&] { train::read_checkpoint_info(dir / "plain.st"); }),
+             Contains("plain.st") && Contains("not a gradgraph checkpoint"));
+}
