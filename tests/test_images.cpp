@@ -406,6 +406,8 @@ TEST_CASE("require_28x28 of an image whose pixels do not match its size is inval
   GrayImage img = pattern(28, 28);
   img.pixels.pop_back();
   CHECK_THROWS_AS(gg::tools::require_28x28(img, "x.pgm"), std::invalid_argument);
+  const std::int64_t huge = std::int64_t{1} << 40;  // width * height would overflow
+  CHECK_THROWS_AS(gg::tools::require_28x28(GrayImage{huge, huge, {}}, "x.pgm"), std::invalid_argument);
 }
 
 TEST_CASE("write_pgm rejects a bad size or pixel count and writes nothing", "[image]") {

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <ostream>
 #include <stdexcept>
@@ -345,7 +346,10 @@ GrayImage read_gray_image(const std::string& path) {
 }
 
 std::vector<std::uint8_t> require_28x28(const GrayImage& img, const std::string& path) {
-  if (img.width < 0 || img.height < 0 || img.pixels.size() != static_cast<std::size_t>(img.width * img.height))
+  const bool consistent = img.width >= 0 && img.height >= 0 &&
+                          (img.width == 0 || img.height <= std::numeric_limits<std::int64_t>::max() / img.width) &&
+                          img.pixels.size() == static_cast<std::size_t>(img.width * img.height);
+  if (!consistent)
     throw std::invalid_argument("require_28x28: " + path + ": image is " + size_text(img.width, img.height) +
                                 " but holds " + std::to_string(img.pixels.size()) + " pixels");
   if (img.width != 28 || img.height != 28)
