@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <iterator>
 #include <limits>
 #include <memory>
 #include <numbers>
@@ -394,6 +396,261 @@ void plot_training_curves(const std::string& png_path, const std::vector<double>
       throw std::runtime_error(png_path + ": cannot encode PNG: " + cairo_status_to_string(st));
     // A stream error (st == WRITE_ERROR with a failed stream) is reported by write_file_atomic.
   });
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Shared by the confusion matrix and the image grid.
+
+// The largest font size (down to min_size) at which `s` fits in max_width pixels.
+double fit_font(cairo_t* cr, const std::string& s, double max_width, double size, double min_size) {
+  double w = text_width(cr, s, size);
+  if (w <= max_width) return size;
+  return std::max(min_size, std::floor(size * max_width / w * 10) / 10);
+}
+
+// Encodes the surface as PNG into `png_path` through write_file_atomic (see plot_training_curves).
+void write_png_atomic(cairo_surface_t* surface, cairo_t* cr, const std::string& png_path, const std::string& where) {
+  cairo_surface_flush(surface);
+  if (cairo_status(cr) != CAIRO_STATUS_SUCCESS)
+    throw std::runtime_error(where + "drawing failed: " + cairo_status_to_string(cairo_status(cr)));
+  io::write_file_atomic(png_path, [&](std::ostream& os) {
+    cairo_status_t st = cairo_surface_write_to_png_stream(surface, write_to_ostream, &os);
+    if (st != CAIRO_STATUS_SUCCESS && os)
+      throw std::runtime_error(png_path + ": cannot encode PNG: " + cairo_status_to_string(st));
+  });
+}
+
+// White canvas with antialiased drawing.
+struct Canvas {
+  std::unique_ptr<cairo_surface_t, SurfaceDeleter> surface;
+  std::unique_ptr<cairo_t, ContextDeleter> ctx;
+  Canvas(int w, int h)
+      : surface(cairo_image_surface_create(CAIRO_FORMAT_RGB24, w, h)), ctx(cairo_create(surface.get())) {
+    cairo_set_antialias(ctx.get(), CAIRO_ANTIALIAS_BEST);
+    cairo_set_source_rgb(ctx.get(), 1, 1, 1);
+    cairo_paint(ctx.get());
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Confusion matrix.
+
+constexpr int kCmLeft = 160, kCmTop = 64, kCmRight = 110, kCmBottom = 64, kCmBottomTurned = 130;
+
+// matplotlib's "Blues" colour map: near-white at 0, dark blue at 1.
+Rgb blues(double t) {
+  static constexpr Rgb stops[] = {{247, 251, 255}, {222, 235, 247}, {198, 219, 239}, {158, 202, 225}, {107, 174, 214},
+                                  {66, 146, 198},  {33, 113, 181},  {8, 81, 156},    {8, 48, 107}};
+  constexpr int last = static_cast<int>(std::size(stops)) - 1;
+  t = std::clamp(t, 0.0, 1.0) * last;
+  const int i = std::min(static_cast<int>(t), last - 1);
+  const double f = t - i;
+  const Rgb a = stops[i], b = stops[i + 1];
+  return {(a.r + (b.r - a.r) * f) / 255, (a.g + (b.g - a.g) * f) / 255, (a.b + (b.b - a.b) * f) / 255};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Image grid.
+
+constexpr int kGridMargin = 16, kGridTop = 56, kGridBottom = 8, kGridMinCaption = 140, kGridGap = 12,
+              kGridCaption = 34;
+constexpr std::int64_t kCairoMaxSide = 32767;
+
+}  // namespace
+
+void plot_confusion_matrix(const std::string& png_path, const std::vector<std::int64_t>& counts,
+                           const std::vector<std::string>& class_names, const std::string& title) {
+  const std::string where = "plot_confusion_matrix: " + png_path + ": ";
+  const std::size_t n = class_names.size();
+  if (n == 0) throw std::invalid_argument(where + "there are no classes");
+  if (n > 100) throw std::invalid_argument(where + std::to_string(n) + " classes; at most 100 can be drawn");
+  if (counts.size() != n * n)
+    throw std::invalid_argument(where + std::to_string(counts.size()) + " counts for " + std::to_string(n) +
+                                " classes; expected " + std::to_string(n * n) + " (classes x classes)");
+  for (std::size_t i = 0; i < counts.size(); ++i)
+    if (counts[i] < 0)
+      throw std::invalid_argument(where + "negative count " + std::to_string(counts[i]) + " for true class " +
+                                  std::to_string(i / n) + ", predicted class " + std::to_string(i % n));
+
+  const int classes = static_cast<int>(n);
+  const int c = std::max({12, std::min(64, 640 / classes), 192 / classes});
+  const int side = classes * c;
+  const int width = kCmLeft + side + kCmRight;
+  Canvas probe(1, 1);  // for measuring text before the figure's size is known
+  const double name_font = std::min(12.0, c * 0.8);
+  bool turn = false;  // names along the bottom turned upright when any is wider than a column
+  for (const std::string& name : class_names) turn = turn || text_width(probe.ctx.get(), name, name_font) > c - 4;
+  const int bottom = turn ? kCmBottomTurned : kCmBottom;
+  const int height = kCmTop + side + bottom;
+  Canvas canvas(width, height);
+  cairo_t* cr = canvas.ctx.get();
+
+  // Cells: row-normalised shade, then the count in a colour that reads on it.
+  for (int r = 0; r < classes; ++r) {
+    double total = 0;
+    for (int k = 0; k < classes; ++k) total += static_cast<double>(counts[static_cast<std::size_t>(r * classes + k)]);
+    for (int k = 0; k < classes; ++k) {
+      const std::int64_t count = counts[static_cast<std::size_t>(r * classes + k)];
+      const double frac = total > 0 ? static_cast<double>(count) / total : 0.0;
+      const double x = kCmLeft + k * c, y = kCmTop + r * c;
+      set_color(cr, blues(frac));
+      cairo_rectangle(cr, x, y, c, c);
+      cairo_fill(cr);
+      const std::string label = std::to_string(count);
+      const double font = fit_font(cr, label, c - 4, std::min(13.0, c * 0.34), 5);
+      if (font < 5.5 || text_width(cr, label, font) > c - 2) continue;  // no room for the number
+      if (frac > 0.5)
+        cairo_set_source_rgb(cr, 1, 1, 1);
+      else
+        set_color(cr, kInk);
+      draw_text(cr, label, x + c / 2.0, y + c / 2.0, font, Align::center);
+    }
+  }
+  set_color(cr, kAxisInk);
+  cairo_set_line_width(cr, 1.0);
+  cairo_rectangle(cr, kCmLeft - 0.5, kCmTop - 0.5, side + 1, side + 1);
+  cairo_stroke(cr);
+
+  // Class names: right-aligned left of each row, and under each column.
+  const double row_room = kCmLeft - 8 - 36, col_room = kCmBottomTurned - 8 - 40;
+  double widest = 0;
+  for (int i = 0; i < classes; ++i) {
+    const std::string& name = class_names[static_cast<std::size_t>(i)];
+    const double mid = i * c + c / 2.0;
+    const double font = fit_font(cr, name, row_room, name_font, 5);
+    widest = std::max(widest, text_width(cr, name, font));
+    draw_text(cr, name, kCmLeft - 8, kCmTop + mid, font, Align::right);
+    if (!turn) {
+      draw_text(cr, name, kCmLeft + mid, kCmTop + side + 14, name_font, Align::center);
+    } else {
+      cairo_save(cr);
+      cairo_translate(cr, kCmLeft + mid, kCmTop + side + 8);
+      cairo_rotate(cr, -std::numbers::pi / 2);
+      draw_text(cr, name, 0, 0, fit_font(cr, name, col_room, name_font, 5), Align::right);
+      cairo_restore(cr);
+    }
+  }
+
+  // Axis titles and the figure title.
+  set_color(cr, kInk);
+  draw_text(cr, "predicted class", kCmLeft + side / 2.0, height - 22, 14, Align::center);
+  cairo_save(cr);
+  cairo_translate(cr, std::max(20.0, kCmLeft - 8 - widest - 22), kCmTop + side / 2.0);
+  cairo_rotate(cr, -std::numbers::pi / 2);
+  draw_text(cr, "true class", 0, 0, 14, Align::center);
+  cairo_restore(cr);
+  draw_text(cr, title, width / 2.0, 30, fit_font(cr, title, width - 20, 19, 8), Align::center);
+
+  // Colour bar: the shade for each fraction, 1 at the top.
+  const int bar_x = kCmLeft + side + 24, bar_w = 16;
+  for (int y = 0; y < side; ++y) {
+    set_color(cr, blues(1.0 - static_cast<double>(y) / std::max(1, side - 1)));
+    cairo_rectangle(cr, bar_x, kCmTop + y, bar_w, 1);
+    cairo_fill(cr);
+  }
+  set_color(cr, kAxisInk);
+  cairo_rectangle(cr, bar_x - 0.5, kCmTop - 0.5, bar_w + 1, side + 1);
+  cairo_stroke(cr);
+  const std::vector<double> ticks = side >= 200 ? std::vector<double>{0, 0.25, 0.5, 0.75, 1} : std::vector<double>{0, 0.5, 1};
+  for (double t : ticks) {
+    const double y = snap(kCmTop + (1 - t) * (side - 1));
+    cairo_move_to(cr, bar_x + bar_w, y);
+    cairo_line_to(cr, bar_x + bar_w + 4, y);
+    cairo_stroke(cr);
+    char buf[16];
+    std::snprintf(buf, sizeof buf, "%g", t);
+    draw_text(cr, buf, bar_x + bar_w + 7, y, 11, Align::left);
+  }
+  cairo_save(cr);
+  cairo_translate(cr, bar_x + bar_w + 58, kCmTop + side / 2.0);
+  cairo_rotate(cr, -std::numbers::pi / 2);
+  draw_text(cr, "fraction of the true class", 0, 0, fit_font(cr, "fraction of the true class", side, 12, 9), Align::center);
+  cairo_restore(cr);
+
+  write_png_atomic(canvas.surface.get(), cr, png_path, where);
+}
+
+void plot_image_grid(const std::string& png_path, const std::vector<std::vector<std::uint8_t>>& images,
+                     std::int64_t width, std::int64_t height, const std::vector<std::string>& captions,
+                     const std::string& title, int columns) {
+  const std::string where = "plot_image_grid: " + png_path + ": ";
+  if (width < 1 || height < 1 || width > 16384 || height > 16384)
+    throw std::invalid_argument(where + "image size " + std::to_string(width) + "x" + std::to_string(height) +
+                                "; width and height must each be 1..16384");
+  if (columns < 1) throw std::invalid_argument(where + "columns is " + std::to_string(columns) + "; it must be at least 1");
+  if (images.size() != captions.size())
+    throw std::invalid_argument(where + std::to_string(images.size()) + " images but " + std::to_string(captions.size()) +
+                                " captions; there must be one caption per image");
+  const std::size_t pixels = static_cast<std::size_t>(width * height);
+  for (std::size_t i = 0; i < images.size(); ++i)
+    if (images[i].size() != pixels)
+      throw std::invalid_argument(where + "image " + std::to_string(i) + " holds " + std::to_string(images[i].size()) +
+                                  " pixels; a " + std::to_string(width) + "x" + std::to_string(height) + " image has " +
+                                  std::to_string(pixels));
+
+  const std::int64_t n = static_cast<std::int64_t>(images.size());
+  const std::int64_t s = std::max<std::int64_t>(1, 96 / std::max(width, height));
+  const std::int64_t tile_w = s * width, tile_h = s * height;
+  const std::int64_t cw = std::max<std::int64_t>(tile_w, kGridMinCaption) + kGridGap;
+  const std::int64_t ch = tile_h + kGridCaption + kGridGap;
+  const std::int64_t cols = std::clamp<std::int64_t>(n, 1, columns);
+  const std::int64_t rows = std::max<std::int64_t>(1, (n + cols - 1) / cols);
+  const std::int64_t fig_w = 2 * kGridMargin + cols * cw, fig_h = kGridTop + rows * ch + kGridBottom;
+  if (fig_w > kCairoMaxSide || fig_h > kCairoMaxSide)
+    throw std::invalid_argument(where + "the grid would be " + std::to_string(fig_w) + "x" + std::to_string(fig_h) +
+                                " pixels, more than cairo's " + std::to_string(kCairoMaxSide) +
+                                " on a side; draw fewer or smaller images, or change columns");
+
+  Canvas canvas(static_cast<int>(fig_w), static_cast<int>(fig_h));
+  cairo_t* cr = canvas.ctx.get();
+  set_color(cr, kInk);
+  draw_text(cr, title, fig_w / 2.0, 28, fit_font(cr, title, static_cast<double>(fig_w - 20), 17, 8), Align::center);
+
+  const int iw = static_cast<int>(width), ih = static_cast<int>(height);
+  std::unique_ptr<cairo_surface_t, SurfaceDeleter> tile(cairo_image_surface_create(CAIRO_FORMAT_RGB24, iw, ih));
+  for (std::int64_t i = 0; i < n; ++i) {
+    const double x = static_cast<double>(kGridMargin + (i % cols) * cw + (cw - tile_w) / 2);
+    const double y = static_cast<double>(kGridTop + (i / cols) * ch);
+
+    // The image as an RGB24 surface (gray: R = G = B), then scaled with nearest-neighbour.
+    cairo_surface_flush(tile.get());
+    unsigned char* data = cairo_image_surface_get_data(tile.get());
+    const int stride = cairo_image_surface_get_stride(tile.get());
+    const std::vector<std::uint8_t>& img = images[static_cast<std::size_t>(i)];
+    for (int r = 0; r < ih; ++r)
+      for (int k = 0; k < iw; ++k) {
+        const std::uint32_t v = img[static_cast<std::size_t>(r) * static_cast<std::size_t>(iw) + static_cast<std::size_t>(k)];
+        const std::uint32_t p = 0xff000000u | v << 16 | v << 8 | v;
+        std::memcpy(data + static_cast<std::ptrdiff_t>(r) * stride + 4 * k, &p, 4);
+      }
+    cairo_surface_mark_dirty(tile.get());
+    cairo_save(cr);
+    cairo_translate(cr, x, y);
+    cairo_scale(cr, static_cast<double>(s), static_cast<double>(s));
+    cairo_set_source_surface(cr, tile.get(), 0, 0);
+    cairo_pattern_set_filter(cairo_get_source(cr), CAIRO_FILTER_NEAREST);
+    cairo_rectangle(cr, 0, 0, iw, ih);
+    cairo_fill(cr);
+    cairo_restore(cr);
+
+    set_color(cr, {0.7, 0.7, 0.7});
+    cairo_set_line_width(cr, 1.0);
+    cairo_rectangle(cr, x - 0.5, y - 0.5, static_cast<double>(tile_w + 1), static_cast<double>(tile_h + 1));
+    cairo_stroke(cr);
+
+    const std::string& caption = captions[static_cast<std::size_t>(i)];
+    set_color(cr, kInk);
+    draw_text(cr, caption, x + static_cast<double>(tile_w) / 2, y + static_cast<double>(tile_h) + 14,
+              fit_font(cr, caption, static_cast<double>(cw - 6), 11, 6), Align::center);
+  }
+  if (n == 0) {
+    set_color(cr, kAxisInk);
+    draw_text(cr, "(no images)", fig_w / 2.0, kGridTop + ch / 2.0, 12, Align::center);
+  }
+
+  write_png_atomic(canvas.surface.get(), cr, png_path, where);
 }
 
 }  // namespace gg::tools
