@@ -21,8 +21,8 @@
 #include <string>
 #include <vector>
 
-#ifndef MNIST_TRAIN_PATH
-#error "MNIST_TRAIN_PATH must name the built mnist-train executable"
+#if !defined(MNIST_TRAIN_PATH) || !defined(MNIST_EVAL_PATH) || !defined(MNIST_PREDICT_PATH)
+#error "MNIST_TRAIN_PATH, MNIST_EVAL_PATH and MNIST_PREDICT_PATH must name the built tools"
 #endif
 
 using Catch::Matchers::Contains;
@@ -79,8 +79,9 @@ struct Result {
   std::string out;  // stdout and stderr
 };
 
-Result run_tool(const std::string& args) {
-  const std::string cmd = std::string(MNIST_TRAIN_PATH) + " " + args + " --threads 1 2>&1";
+// Runs a tool (mnist-train unless named) with stdout and stderr together.
+Result run_tool(const std::string& args, const char* tool = MNIST_TRAIN_PATH, bool one_thread = true) {
+  const std::string cmd = std::string(tool) + " " + args + (one_thread ? " --threads 1" : "") + " 2>&1";
   Result r;
   FILE* p = popen(cmd.c_str(), "r");
   REQUIRE(p != nullptr);
@@ -99,12 +100,13 @@ int count_lines(const std::string& s) {
 }
 
 // An error is one line, the last one printed; `alone`: nothing was printed before it.
-void check_one_error_line(const Result& r, int code, const std::string& needle, bool alone = true) {
+void check_one_error_line(const Result& r, int code, const std::string& needle, bool alone = true,
+                          const std::string& tool = "mnist-train") {
   INFO(r.out);
   CHECK(r.code == code);
   const std::size_t start = r.out.rfind('\n', r.out.size() - 2);
   const std::string last = r.out.substr(start == std::string::npos ? 0 : start + 1);
-  CHECK(last.rfind("mnist-train: ", 0) == 0);
+  CHECK(last.rfind(tool + ": ", 0) == 0);
   CHECK_THAT(last, Contains(needle));
   if (alone) CHECK(count_lines(r.out) == 1);
 }
@@ -297,4 +299,110 @@ TEST_CASE("mnist-train stops with the iteration number when the loss becomes NaN
   Result r = run_tool("--data " + dir.path.string() + " --iterations 50 --lr 1e30 --hidden 8 --save " + (dir / "w.st"));
   check_one_error_line(r, 1, "at iteration", false);
   CHECK(!fs::exists(dir / "w.st"));
+}
+
+// ---- resume, mnist-eval, mnist-predict -------------------------------------------------------------
+
+namespace {
+
+// The CSV's data rows (no header).
+std::vector<std::string> csv_rows(const std::string& path) {
+  std::vector<std::string> rows;
+  std::istringstream in(gg::test::slurp(path));
+  std::string line;
+  std::getline(in, line);
+  while (std::getline(in, line)) rows.push_back(line);
+  return rows;
+}
+
+}  // namespace
+
+TEST_CASE("mnist-train --resume continues a run exactly: the metrics equal the uninterrupted run's") {
+  TempDir dir;
+  write_dataset(dir);
+  const std::string common = "--data " + dir.path.string() +
+                             " --batch-size 32 --epochs 4 --optimizer adam --lr 0.01 --schedule cosine --warmup 5 --hidden 16 ";
+  Result whole = run_tool(common + "--metrics " + (dir / "whole.csv"));
+  Result first = run_tool(common + "--stop-after-epochs 2 --save " + (dir / "ck.st") + " --metrics " + (dir / "a.csv"));
+  Result rest = run_tool(common + "--resume " + (dir / "ck.st") + " --metrics " + (dir / "b.csv"));
+  INFO(whole.out << first.out << rest.out);
+  REQUIRE(whole.code == 0);
+  REQUIRE(first.code == 0);
+  REQUIRE(rest.code == 0);
+  std::vector<std::string> joined = csv_rows(dir / "a.csv");
+  const std::vector<std::string> tail = csv_rows(dir / "b.csv");
+  CHECK(joined.size() == 20);  // 2 of 4 epochs of 10 steps
+  joined.insert(joined.end(), tail.begin(), tail.end());
+  CHECK(joined == csv_rows(dir / "whole.csv"));
+  // The epoch lines of the resumed part are the uninterrupted run's (but for their timings).
+  const std::regex epoch(R"(Epoch \d+/4 \| loss \S+ \| train \S+)");
+  auto epochs = [&](const std::string& out) {
+    std::vector<std::string> lines;
+    for (std::sregex_iterator it(out.begin(), out.end(), epoch), end; it != end; ++it) lines.push_back(it->str());
+    return lines;
+  };
+  std::vector<std::string> parts = epochs(first.out);
+  const std::vector<std::string> resumed = epochs(rest.out);
+  parts.insert(parts.end(), resumed.begin(), resumed.end());
+  CHECK(parts.size() == 4);
+  CHECK(parts == epochs(whole.out));
+}
+
+TEST_CASE("mnist-eval reports the test accuracy mnist-train printed, per class and as a confusion matrix, and plots them") {
+  TempDir dir;
+  write_dataset(dir);
+  Result trained = run_tool("--data " + dir.path.string() + " --iterations 40 --lr 0.5 --hidden 16 --save " + (dir / "w.st"));
+  REQUIRE(trained.code == 0);
+  const std::size_t at = trained.out.rfind("Accuracy: ");
+  const std::string acc = trained.out.substr(at, trained.out.find('\n', at) - at);  // "Accuracy: 100.00 %"
+  Result e = run_tool((dir / "w.st") + " --plot " + (dir / "ev"), MNIST_EVAL_PATH);
+  INFO(e.out);
+  REQUIRE(e.code == 0);
+  CHECK_THAT(e.out, Contains(acc));
+  CHECK_THAT(e.out, Contains("confusion matrix"));
+  CHECK_THAT(e.out, Contains("class  accuracy  images"));
+  for (const char* png : {"ev-confusion.png", "ev-wrong.png"}) {
+    std::ifstream f(dir / png, std::ios::binary);
+    std::array<unsigned char, 8> sig{};
+    f.read(reinterpret_cast<char*>(sig.data()), 8);
+    CHECK(sig == std::array<unsigned char, 8>{0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a});
+  }
+}
+
+TEST_CASE("mnist-eval refuses a file that is not a checkpoint, a truncated one and a missing one, in one line") {
+  TempDir dir;
+  write_dataset(dir);
+  Result trained = run_tool("--data " + dir.path.string() + " --iterations 2 --hidden 8 --save " + (dir / "w.st"));
+  REQUIRE(trained.code == 0);
+  gg::io::save_safetensors(dir / "plain.st", {{"W1", gg::Tensor(gg::f32, {8, 784})}});
+  check_one_error_line(run_tool(dir / "plain.st", MNIST_EVAL_PATH), 1, "plain.st", true, "mnist-eval");
+  const std::string bytes = gg::test::slurp(dir / "w.st");
+  std::ofstream(dir / "cut.st", std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  check_one_error_line(run_tool(dir / "cut.st", MNIST_EVAL_PATH), 1, "cut.st", true, "mnist-eval");
+  check_one_error_line(run_tool(dir / "none.st", MNIST_EVAL_PATH), 1, "none.st", true, "mnist-eval");
+  check_one_error_line(run_tool("", MNIST_EVAL_PATH), 2, "CHECKPOINT", true, "mnist-eval");
+  CHECK_FALSE(fs::exists(dir / "ev-confusion.png"));
+}
+
+TEST_CASE("mnist-predict classifies 28x28 PGM images and rejects another size naming the file") {
+  TempDir dir;
+  write_dataset(dir);
+  Result trained = run_tool("--data " + dir.path.string() + " --iterations 40 --lr 0.5 --hidden 16 --save " + (dir / "w.st"));
+  REQUIRE(trained.code == 0);
+  // Fake digits of classes 3 and 8 (rows 2c+4, 2c+5 lit), as the training data draws them.
+  auto digit = [&](int c, const std::string& name, int size = 28) {
+    std::string px(static_cast<std::size_t>(size * 28), '\0');
+    for (int p = 0; p < size * 28; ++p)
+      if (p / 28 >= 2 * c + 4 && p / 28 < 2 * c + 6) px[static_cast<std::size_t>(p)] = static_cast<char>(230);
+    std::ofstream(dir / name, std::ios::binary) << "P5\n28 " << size << "\n255\n" << px;
+    return dir / name;
+  };
+  const std::string three = digit(3, "three.pgm"), eight = digit(8, "eight.pgm"), small = digit(3, "small.pgm", 27);
+  Result r = run_tool("--top 2 " + (dir / "w.st") + " " + three + " " + eight, MNIST_PREDICT_PATH, false);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Contains("three.pgm: 3 | top: 3 "));
+  CHECK_THAT(r.out, Contains("eight.pgm: 8 | top: 8 "));
+  Result bad = run_tool((dir / "w.st") + " " + three + " " + small, MNIST_PREDICT_PATH, false);
+  check_one_error_line(bad, 1, "small.pgm: image is 28x27", true, "mnist-predict");
 }

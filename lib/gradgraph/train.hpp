@@ -238,6 +238,16 @@ struct CheckpointInfo {
 // file when it is not one gradgraph wrote.
 CheckpointInfo read_checkpoint_info(const std::string& path);
 
+// The network a checkpoint was saved from, built again (on a graph of the checkpoint's dtype,
+// with its spec, layout, example shape and classes), and the normalisation its data had. Load
+// the parameters with a Trainer on it. Throws std::runtime_error for metadata that does not parse.
+struct Rebuilt {
+  std::unique_ptr<Graph> graph;
+  Model model;
+  Normalization normalization;
+};
+Rebuilt rebuild(const CheckpointInfo& info);
+
 class Trainer {
  public:
   // Appends the loss (softmax cross-entropy on the int64 labels), accuracy, gradients and updates

@@ -12,8 +12,8 @@ namespace gg::train {
 
 namespace {
 
-const char* const kFormat = "gradgraph checkpoint";
-const char* const kVersion = "1";
+const std::string kFormat = "gradgraph checkpoint";
+const std::string kVersion = "1";
 
 std::int64_t to_int(const CheckpointInfo& info, const std::string& key) {
   const std::string v = info.get(key);
@@ -42,6 +42,38 @@ CheckpointInfo read_checkpoint_info(const std::string& path) {
   if (it == info.metadata.end() || it->second != kFormat)
     throw std::runtime_error(path + ": not a gradgraph checkpoint (its metadata has no format \"" + kFormat + "\")");
   return info;
+}
+
+Rebuilt rebuild(const CheckpointInfo& info) {
+  Rebuilt r;
+  DType dt = DType::f32;
+  const std::string d = info.get("dtype");
+  if (d == "float64")
+    dt = DType::f64;
+  else if (d != "float32")
+    throw std::runtime_error("metadata 'dtype' is '" + d + "', not float32 or float64");
+  // "{28, 28}"
+  std::vector<std::int64_t> dims;
+  const std::string ex = info.get("example");
+  std::istringstream is(ex);
+  char c = 0;
+  is >> c;
+  if (c != '{') throw std::runtime_error("metadata 'example' is '" + ex + "', not a shape like {28, 28}");
+  for (std::int64_t v = 0; is >> v;) {
+    dims.push_back(v);
+    is >> c;
+  }
+  if (dims.empty() || dims.size() > static_cast<std::size_t>(kMaxRank) || c != '}')
+    throw std::runtime_error("metadata 'example' is '" + ex + "', not a shape like {28, 28}");
+  try {
+    r.graph = std::make_unique<Graph>(dt);
+    r.model = classifier(*r.graph, nn::parse(info.get("spec")), Shape(dims), to_int(info, "classes"),
+                         nn::parse_layout(info.get("layout")));
+    if (info.metadata.count("normalization")) r.normalization = Normalization::parse(info.get("normalization"));
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error(e.what());
+  }
+  return r;
 }
 
 void Trainer::save(const std::string& path, const Batches* batches, const std::map<std::string, std::string>& extra) {
