@@ -368,59 +368,30 @@ void print_gemms(const GemmTimes& g) {
 
 // ---- the network -------------------------------------------------------------------------------
 
+// The notebook's network through the library: its layer spec, trainer and batch iterator, as
+// mnist-train builds them (columns layout: X {784, batch} over example-major rows).
 struct Net {
   gg::Graph g{gg::f32};
-  gg::Value X, Y, W1, b1, W2, b2, Z2, loss, acc;
-  std::vector<gg::Value> updates;
-  explicit Net(const gg::SgdOptions& opt) {
-    X = g.input("X", {kIn, gg::dyn});
-    Y = g.input("Y", {kOut, gg::dyn});
-    W1 = g.param("W1", {kHidden, kIn}, gg::he_normal());
-    b1 = g.param("b1", {kHidden, 1}, gg::zeros());
-    W2 = g.param("W2", {kOut, kHidden}, gg::he_normal());
-    b2 = g.param("b2", {kOut, 1}, gg::zeros());
-    gg::Value A1 = gg::relu(gg::matmul(W1, X) + b1);
-    Z2 = gg::matmul(W2, A1) + b2;
-    loss = gg::softmax_cross_entropy(Z2, Y, 0).named("loss");
-    acc = gg::mean(gg::equal(gg::argmax(Z2, 0), gg::argmax(Y, 0))).named("accuracy");
-    auto grads = gg::gradients(loss, {W1, b1, W2, b2});
-    updates = gg::sgd({W1, b1, W2, b2}, grads, opt);
+  gg::train::Model model;
+  std::unique_ptr<gg::train::Trainer> trainer;
+  Net(gg::train::Optimizer opt, int threads) {
+    model = gg::train::classifier(g, gg::nn::parse("dense64,relu,dense10"), gg::Shape{28, 28}, kOut, gg::nn::Layout::columns);
+    gg::train::TrainOptions o;
+    o.optimizer = opt;
+    o.compile.threads = threads;
+    o.compile.seed = 1;
+    trainer = std::make_unique<gg::train::Trainer>(g, model, o);
   }
-  gg::Program compile(int threads) {
-    std::vector<gg::Value> fetch = updates;
-    fetch.push_back(loss);
-    fetch.push_back(acc);
-    gg::CompileOptions co;
-    co.threads = threads;
-    co.seed = 1;
-    return gg::Program(g, fetch, co);
-  }
+  gg::Program& program() { return trainer->train_program(); }
+  std::vector<gg::Program::Feed> feeds(const gg::train::Batch& b) const { return {{model.x, b.x}, {model.labels, b.labels}}; }
 };
 
-// X {784, count} over example-major rows: strides (1, 784), as tools/mnist-train feeds it.
-gg::TensorView images_view(const float* rows, std::int64_t count) {
-  gg::Strides st;
-  st[0] = 1;
-  st[1] = kIn;
-  return gg::TensorView(const_cast<float*>(rows), gg::f32, gg::Shape{kIn, count}, st);
-}
-
-struct TrainSet {
-  std::int64_t n = 0;
-  std::vector<float> images;         // [n][784], pixel / 255
-  std::vector<std::uint8_t> labels;  // [n]
-};
-
-TrainSet load_train(const std::string& dir) {
-  gg::data::Split s = gg::data::load_split(dir, "train");
-  if (s.rows * s.cols != kIn) throw std::runtime_error(dir + ": images are not 28x28");
-  TrainSet t;
-  t.n = s.count;
-  t.images.resize(s.images.size());
-  for (std::size_t i = 0; i < s.images.size(); ++i) t.images[i] = static_cast<float>(s.images[i]) / 255.0f;
-  std::vector<std::uint8_t>().swap(s.images);  // one copy of the pixels from here on
-  t.labels = std::move(s.labels);
-  return t;
+gg::train::BatchOptions batch_options(std::int64_t size, int threads, std::uint64_t seed) {
+  gg::train::BatchOptions bo;
+  bo.batch_size = size;
+  bo.seed = seed;
+  bo.threads = threads;
+  return bo;
 }
 
 // ---- report rows ---------------------------------------------------------------------------------
@@ -635,12 +606,19 @@ int run(const Options& o, const char* self) {
   if (!o.sweep_child) blis_header(read_cpuinfo(), o.threads);
 
   auto t_load = Clock::now();
-  TrainSet train = load_train(o.data);
-  const std::int64_t n = train.n;
-  const double train_bytes = static_cast<double>(train.images.size() * sizeof(float));
+  const gg::train::Dataset train = gg::train::load_idx(o.data, "train");
+  if (train.features() != kIn) throw std::runtime_error(o.data + ": images are not 28x28");
+  const std::int64_t n = train.count;
+  // The whole training set normalised to float32 rows once, by the library's full-batch iterator:
+  // what the full-batch step reads, and what the raw GEMMs read.
+  gg::train::Batches whole(train, batch_options(0, o.threads, 1));
+  const gg::train::Batch& all = whole.next();
+  const float* images = static_cast<const float*>(all.x.data);
+  const double train_bytes = static_cast<double>(n * kIn * sizeof(float)), byte_bytes = static_cast<double>(train.pixels.size());
   if (!o.sweep_child)
-    std::printf("data: %s, %lld training images as float32 = %s (loaded and converted in %.2f s; uint8 copy freed)\n",
-                o.data.c_str(), static_cast<long long>(n), mb(train_bytes).c_str(), seconds_since(t_load));
+    std::printf("data: %s, %lld training images: %s as bytes, normalised to float32 = %s (loaded in %.2f s)\n",
+                o.data.c_str(), static_cast<long long>(n), mb(byte_bytes).c_str(), mb(train_bytes).c_str(),
+                seconds_since(t_load));
 
   constexpr std::int64_t kBatch = 128;
   const std::int64_t steps_per_epoch = (n + kBatch - 1) / kBatch;
@@ -650,8 +628,8 @@ int run(const Options& o, const char* self) {
     wait_quiet(o.wait_quiet);
     ThreadWatch w;
     w.start();
-    GemmTimes big = time_gemms(n, train.images.data(), o.threads, o.reps, 2);
-    GemmTimes small = time_gemms(kBatch, train.images.data(), o.threads, std::max(o.steps, 200), 50);
+    GemmTimes big = time_gemms(n, images, o.threads, o.reps, 2);
+    GemmTimes small = time_gemms(kBatch, images, o.threads, std::max(o.steps, 200), 50);
     w.report();
     cntx_t* c = bli_gks_query_cntx();
     std::printf("%4ld %4ld | %10s %7.1f GFLOP/s (Z1 %5.1f) | %10s %7.1f GFLOP/s (Z1 %5.1f) | %5.2f\n",
@@ -670,10 +648,10 @@ int run(const Options& o, const char* self) {
     ThreadWatch w;
     wait_quiet(o.wait_quiet);
     w.start();
-    GemmTimes g = time_gemms(n, train.images.data(), o.threads, o.reps, 2);
-    GemmTimes g128 = time_gemms(kBatch, train.images.data(), o.threads, std::max(o.steps, 200), 100);
-    GemmTimes glast = time_gemms(last_batch, train.images.data(), o.threads, std::max(o.steps, 200), 100);
-    GemmTimes g128_1 = time_gemms(kBatch, train.images.data(), 1, std::max(o.steps, 200), 100);
+    GemmTimes g = time_gemms(n, images, o.threads, o.reps, 2);
+    GemmTimes g128 = time_gemms(kBatch, images, o.threads, std::max(o.steps, 200), 100);
+    GemmTimes glast = time_gemms(last_batch, images, o.threads, std::max(o.steps, 200), 100);
+    GemmTimes g128_1 = time_gemms(kBatch, images, 1, std::max(o.steps, 200), 100);
     print_gemms(g);
     print_gemms(g128);
     std::printf("    (on one thread, m = 128: floor %s)\n", fmt_time(g128_1.floor).c_str());
@@ -689,23 +667,18 @@ int run(const Options& o, const char* self) {
 
   if (full) {
     std::printf("\n[full batch, m = %lld, plain SGD, lr 0.1]\n", static_cast<long long>(n));
-    // The one-hot targets, {10, n}, as the training tool keeps them.
-    std::vector<float> onehot(static_cast<std::size_t>(kOut * n), 0.0f);
-    for (std::int64_t i = 0; i < n; ++i)
-      onehot[static_cast<std::size_t>(train.labels[static_cast<std::size_t>(i)] * n + i)] = 1.0f;
     // Memory first, with nothing else allocated: the program's peak RSS over the training data.
     const bool phase_peak = reset_peak_rss();
     const std::int64_t rss_before = current_rss();
-    Net net(gg::SgdOptions{0.1, 0.0, 0.0});
-    gg::Program p = net.compile(o.threads);
+    Net net({.kind = gg::train::Optimizer::Kind::sgd, .lr = 0.1}, o.threads);
+    gg::Program& p = net.program();
     const double planned = static_cast<double>(p.planned_bytes(n));
-    const std::vector<gg::Program::Feed> feeds = {{net.X, images_view(train.images.data(), n)},
-                                                  {net.Y, gg::TensorView(onehot.data(), gg::f32, gg::Shape{kOut, n})}};
+    const std::vector<gg::Program::Feed> feeds = net.feeds(all);
     for (int r = 0; r < o.warmup; ++r) p.run(feeds);
     const double peak = static_cast<double>(peak_rss());
 
     // Then the step and the raw GEMMs, interleaved rep by rep (same machine state for both).
-    GemmTimer gt(n, train.images.data(), o.threads);
+    GemmTimer gt(n, images, o.threads);
     gt.rep(false);
     double loss = 0, acc = 0;
     std::vector<double> t;
@@ -716,8 +689,8 @@ int run(const Options& o, const char* self) {
       gt.rep();
       auto t0 = Clock::now();
       p.run(feeds);
-      loss = p.scalar(net.loss);
-      acc = p.scalar(net.acc);
+      loss = p.scalar(net.trainer->loss());
+      acc = p.scalar(net.trainer->accuracy());
       t.push_back(seconds_since(t0));
     }
     const std::string threads_seen = w.report();
@@ -728,13 +701,14 @@ int run(const Options& o, const char* self) {
                 fmt_time(step).c_str(), o.reps, fmt_time(*std::min_element(t.begin(), t.end())).c_str(),
                 fmt_time(*std::max_element(t.begin(), t.end())).c_str(), p.num_steps(n), loss, acc * 100);
     std::printf("    threads during the steps and raw GEMMs: %s\n", threads_seen.c_str());
-    std::printf("  memory: training set f32 %s + planned arena %s (unshared %s) + parameters %s; one-hot Y %s\n",
-                mb(train_bytes).c_str(), mb(planned).c_str(), mb(static_cast<double>(p.unshared_bytes(n))).c_str(),
-                mb(static_cast<double>(p.param_bytes())).c_str(), mb(static_cast<double>(onehot.size() * 4)).c_str());
-    std::printf("    peak RSS %s%s (RSS before compiling %s); peak / (train f32 + planned) = %.3f (target <= 1.25)%s\n",
+    const double data_bytes = train_bytes + byte_bytes;
+    std::printf("  memory: training set f32 %s + bytes %s + planned arena %s (unshared %s) + parameters %s\n",
+                mb(train_bytes).c_str(), mb(byte_bytes).c_str(), mb(planned).c_str(),
+                mb(static_cast<double>(p.unshared_bytes(n))).c_str(), mb(static_cast<double>(p.param_bytes())).c_str());
+    std::printf("    peak RSS %s%s (RSS before compiling %s); peak / (data + planned) = %.3f (target <= 1.25)%s\n",
                 mb(peak).c_str(), phase_peak ? " while compiling and running the program" : " of the process",
-                mb(static_cast<double>(rss_before)).c_str(), peak / (train_bytes + planned),
-                peak / (train_bytes + planned) > 1.25 ? "  MISSED" : "");
+                mb(static_cast<double>(rss_before)).c_str(), peak / (data_bytes + planned),
+                peak / (data_bytes + planned) > 1.25 ? "  MISSED" : "");
     if (o.profile) print_profile(p, n, std::max(5, o.reps / 2), o.wait_quiet, [&] { p.run(feeds); });
     rows.push_back({"full-batch step (SGD)", n, step, g.floor, step_flops(n), 1.10, planned, peak, w.others});
   }
@@ -745,34 +719,23 @@ int run(const Options& o, const char* self) {
                 static_cast<long long>(kBatch), static_cast<long long>(steps_per_epoch),
                 static_cast<long long>(last_batch));
     reset_peak_rss();
-    // The batch buffers a training loop gathers into: rows [b][784] and one-hot {10, b}.
-    std::vector<float> bx(static_cast<std::size_t>(kBatch * kIn)), by(static_cast<std::size_t>(kBatch * kOut));
-    Net net(gg::SgdOptions{0.05, 0.9, 0.0});
-    gg::Program p = net.compile(o.threads);
+    // The library's batch iterator: a fresh seeded shuffle per epoch, each batch gathered and
+    // normalised from bytes into buffers allocated once, split over the program's threads.
+    Net net({.kind = gg::train::Optimizer::Kind::momentum, .lr = 0.05, .momentum = 0.9}, o.threads);
+    gg::Program& p = net.program();
     const double planned = static_cast<double>(p.planned_bytes(kBatch));
-    // Split over the program's threads, as mnist-train does (same team size as the GEMMs).
-    const int gather_threads = p.threads();
-    auto gather = [&](const std::int64_t* idx, std::int64_t b) {
-#pragma omp parallel for num_threads(gather_threads) schedule(static)
-      for (std::int64_t j = 0; j < b; ++j) {
-        const std::int64_t src = idx[j];
-        std::memcpy(bx.data() + j * kIn, train.images.data() + src * kIn, kIn * sizeof(float));
-        for (std::int64_t c = 0; c < kOut; ++c) by[static_cast<std::size_t>(c * b + j)] = 0.0f;
-        by[static_cast<std::size_t>(train.labels[static_cast<std::size_t>(src)] * b + j)] = 1.0f;
-      }
+    gg::train::Batches batches(train, batch_options(kBatch, p.threads(), 7));
+    const gg::train::Batch* current = &batches.next();
+    const float* bx = static_cast<const float*>(current->x.data);
+    auto step_on = [&](const gg::train::Batch& b) {
+      p.run(net.feeds(b));
+      return p.scalar(net.trainer->loss());
     };
-    auto step_on = [&](std::int64_t b) {
-      p.run({{net.X, images_view(bx.data(), b)}, {net.Y, gg::TensorView(by.data(), gg::f32, gg::Shape{kOut, b})}});
-      return p.scalar(net.loss);
-    };
-    GemmTimer g128(kBatch, bx.data(), o.threads), glast(last_batch, bx.data(), o.threads), g128_1(kBatch, bx.data(), 1);
+    GemmTimer g128(kBatch, bx, o.threads), glast(last_batch, bx, o.threads), g128_1(kBatch, bx, 1);
 
-    // Steps on one fixed batch (the first 128 images), each followed by one rep of the raw GEMMs.
-    std::vector<std::int64_t> first(static_cast<std::size_t>(kBatch));
-    for (std::int64_t j = 0; j < kBatch; ++j) first[static_cast<std::size_t>(j)] = j;
-    gather(first.data(), kBatch);
+    // Steps on one fixed batch (the iterator's first), each followed by one rep of the raw GEMMs.
     for (int r = 0; r < 100; ++r) {
-      step_on(kBatch);
+      step_on(*current);
       g128.rep(false);
       glast.rep(false);
     }
@@ -786,7 +749,7 @@ int run(const Options& o, const char* self) {
       if (r % 4 == 0) glast.rep();
       if (r % 4 == 2) g128_1.rep();
       auto t0 = Clock::now();
-      step_on(kBatch);
+      step_on(*current);
       t.push_back(seconds_since(t0));
     }
     const std::string threads_steps = w.report();
@@ -802,25 +765,21 @@ int run(const Options& o, const char* self) {
     std::printf("  gradgraph step: median %s (mean %s) over %d steps, %d kernels\n", fmt_time(step).c_str(),
                 fmt_time(mean).c_str(), o.steps, p.num_steps(kBatch));
     std::printf("    threads during the steps and raw GEMMs: %s\n", threads_steps.c_str());
-    if (o.profile) print_profile(p, kBatch, 500, o.wait_quiet, [&] { step_on(kBatch); });
+    if (o.profile) print_profile(p, kBatch, 500, o.wait_quiet, [&] { step_on(*current); });
 
-    // Epochs: a fresh shuffle, each batch gathered into the batch buffers, one step, the loss read.
-    // After each, the raw GEMMs of an epoch (468 reps at m = 128, one at the last batch's size),
-    // timed the same way, as a sum.
-    gg::Generator rng(gg::RngKind::standard, 7);
-    std::vector<std::int64_t> order(static_cast<std::size_t>(n));
-    for (std::int64_t i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
+    // Epochs: the iterator's batches (the rest of the first epoch is run before timing starts),
+    // one step each, the loss read. After each, the raw GEMMs of an epoch (468 reps at m = 128,
+    // one at the last batch's size), timed the same way, as a sum.
     std::vector<double> epoch_t, gather_t, floor_t;
     double last_loss = 0;
+    while (!current->last) current = &batches.next();
     // One epoch; returns {wall, gather} seconds.
     auto run_epoch = [&]() {
-      rng.shuffle(order);
       double gsum = 0;
       auto t0 = Clock::now();
       for (std::int64_t s = 0; s < steps_per_epoch; ++s) {
-        const std::int64_t b = std::min(kBatch, n - s * kBatch);
         auto tg = Clock::now();
-        gather(order.data() + s * kBatch, b);
+        const gg::train::Batch& b = batches.next();
         gsum += seconds_since(tg);
         last_loss = step_on(b);
       }
