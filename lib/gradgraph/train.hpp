@@ -112,7 +112,7 @@ class Batches {
   BatchOptions opts_;
   std::int64_t batch_ = 0, steps_per_epoch_ = 0;
   Generator rng_;
-  std::string rng_at_epoch_start_;
+  Generator rng_at_epoch_start_;  // a copy, not its text: starting an epoch allocates nothing
   std::vector<std::int64_t> order_;
   std::int64_t epoch_ = 0, index_ = -1;  // of the batch last returned
   bool started_ = false;

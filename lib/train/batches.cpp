@@ -34,7 +34,8 @@ void normalise_rows(const Dataset& d, const std::int64_t* order, std::int64_t co
 
 }  // namespace
 
-Batches::Batches(const Dataset& d, const BatchOptions& o) : data_(&d), opts_(o), rng_(RngKind::standard, o.seed) {
+Batches::Batches(const Dataset& d, const BatchOptions& o)
+    : data_(&d), opts_(o), rng_(RngKind::standard, o.seed), rng_at_epoch_start_(rng_) {
   if (d.count <= 0) throw std::invalid_argument(d.name + ": no examples");
   if (!is_float(o.dtype)) throw std::invalid_argument("Batches: the inputs' dtype must be float32 or float64");
   if (o.batch_size < 0) throw std::invalid_argument("Batches: negative batch size");
@@ -50,7 +51,7 @@ Batches::Batches(const Dataset& d, const BatchOptions& o) : data_(&d), opts_(o),
 }
 
 void Batches::start_epoch() {
-  rng_at_epoch_start_ = rng_.state();
+  rng_at_epoch_start_ = rng_;
   std::iota(order_.begin(), order_.end(), std::int64_t{0});  // each epoch's order depends on its rng state only
   if (opts_.shuffle && batch_ < data_->count) rng_.shuffle(order_);
 }
@@ -100,7 +101,7 @@ const Batch& Batches::next() {
 Batches::Position Batches::position() const {
   if (!started_) return {0, 0, rng_.state()};
   if (index_ + 1 >= steps_per_epoch_) return {epoch_ + 1, 0, rng_.state()};
-  return {epoch_, index_ + 1, rng_at_epoch_start_};
+  return {epoch_, index_ + 1, rng_at_epoch_start_.state()};
 }
 
 void Batches::seek(const Position& p) {
