@@ -6,6 +6,8 @@
 
 #include "common/plot.hpp"
 
+#include "common/cli.hpp"
+
 #include <boost/program_options.hpp>
 
 #include <algorithm>
@@ -22,9 +24,7 @@ namespace po = boost::program_options;
 
 namespace {
 
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using gg::tools::UsageError;
 
 struct Options {
   std::string checkpoint, data, plot;
@@ -74,13 +74,8 @@ std::optional<Options> parse(int argc, char** argv) {
 }
 
 int run(const Options& o) {
-  const gg::train::CheckpointInfo info = gg::train::read_checkpoint_info(o.checkpoint);
-  gg::train::Rebuilt net;
-  try {
-    net = gg::train::rebuild(info);
-  } catch (const std::exception& e) {
-    throw std::runtime_error(o.checkpoint + ": " + e.what());
-  }
+  gg::train::Rebuilt net = gg::train::rebuild(o.checkpoint);
+  const gg::train::CheckpointInfo& info = net.info;
   std::string data = o.data;
   if (data.empty()) {
     const auto it = info.metadata.find("data");
@@ -156,16 +151,4 @@ int run(const Options& o) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    std::optional<Options> o = parse(argc, argv);
-    if (!o) return 0;
-    return run(*o);
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "mnist-eval: %s (see --help)\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "mnist-eval: %s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return gg::tools::cli_main("mnist-eval", argc, argv, parse, run); }

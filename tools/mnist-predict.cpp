@@ -5,6 +5,8 @@
 
 #include "common/image.hpp"
 
+#include "common/cli.hpp"
+
 #include <boost/program_options.hpp>
 
 #include <algorithm>
@@ -19,9 +21,7 @@ namespace po = boost::program_options;
 
 namespace {
 
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using gg::tools::UsageError;
 
 struct Options {
   std::string checkpoint;
@@ -59,13 +59,8 @@ std::optional<Options> parse(int argc, char** argv) {
 }
 
 int run(const Options& o) {
-  const gg::train::CheckpointInfo info = gg::train::read_checkpoint_info(o.checkpoint);
-  gg::train::Rebuilt net;
-  try {
-    net = gg::train::rebuild(info);
-  } catch (const std::exception& e) {
-    throw std::runtime_error(o.checkpoint + ": " + e.what());
-  }
+  gg::train::Rebuilt net = gg::train::rebuild(o.checkpoint);
+  const gg::train::CheckpointInfo& info = net.info;
   if (net.model.example != gg::Shape{28, 28})
     throw std::runtime_error(o.checkpoint + ": its network takes " + gg::to_string(net.model.example) + " inputs, not 28x28 images");
   // Every image is read and checked before anything is computed: one bad file, one line, no output.
@@ -101,16 +96,4 @@ int run(const Options& o) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    std::optional<Options> o = parse(argc, argv);
-    if (!o) return 0;
-    return run(*o);
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "mnist-predict: %s (see --help)\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "mnist-predict: %s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return gg::tools::cli_main("mnist-predict", argc, argv, parse, run); }

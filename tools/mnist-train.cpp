@@ -11,6 +11,8 @@
 #include "common/plot.hpp"
 #include "common/progress.hpp"
 
+#include "common/cli.hpp"
+
 #include <boost/program_options.hpp>
 
 #include <chrono>
@@ -27,9 +29,7 @@ namespace po = boost::program_options;
 
 namespace {
 
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using gg::tools::UsageError;
 
 struct Options {
   std::string data, metrics, plot, save, load, resume, model, layers, activation, optimizer, schedule, layout;
@@ -320,16 +320,4 @@ int train(const Options& o) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    std::optional<Options> o = parse(argc, argv);
-    if (!o) return 0;
-    return train(*o);
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "mnist-train: %s (see --help)\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "mnist-train: %s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return gg::tools::cli_main("mnist-train", argc, argv, parse, train); }

@@ -245,8 +245,11 @@ struct Rebuilt {
   std::unique_ptr<Graph> graph;
   Model model;
   Normalization normalization;
+  CheckpointInfo info;
 };
 Rebuilt rebuild(const CheckpointInfo& info);
+// The same from a checkpoint file; errors name the file.
+Rebuilt rebuild(const std::string& checkpoint);
 
 class Trainer {
  public:

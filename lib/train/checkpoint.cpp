@@ -46,6 +46,7 @@ CheckpointInfo read_checkpoint_info(const std::string& path) {
 
 Rebuilt rebuild(const CheckpointInfo& info) {
   Rebuilt r;
+  r.info = info;
   DType dt = DType::f32;
   const std::string d = info.get("dtype");
   if (d == "float64")
@@ -74,6 +75,15 @@ Rebuilt rebuild(const CheckpointInfo& info) {
     throw std::runtime_error(e.what());
   }
   return r;
+}
+
+Rebuilt rebuild(const std::string& checkpoint) {
+  const CheckpointInfo info = read_checkpoint_info(checkpoint);
+  try {
+    return rebuild(info);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(checkpoint + ": " + e.what());
+  }
 }
 
 void Trainer::save(const std::string& path, const Batches* batches, const std::map<std::string, std::string>& extra) {
