@@ -29,6 +29,9 @@ struct CompileOptions {
   RngKind rng = RngKind::standard;
   std::uint64_t seed = 0;    // for the parameters' initialisers
   const Program* share_params_with = nullptr;  // use that program's parameter storage
+  // Training or evaluation: ops that behave differently read it (dropout draws a mask in
+  // training and is the identity in evaluation; batch norm uses batch or running statistics).
+  bool training = true;
 };
 
 namespace detail {
@@ -91,6 +94,7 @@ class Program {
 
   void set_threads(int threads);
   int threads() const { return threads_; }
+  bool training() const { return training_; }
   // Sets the "lr" attribute of every op that has one (the optimizers' updates), for schedules;
   // no re-plan. Returns how many ops it changed.
   int set_learning_rate(double lr);
@@ -106,6 +110,8 @@ class Program {
   std::map<std::int64_t, std::unique_ptr<detail::Plan>> plans_;
   detail::Plan* current_ = nullptr;
   int threads_ = 1;
+  bool training_ = true;
+  std::uint64_t seed_ = 0;
   bool profiling_ = false;
 };
 

@@ -160,6 +160,8 @@ struct KernelArgs {
   std::size_t workspace_bytes = 0;
   std::int64_t batch = 0;
   int threads = 1;
+  bool training = true;    // the program's mode (CompileOptions::training)
+  std::uint64_t seed = 0;  // the program's seed (CompileOptions::seed), for ops that draw random numbers
 
   template <typename A> const A& attrs() const { return node->attrs.as<A>(); }
 };

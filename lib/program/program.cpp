@@ -26,6 +26,8 @@ Program::Program(Graph& g, const std::vector<Value>& fetches, const CompileOptio
     params_->init(rng);
   }
   set_threads(opts.threads);
+  training_ = opts.training;
+  seed_ = opts.seed;
 }
 
 Program::~Program() = default;
@@ -45,7 +47,7 @@ void Program::run(const std::vector<Feed>& feeds) { run_impl(feeds.data(), feeds
 void Program::run_impl(const Feed* feeds, std::size_t n) {
   Plan& p = plan_for(detail::batch_of(*code_, *graph_, feeds, n));
   current_ = &p;
-  detail::execute(p, *code_, *graph_, feeds, n, threads_, profiling_);
+  detail::execute(p, *code_, *graph_, feeds, n, threads_, training_, seed_, profiling_);
 }
 
 int Program::slot_of(Value v) const {

@@ -40,6 +40,7 @@ Trainer::Trainer(Graph& g, const Model& m, const TrainOptions& o) : g_(&g), mode
   train_ = std::make_unique<Program>(g, fetch, o.compile);
   CompileOptions eo = o.compile;
   eo.share_params_with = train_.get();
+  eo.training = false;
   eval_ = std::make_unique<Program>(g, std::vector<Value>{loss_, accuracy_, predictions_, probabilities_}, eo);
 }
 
