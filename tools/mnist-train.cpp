@@ -35,7 +35,7 @@ struct Options {
   std::string data, metrics, plot, save, load, resume, model, layers, activation, optimizer, schedule, layout;
   std::int64_t hidden = 64, iterations = 500, batch_size = 0, epochs = 0, print_every = 100, eval_every = 0;
   std::int64_t warmup = 0, lr_step = 0, stop_after_epochs = 0;
-  double lr = 0.1, momentum = 0.9, weight_decay = 0, lr_gamma = 0.1, val_split = 0, test_divisor = 255.0;
+  double lr = 0.1, momentum = 0.9, weight_decay = 0, lr_gamma = 0.1, val_split = 0, test_divisor = 255.0, dropout = 0;
   std::uint64_t seed = 33;
   std::string init = "numpy", dtype = "float32";
   int threads = 0;
@@ -86,6 +86,8 @@ void check_options(const Options& o) {
   if (o.lr_step < 0) bad("lr-step", "must be 0 (a third of the run) or positive", std::to_string(o.lr_step));
   if (!(o.lr_gamma > 0) || !std::isfinite(o.lr_gamma)) bad("lr-gamma", "must be a positive number", format("%g", o.lr_gamma));
   if (o.stop_after_epochs < 0) bad("stop-after-epochs", "must be 0 or positive", std::to_string(o.stop_after_epochs));
+  if (!(o.dropout >= 0 && o.dropout < 1)) bad("dropout", "must be in [0, 1)", format("%g", o.dropout));
+  if (o.dropout > 0 && !o.model.empty()) throw UsageError("--dropout goes with --hidden/--layers; put dropoutP layers in --model");
   if (o.init != "numpy" && o.init != "default") bad("init", "must be numpy or default", o.init);
   if (o.dtype != "float32" && o.dtype != "float64") bad("dtype", "must be float32 or float64", o.dtype);
   if (!o.load.empty() && !o.resume.empty()) throw UsageError("--load and --resume exclude each other");
@@ -93,8 +95,8 @@ void check_options(const Options& o) {
     gg::train::Optimizer::parse_kind(o.optimizer);
     gg::train::Schedule::parse_kind(o.schedule);
     gg::nn::parse_activation(o.activation);
-    gg::nn::parse_layout(o.layout);
-    if (!o.model.empty()) gg::nn::parse(o.model);
+    if (o.layout != "auto") gg::nn::parse_layout(o.layout);
+    if (!o.model.empty() && o.model != "cnn") gg::nn::parse(o.model);
   } catch (const std::invalid_argument& e) {
     throw UsageError(e.what());
   }
@@ -115,9 +117,15 @@ std::optional<Options> parse(int argc, char** argv) {
     ("hidden", po::value(&o.hidden)->default_value(64), "width of the one hidden layer (the notebook's 64)")
     ("layers", po::value(&o.layers), "hidden layer widths, e.g. 256,128 (instead of --hidden)")
     ("activation", po::value(&o.activation)->default_value("relu"), "relu | tanh | sigmoid, after each hidden layer")
-    ("model", po::value(&o.model), "the network as a spec, e.g. dense256,relu,dense128,relu,dense10 (instead of --layers)")
-    ("layout", po::value(&o.layout)->default_value("columns"),
-       "columns: X {784, batch}, the notebook's; rows: X {batch, 784}")
+    ("dropout", po::value(&o.dropout)->default_value(0.0), "dropout probability after each hidden layer (with --hidden/--layers)")
+    ("model", po::value(&o.model),
+       "the network as a spec (instead of --layers), e.g. dense256,relu,dense128,relu,dense10 or "
+       "conv32k3p1,relu,pool2,conv64k3p1,relu,pool2,flatten,dense128,relu,dropout0.25,dense10; "
+       "layers: denseN, convNkKpPsS, poolK, avgpoolK, gap, flatten, dropoutP, relu, tanh, sigmoid; "
+       "'cnn' is the reference CNN above")
+    ("layout", po::value(&o.layout)->default_value("auto"),
+       "columns: X {784, batch}, the notebook's; rows: X {batch, 784}; nchw: X {batch, 1, 28, 28}; "
+       "auto: nchw for a convolutional --model, else columns")
     ("lr", po::value(&o.lr)->default_value(0.1), "learning rate (the peak, with a schedule)")
     ("iterations", po::value(&o.iterations)->default_value(500), "parameter updates (steps), without --epochs")
     ("batch-size", po::value(&o.batch_size)->default_value(0), "examples per step; 0 = the full training set (the notebook)")
@@ -174,9 +182,19 @@ std::optional<Options> parse(int argc, char** argv) {
 
 // The network: --model, else --layers, else one hidden layer of --hidden (the notebook's).
 gg::nn::Spec network(const Options& o, std::int64_t classes) {
+  if (o.model == "cnn") return gg::nn::reference_cnn(classes);
   if (!o.model.empty()) return gg::nn::parse(o.model);
   const std::vector<std::int64_t> hidden = o.layers.empty() ? std::vector<std::int64_t>{o.hidden} : parse_layers(o.layers);
-  return gg::nn::mlp(hidden, gg::nn::parse_activation(o.activation), classes);
+  const gg::nn::Spec plain = gg::nn::mlp(hidden, gg::nn::parse_activation(o.activation), classes);
+  if (o.dropout == 0) return plain;
+  // dropoutP after each hidden layer (after its activation).
+  std::string text;
+  for (std::size_t i = 0; i + 1 < plain.layers.size(); ++i) {
+    text += plain.layers[i].text() + ",";
+    const bool end_of_hidden = plain.layers[i + 1].kind == gg::nn::Layer::Kind::dense;
+    if (end_of_hidden) text += "dropout" + format("%g", o.dropout) + ",";
+  }
+  return gg::nn::parse(text + plain.layers.back().text());
 }
 
 int train(const Options& o) {
@@ -196,7 +214,9 @@ int train(const Options& o) {
   }
 
   const gg::nn::Spec spec = network(o, all.classes);
-  const gg::nn::Layout layout = gg::nn::parse_layout(o.layout);
+  const gg::nn::Layout layout = o.layout != "auto"       ? gg::nn::parse_layout(o.layout)
+                                : spec.convolutional() ? gg::nn::Layout::nchw
+                                                       : gg::nn::Layout::columns;
   gg::Graph g(dt);
   const gg::train::Model model = gg::train::classifier(g, spec, all.example, all.classes, layout);
   gg::train::TrainOptions to;

@@ -75,7 +75,8 @@ struct BatchOptions {
 };
 
 struct Batch {
-  TensorView x;       // {features, size} (columns, strided over example-major memory) or {size, features}
+  TensorView x;       // {features, size} (columns, strided over example-major memory), {size, features}
+                      // (rows) or {size, C, H, W} (nchw)
   TensorView labels;  // int64 {size}
   std::int64_t size = 0;
   std::int64_t epoch = 0;  // 0-based epoch this batch belongs to
@@ -164,9 +165,11 @@ struct Model {
   std::string spec;  // e.g. "dense64,relu,dense10": enough to build the network again
   Shape example;     // one example's shape
 };
-// The input {features, dyn} (columns) or {dyn, features} (rows), int64 labels {dyn}, and the
-// network of `spec` on top.
+// The input {features, dyn} (columns), {dyn, features} (rows) or {dyn, C, H, W} (nchw, examples
+// {H, W} or {C, H, W}), int64 labels {dyn}, and the network of `spec` on top.
 Model classifier(Graph& g, const nn::Spec& spec, const Shape& example, std::int64_t classes, nn::Layout layout);
+// {batch, 1, H, W} for examples {H, W}; {batch, C, H, W} for {C, H, W}.
+Shape image_shape(const Shape& example, std::int64_t batch);
 
 struct TrainOptions {
   Optimizer optimizer;

@@ -87,8 +87,10 @@ const Batch& Batches::next() {
     st[0] = 1;
     st[1] = f;
     b.x = TensorView(xbuf_.data(), opts_.dtype, Shape{f, count}, st);
-  } else {
+  } else if (opts_.layout == nn::Layout::rows) {
     b.x = TensorView(xbuf_.data(), opts_.dtype, Shape{count, f});
+  } else {
+    b.x = TensorView(xbuf_.data(), opts_.dtype, image_shape(data_->example, count));
   }
   b.labels = TensorView(lbuf_.data(), DType::i64, Shape{count});
   b.size = count;

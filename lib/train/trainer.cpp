@@ -8,6 +8,12 @@
 
 namespace gg::train {
 
+Shape image_shape(const Shape& example, std::int64_t batch) {
+  if (example.rank == 2) return Shape{batch, 1, example[0], example[1]};
+  if (example.rank == 3) return Shape{batch, example[0], example[1], example[2]};
+  throw std::invalid_argument("NCHW images need examples of shape {H, W} or {C, H, W}, not " + to_string(example));
+}
+
 Model classifier(Graph& g, const nn::Spec& spec, const Shape& example, std::int64_t classes, nn::Layout layout) {
   const std::int64_t f = example.numel();
   if (spec.outputs() != classes)
@@ -17,7 +23,12 @@ Model classifier(Graph& g, const nn::Spec& spec, const Shape& example, std::int6
   m.layout = layout;
   m.spec = spec.text();
   m.example = example;
-  m.x = layout == nn::Layout::columns ? g.input("X", {f, dyn}) : g.input("X", {dyn, f});
+  if (layout == nn::Layout::columns)
+    m.x = g.input("X", {f, dyn});
+  else if (layout == nn::Layout::rows)
+    m.x = g.input("X", {dyn, f});
+  else
+    m.x = g.input("X", image_shape(example, dyn));
   m.labels = g.input("labels", {dyn}, DType::i64);
   m.logits = nn::build(spec, m.x, layout);
   m.class_axis = layout == nn::Layout::columns ? 0 : 1;
