@@ -649,6 +649,30 @@ TEST_CASE("an output nobody reads still has memory of its own while its op's ker
   CHECK_THAT(p.scalar(total), Catch::Matchers::WithinRel(expected, 1e-12));
 }
 
+TEST_CASE("a max_pool2d whose indices nobody reads computes the values of one whose indices are fetched",
+          "[program][plan][pool]") {
+  gg::Graph g(gg::f64);
+  Value x = g.input("x", {gg::dyn, 3, 6, 6});
+  Value pooled = gg::max_pool2d(gg::exp(x), 3, 1, 1);  // inference: only the values are read
+  Value indices{pooled.graph, pooled.id, 1};
+  const gg::Tensor xv = random_tensor(gg::f64, {2, 3, 6, 6}, -1, 1, 6);
+  gg::Program values_only(g, {pooled}, options());
+  gg::Program both(g, {pooled, indices}, options());
+  values_only.run({{x, xv}});
+  both.run({{x, xv}});
+  CHECK(values(values_only.get(pooled)) == values(both.get(pooled)));
+  // And each value is its window's maximum.
+  for (std::int64_t c = 0; c < 6; ++c)
+    for (std::int64_t h = 0; h < 6; ++h)
+      for (std::int64_t w = 0; w < 6; ++w) {
+        double m = -1;
+        for (std::int64_t i = std::max<std::int64_t>(h - 1, 0); i < std::min<std::int64_t>(h + 2, 6); ++i)
+          for (std::int64_t j = std::max<std::int64_t>(w - 1, 0); j < std::min<std::int64_t>(w + 2, 6); ++j)
+            m = std::max(m, std::exp(xv.at({c / 3, c % 3, i, j})));
+        CHECK(values_only.get(pooled).at({c / 3, c % 3, h, w}) == m);
+      }
+}
+
 TEST_CASE("an op that writes an operand in place runs after every other reader of it", "[program][plan][agnostic]") {
   gg::Graph g(gg::f64);
   Value w = g.param("w", {3}, gg::constant(1.0));
