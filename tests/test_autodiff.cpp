@@ -355,6 +355,28 @@ TEST_CASE("one and two threads give the same results within rounding", "[autodif
   }
 }
 
+TEST_CASE("pooling and its gradients give the same bits for one and two threads", "[autodiff][numerics][pool]") {
+  gg::Graph g(gg::f32);
+  Value x = g.input("x", {gg::dyn, 16, 32, 32});
+  // Overlapping windows: the gradients add several windows' shares into one cell.
+  Value hi = gg::max_pool2d(x, 3, 1, 1);
+  Value mean = gg::avg_pool2d(x, 3, 2, 1);
+  Value R = g.input("R", hi.shape());
+  Value loss = gg::sum(hi * R) + gg::sum(gg::flatten(mean) * gg::flatten(mean));
+  const std::vector<Value> fetches = {hi, Value{hi.graph, hi.id, 1}, mean, gg::gradients(loss, {x})[0]};
+  // 8 x 16 planes of 32 x 32: enough work for the kernels' parallel paths.
+  const gg::Tensor xv = random_tensor(gg::f32, {8, 16, 32, 32}, -1, 1, 18);
+  const gg::Tensor rv = random_tensor(gg::f32, {8, 16, 32, 32}, -1, 1, 19);
+  gg::Program one(g, fetches, options(1));
+  gg::Program two(g, fetches, options(2));
+  one.run({{x, xv}, {R, rv}});
+  two.run({{x, xv}, {R, rv}});
+  for (const Value& v : fetches) {
+    INFO("fetch " << v.name());
+    CHECK(values(two.get(v)) == values(one.get(v)));
+  }
+}
+
 // ---- inspection --------------------------------------------------------------------------------
 
 TEST_CASE("write_dot shows every node's name and shape and colours backward nodes apart", "[autodiff][dot]") {

@@ -344,3 +344,70 @@ TEST_CASE("one_hot stops the run with the offending label and its index", "[grap
       message_of<std::out_of_range>([&] { p.run({{labels, gg::Tensor::from<std::int64_t>({3}, {0, 5, 1})}}); });
   CHECK_THAT(msg, Contains("label 5") && Contains("index 1"));
 }
+
+// ---- pooling shapes and their build-time errors ----------------------------------------------------
+
+TEST_CASE("pooling shapes keep an open batch, and global_avg_pool and flatten give {N, C} and {N, C*H*W}",
+          "[graph][pool]") {
+  gg::Graph g(gg::f64);
+  Value x = g.input("x", {gg::dyn, 3, 7, 6});
+  // OH = (H + 2 padding - kernel) / stride + 1, floored: PyTorch's ceil_mode = false.
+  CHECK(gg::max_pool2d(x, 2).shape() == Shape{gg::dyn, 3, 3, 3});
+  CHECK(gg::max_pool2d(x, 3, 2, 1).shape() == Shape{gg::dyn, 3, 4, 3});
+  CHECK(gg::avg_pool2d(x, 3, 1, 1).shape() == Shape{gg::dyn, 3, 7, 6});
+  CHECK(gg::avg_pool2d(x, 5, 2).shape() == Shape{gg::dyn, 3, 2, 1});
+  Value pooled = gg::max_pool2d(x, 2);
+  CHECK(gg::detail::outputs_of(pooled).size() == 2);
+  CHECK(Value{pooled.graph, pooled.id, 1}.dtype() == gg::i64);
+  CHECK(pooled.node().attrs.to_string() ==
+        "kernel_h=2, kernel_w=2, stride_h=2, stride_w=2, pad_h=0, pad_w=0, height=7, width=6");
+  Value gap = gg::global_avg_pool(x);
+  Value flat = gg::flatten(x);
+  CHECK(gap.shape() == Shape{gg::dyn, 3});
+  CHECK(flat.shape() == Shape{gg::dyn, 126});
+  CHECK(flat.op_name() == std::string("reshape"));  // a view: no copy
+  CHECK(gg::flatten(gap) == gap);                   // rank 2 as it is
+  CHECK(gg::flatten(g.input("v", {gg::dyn, 2, 5})).shape() == Shape{gg::dyn, 10});
+  gg::Program p(g, {gap, flat});
+  const gg::Tensor xv = gg::test::random_tensor(gg::f64, {2, 3, 7, 6}, -1, 1, 21);
+  p.run({{x, xv}});
+  for (std::int64_t n = 0; n < 2; ++n)
+    for (std::int64_t c = 0; c < 3; ++c) {
+      double total = 0;
+      for (std::int64_t h = 0; h < 7; ++h)
+        for (std::int64_t w = 0; w < 6; ++w) {
+          total += xv.at({n, c, h, w});
+          CHECK(p.get(flat).at({n, (c * 7 + h) * 6 + w}) == xv.at({n, c, h, w}));
+        }
+      CHECK_THAT(p.get(gap).at({n, c}), Catch::Matchers::WithinRel(total / 42, 1e-12));
+    }
+}
+
+TEST_CASE("pooling shape errors name the op, the operand with its shape, the rule and the attributes", "[graph][pool]") {
+  gg::Graph g(gg::f32);
+  Value x = g.input("x", {gg::dyn, 2, 4, 4});
+  auto error = [](auto&& f) { return message_of<gg::GraphError>(f); };
+  CHECK_THAT(error([&] { gg::max_pool2d(x, 5); }),
+             Contains("max_pool2d: pooling window 5 does not fit the 4x4 map (padding 0)") &&
+                 Contains("'x' float32 {dyn, 2, 4, 4}") && Contains("kernel_h=5"));
+  // Padding makes room: 5 fits the padded 8x8 map... but only up to half the window.
+  CHECK(gg::avg_pool2d(x, 5, 1, 2).shape() == Shape{gg::dyn, 2, 4, 4});
+  CHECK_THAT(error([&] { gg::avg_pool2d(x, 3, 1, 2); }),
+             Contains("avg_pool2d: padding 2 is more than half the pooling window 3") && Contains("pad_h=2"));
+  CHECK_THAT(error([&] { gg::max_pool2d(x, 0); }),
+             Contains("max_pool2d: the pooling window must be at least 1, got 0") && Contains("'x' float32 {dyn, 2, 4, 4}"));
+  CHECK_THAT(error([&] { gg::max_pool2d(x, 2, -1); }), Contains("the stride must be at least 1, got -1"));
+  CHECK_THAT(error([&] { gg::avg_pool2d(x, 2, 1, -1); }), Contains("the padding must not be negative, got -1"));
+  Value rank3 = g.input("rank3", {2, 4, 4});
+  CHECK_THAT(error([&] { gg::max_pool2d(rank3, 2); }),
+             Contains("max_pool2d: expects an NCHW tensor of rank 4, got rank 3") && Contains("'rank3' float32 {2, 4, 4}"));
+  Value open = g.input("open", {2, 3, gg::dyn, 4});
+  CHECK_THAT(error([&] { gg::avg_pool2d(open, 2); }), Contains("must be static") && Contains("'open'"));
+  Value labels = g.input("labels", {1, 1, 4, 4}, gg::i64);
+  CHECK_THAT(error([&] { gg::max_pool2d(labels, 2); }),
+             Contains("max_pool2d") && Contains("'labels' int64 {1, 1, 4, 4}") && Contains("must be float32 or float64"));
+  CHECK_THAT(error([&] { gg::global_avg_pool(rank3); }),
+             Contains("global_avg_pool") && Contains("'rank3' float32 {2, 4, 4}"));
+  CHECK_THAT(error([&] { gg::flatten(g.input("vec", {gg::dyn})); }), Contains("flatten") && Contains("'vec' float32 {dyn}"));
+  CHECK_THAT(error([&] { gg::flatten(open); }), Contains("flatten: only dimension 0 may be dyn"));
+}

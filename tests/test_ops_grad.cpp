@@ -661,6 +661,196 @@ TEST_CASE("gather's gradient w.r.t. the table matches finite differences, repeat
   check_op(g, weighted_sum(rows * rows), {table});
 }
 
+// ---- pooling -------------------------------------------------------------------------------------
+
+namespace {
+
+// A square pooling window: kernel, stride, padding.
+struct Pool {
+  int kernel, stride, padding;
+};
+
+std::string describe(const Pool& p) {
+  return "kernel " + std::to_string(p.kernel) + ", stride " + std::to_string(p.stride) + ", padding " +
+         std::to_string(p.padding);
+}
+
+// Non-overlapping; padded; overlapping with padding; overlapping without; and non-overlapping with
+// the map's last row and column never read (5x6 maps).
+const std::vector<Pool>& pools() {
+  static const std::vector<Pool> p = {{2, 2, 0}, {3, 2, 1}, {3, 1, 1}, {2, 1, 0}, {3, 3, 0}};
+  return p;
+}
+
+// The values k / n for k = -n/2 .. n/2 - 1, shuffled: no ties, and no finite-difference step (1e-6)
+// crosses from one maximum to another (1 / n apart). Within [-0.5, 0.5), so that the losses stay
+// near 1: the round-off of a central difference grows with the loss.
+gg::Tensor distinct_tensor(const Shape& s, std::uint64_t seed) {
+  const std::int64_t n = s.numel();
+  std::vector<std::int64_t> order(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
+  gg::Generator(gg::RngKind::standard, seed).shuffle(order);
+  gg::Tensor t(gg::f64, s);
+  for (std::int64_t i = 0; i < n; ++i) t.ptr<double>()[i] = static_cast<double>(order[static_cast<std::size_t>(i)] - n / 2) / static_cast<double>(n);
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("max_pool2d's gradient matches finite differences over kernels, strides, paddings and batch sizes",
+          "[grad][pool]") {
+  const Pool pool = GENERATE(from_range(pools()));
+  const std::int64_t batch = GENERATE(1, 3);
+  INFO(describe(pool) << ", batch " << batch);
+  gg::Graph g(gg::f64);
+  const Shape s{batch, 2, 5, 6};
+  Value x = g.param("x", s);  // starts at 0: the distinct values are y's operand's
+  Value y = gg::max_pool2d(x + g.constant(distinct_tensor(s, 7)), pool.kernel, pool.stride, pool.padding);
+  // y * y: the gradient depends on which element won, so a misrouted one has the wrong value too.
+  check_op(g, weighted_sum(y * y) + weighted_sum(y, 5), {x});
+}
+
+TEST_CASE("avg_pool2d's gradient matches finite differences over kernels, strides, paddings and batch sizes",
+          "[grad][pool]") {
+  const Pool pool = GENERATE(from_range(pools()));
+  const std::int64_t batch = GENERATE(1, 3);
+  INFO(describe(pool) << ", batch " << batch);
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {batch, 2, 5, 6}, gg::uniform(-1.0, 1.0));
+  Value y = gg::avg_pool2d(x, pool.kernel, pool.stride, pool.padding);
+  check_op(g, weighted_sum(y * y) + weighted_sum(y, 5), {x});
+}
+
+TEST_CASE("pooling gradients w.r.t. a fed input with an open batch dimension match finite differences",
+          "[grad][pool][input]") {
+  const Pool pool = GENERATE(Pool{3, 2, 1}, Pool{3, 1, 1});
+  const std::int64_t batch = GENERATE(1, 3);
+  INFO(describe(pool) << ", batch " << batch);
+  gg::Graph g(gg::f64);
+  Value x = g.input("x", {gg::dyn, 2, 5, 6});
+  Value hi = gg::max_pool2d(x, pool.kernel, pool.stride, pool.padding);
+  Value mean = gg::avg_pool2d(x, pool.kernel, pool.stride, pool.padding);
+  REQUIRE(hi.shape().dims[0] == gg::dyn);
+  REQUIRE(mean.shape() == hi.shape());
+  Shape r = hi.shape();
+  Value R = g.input("R", r);
+  r.dims[0] = batch;
+  Feeds f;
+  f.add(x, distinct_tensor({batch, 2, 5, 6}, 8));
+  f.add(R, random_tensor(r, -1.0, 1.0, 9));
+  check_op(g, gg::sum(hi * hi * R) + gg::sum(mean * R), {x}, f);
+}
+
+TEST_CASE("max_pool2d's gradient is differentiable again: second derivatives through max_unpool2d",
+          "[grad][pool][second-order]") {
+  const Pool pool = GENERATE(Pool{2, 2, 0}, Pool{3, 1, 1});
+  INFO(describe(pool));
+  gg::Graph g(gg::f64);
+  const Shape s{3, 2, 4, 5};
+  Value x = g.param("x", s);
+  Value y = gg::max_pool2d(x + g.constant(distinct_tensor(s, 10)), pool.kernel, pool.stride, pool.padding);
+  Value w = g.param("w", y.shape(), gg::uniform(-1.0, 1.0));
+  const Value dx = gg::gradients(gg::sum(y * y * w), {x})[0];  // unpooled 2 y w
+  REQUIRE(dx.op_name() == std::string("max_unpool2d"));
+  // d/dx runs through the unpooling's VJP (a gather at the indices) into max_pool2d's VJP again;
+  // d/dw through the gather alone.
+  check_op(g, weighted_sum(dx), {x, w});
+}
+
+TEST_CASE("max_unpool2d and max_pool2d_gather built directly have gradients matching finite differences",
+          "[grad][pool][second-order]") {
+  const Pool pool = GENERATE(Pool{2, 2, 0}, Pool{3, 2, 1}, Pool{3, 1, 1});
+  INFO(describe(pool));
+  gg::Graph g(gg::f64);
+  const Shape s{3, 2, 5, 6};
+  Value pooled = gg::max_pool2d(g.constant(distinct_tensor(s, 11)), pool.kernel, pool.stride, pool.padding);
+  Value indices{pooled.graph, pooled.id, 1};
+  Value v = g.param("v", s, gg::uniform(-1.0, 1.0));
+  Value grad = g.param("grad", pooled.shape(), gg::uniform(-1.0, 1.0));
+  // The forward node's attributes (its window and map) are the adjoints'.
+  const gg::Attrs& a = pooled.node().attrs;
+  Value gathered = gg::detail::make(*gg::detail::find_op("max_pool2d_gather"), {v, indices}, a);
+  Value unpooled = gg::detail::make(*gg::detail::find_op("max_unpool2d"), {grad, indices}, a);
+  REQUIRE(gathered.shape() == pooled.shape());
+  REQUIRE(unpooled.shape() == s);
+  // Squares, so each gradient depends on where its values went.
+  check_op(g, weighted_sum(gathered * gathered) + weighted_sum(unpooled * unpooled, 3), {v, grad});
+}
+
+TEST_CASE("avg_pool2d's gradient is differentiable again, and avg_pool2d_backward built directly matches finite differences",
+          "[grad][pool][second-order]") {
+  const Pool pool = GENERATE(from_range(pools()));
+  INFO(describe(pool));
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {3, 2, 5, 6}, gg::uniform(-1.0, 1.0));
+  Value y = gg::avg_pool2d(x, pool.kernel, pool.stride, pool.padding);
+  Value w = g.param("w", y.shape(), gg::uniform(-1.0, 1.0));
+  const Value dx = gg::gradients(gg::sum(y * y * w), {x})[0];  // spread 2 y w
+  REQUIRE(dx.op_name() == std::string("avg_pool2d_backward"));
+  Value grad = g.param("grad", y.shape(), gg::uniform(-1.0, 1.0));
+  Value spread = gg::detail::make(*gg::detail::find_op("avg_pool2d_backward"), {grad}, y.node().attrs);
+  REQUIRE(spread.shape() == x.shape());
+  check_op(g, weighted_sum(dx) + weighted_sum(spread * spread, 3), {x, w, grad});
+}
+
+TEST_CASE("max_pool2d and avg_pool2d match hand-computed values with padding, and the first of tied maxima wins",
+          "[grad][pool]") {
+  gg::Graph g(gg::f64);
+  Value x = g.input("x", {1, 1, 4, 4});
+  Value R = g.input("R", {1, 1, 2, 2});
+  Value hi = gg::max_pool2d(x, 3, 2, 1);  // 2x2 windows over rows and columns -1..1 and 1..3
+  Value indices{hi.graph, hi.id, 1};
+  Value mean = gg::avg_pool2d(x, 3, 2, 1);
+  REQUIRE(hi.shape() == Shape{1, 1, 2, 2});
+  REQUIRE(indices.dtype() == gg::i64);
+  const auto dmax = gg::gradients(gg::sum(hi * R), {x})[0];
+  const auto davg = gg::gradients(gg::sum(mean * R), {x})[0];
+  gg::Program p(g, {hi, indices, mean, dmax, davg});
+  // Every value is negative, so a padding cell that counted as 0 would win the border windows.
+  // Window (0, 0) holds -5 twice, at (0, 1) and (1, 0): the first in row-major order wins.
+  const gg::Tensor xv = gg::Tensor::from<double>({1, 1, 4, 4}, {-9, -5, -8, -10,  //
+                                                                -5, -7, -6, -6,   //
+                                                                -10, -8, -1, -9,  //
+                                                                -3, -4, -9, -2});
+  p.run({{x, xv}, {R, gg::Tensor::from<double>({1, 1, 2, 2}, {9, 18, 27, 36})}});
+  CHECK(gg::test::values(p.get(hi)) == std::vector<double>{-5, -5, -3, -1});
+  CHECK(gg::test::values(p.get(indices)) == std::vector<double>{1, 1, 12, 10});
+  // count_include_pad: the padding's zeros are in every mean, whose divisor is always 9.
+  CHECK(gg::test::values(p.get(mean)) == std::vector<double>{-26.0 / 9, -42.0 / 9, -37.0 / 9, -52.0 / 9});
+  // The maximum at 1 wins two windows: their gradients add up; the tied -5 at 4 gets none.
+  CHECK(gg::test::values(p.get(dmax)) == std::vector<double>{0, 27, 0, 0, 0, 0, 0, 0, 0, 0, 36, 0, 27, 0, 0, 0});
+  // Each window spreads R / 9 over its cells of the map: sums of 1, 2, 3, 4 by overlap.
+  CHECK(gg::test::values(p.get(davg)) == std::vector<double>{1, 3, 2, 2, 4, 10, 6, 6, 3, 7, 4, 4, 3, 7, 4, 4});
+}
+
+TEST_CASE("max_pool2d propagates NaN as PyTorch does, and a window of -inf names its first cell", "[grad][pool]") {
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  gg::Graph g(gg::f64);
+  Value x = g.input("x", {1, 2, 2, 4});
+  Value hi = gg::max_pool2d(x, 2);
+  Value indices{hi.graph, hi.id, 1};
+  Value mean = gg::avg_pool2d(x, 2);
+  gg::Program p(g, {hi, indices, mean});
+  // Plane 0: two NaNs before a larger value (the value is NaN, the index the later NaN's: every
+  // NaN takes over), and a NaN before a larger value. Plane 1: a window of -inf, and one without
+  // a NaN, which a NaN elsewhere does not touch.
+  p.run({{x, gg::Tensor::from<double>({1, 2, 2, 4}, {1, nan, 3, nan,     //
+                                                     nan, 7, 4, 0,       //
+                                                     -inf, -inf, 6, 1,   //
+                                                     -inf, -inf, 5, 2})}});
+  const std::vector<double> y = gg::test::values(p.get(hi));
+  CHECK(std::isnan(y[0]));
+  CHECK(std::isnan(y[1]));
+  CHECK(y[2] == -inf);
+  CHECK(y[3] == 6);
+  CHECK(gg::test::values(p.get(indices)) == std::vector<double>{4, 3, 0, 2});
+  const std::vector<double> m = gg::test::values(p.get(mean));
+  CHECK(std::isnan(m[0]));
+  CHECK(std::isnan(m[1]));
+  CHECK(m[2] == -inf);
+  CHECK(m[3] == 3.5);
+}
+
 // ---- losses ------------------------------------------------------------------------------------
 
 TEST_CASE("softmax_cross_entropy's gradients w.r.t. logits and targets match finite differences", "[grad][loss]") {

@@ -581,6 +581,20 @@ void min_max_kernel(const gg::detail::KernelArgs& k) {
 const gg::detail::OpDef min_max_op = {.name = "test_min_max", .arity = 1, .outputs = 2, .flags = gg::detail::kNonDifferentiable,
                                       .kernels = {.f64 = min_max_kernel}, .infer = min_max_ports};
 
+// Two outputs of the operand's shape, the second written first: -1 everywhere (a mask, say), then
+// y = 2x. Whatever buffer the second output gets must not be one the step still reads.
+gg::detail::Outputs two_like_operand(const gg::Graph& g, const gg::Node& n) {
+  const gg::Port& x = gg::detail::operand(g, n, 0);
+  return gg::detail::Outputs(x, x);
+}
+void twice_and_mark_kernel(const gg::detail::KernelArgs& k) {
+  for (std::int64_t i = 0; i < k.out[1].numel(); ++i) k.out[1].ptr<double>()[i] = -1;
+  for (std::int64_t i = 0; i < k.out[0].numel(); ++i) k.out[0].ptr<double>()[i] = 2 * k.in[0].ptr<double>()[i];
+}
+const gg::detail::OpDef twice_and_mark_op = {.name = "test_twice_and_mark", .arity = 1, .outputs = 2,
+                                             .flags = gg::detail::kNonDifferentiable,
+                                             .kernels = {.f64 = twice_and_mark_kernel}, .infer = two_like_operand};
+
 // Doubles its operand in place and outputs it (what an all-reduce over two identical ranks does).
 void double_kernel(const gg::detail::KernelArgs& k) {
   double* x = k.in[0].ptr<double>();
@@ -620,6 +634,43 @@ TEST_CASE("an op with two outputs has both planned, fetched and read by other op
   CHECK(p.scalar(lo) == -1.0);
   CHECK(p.scalar(hi) == 5.0);
   CHECK(p.scalar(range) == 6.0);
+}
+
+TEST_CASE("an output nobody reads still has memory of its own while its op's kernel writes it", "[program][plan][agnostic]") {
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {64}, gg::uniform(-1.0, 1.0));
+  Value e = gg::exp(x);  // planned memory, read only by the two-output op: its step still reads it
+  Value y = gg::detail::make(twice_and_mark_op, {e});
+  Value total = gg::sum(y);  // y's output 1 has no reader and is not fetched
+  gg::Program p(g, {total}, options());
+  p.run({});
+  double expected = 0;
+  for (std::int64_t i = 0; i < 64; ++i) expected += 2 * std::exp(p.param(x).at({i}));
+  CHECK_THAT(p.scalar(total), Catch::Matchers::WithinRel(expected, 1e-12));
+}
+
+TEST_CASE("a max_pool2d whose indices nobody reads computes the values of one whose indices are fetched",
+          "[program][plan][pool]") {
+  gg::Graph g(gg::f64);
+  Value x = g.input("x", {gg::dyn, 3, 6, 6});
+  Value pooled = gg::max_pool2d(gg::exp(x), 3, 1, 1);  // inference: only the values are read
+  Value indices{pooled.graph, pooled.id, 1};
+  const gg::Tensor xv = random_tensor(gg::f64, {2, 3, 6, 6}, -1, 1, 6);
+  gg::Program values_only(g, {pooled}, options());
+  gg::Program both(g, {pooled, indices}, options());
+  values_only.run({{x, xv}});
+  both.run({{x, xv}});
+  CHECK(values(values_only.get(pooled)) == values(both.get(pooled)));
+  // And each value is its window's maximum.
+  for (std::int64_t c = 0; c < 6; ++c)
+    for (std::int64_t h = 0; h < 6; ++h)
+      for (std::int64_t w = 0; w < 6; ++w) {
+        double m = -1;
+        for (std::int64_t i = std::max<std::int64_t>(h - 1, 0); i < std::min<std::int64_t>(h + 2, 6); ++i)
+          for (std::int64_t j = std::max<std::int64_t>(w - 1, 0); j < std::min<std::int64_t>(w + 2, 6); ++j)
+            m = std::max(m, std::exp(xv.at({c / 3, c % 3, i, j})));
+        CHECK(values_only.get(pooled).at({c / 3, c % 3, h, w}) == m);
+      }
 }
 
 TEST_CASE("an op that writes an operand in place runs after every other reader of it", "[program][plan][agnostic]") {

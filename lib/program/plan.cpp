@@ -13,8 +13,9 @@
 //                the bytes and dtype agree
 //   kOnce        the kernel runs here, once; its output is pinned
 //   workspace    scratch bytes, live during the op's step only
-// Buffers live from their producer to their last reader; fetched values and staging buffers of
-// feeds are pinned (live for the whole run). Offsets come from plan_offsets.
+// Buffers live from their producer to their last reader (or for the producer's step alone, an
+// output nobody reads); fetched values and staging buffers of feeds are pinned (live for the
+// whole run). Offsets come from plan_offsets.
 #include "program_impl.hpp"
 
 #include <algorithm>
@@ -70,7 +71,7 @@ struct SlotInfo {
   Layout layout;                // relative to the root's memory (unless bound at run time)
   bool bound_at_run = false;    // a feed, a view of one, or a feed's staging buffer
   int root = -1;                // the slot whose memory this is (arena: the buffer group)
-  int last = -1;                // the last step reading it; kForever when fetched
+  int last = -1;                // the last step reading it (at least its producer's); kForever when fetched
   bool needs_contiguous = false;
   int read = -1;                // the slot readers use: itself, or a staging copy
 };
@@ -107,7 +108,10 @@ std::unique_ptr<Plan> make_plan(const Compiled& c, const ParamStore& params, std
       v.shape = x.node.out(q).shape.resolved(batch);
       v.layout = contiguous_layout(v.shape);
       v.read = p.first_slot[static_cast<std::size_t>(i)] + q;
-      if (x.fetched >> q & 1u) v.last = kForever;
+      // Its own step writes it, so it lives at least then: an output nobody reads (a second
+      // output only a gradient would read, in an inference program) must not share memory with
+      // what that step reads or writes.
+      v.last = (x.fetched >> q & 1u) ? kForever : i;
     }
     for (const Operand& o : x.node.inputs) {
       SlotInfo& v = s[static_cast<std::size_t>(slot_of(o))];
