@@ -471,123 +471,6 @@ void print_profile(gg::Program& p, std::int64_t batch, int runs, double quiet, R
   std::printf("    threads during the profiled steps: %s\n", threads.c_str());
 }
 
-// ---- the reference CNN -------------------------------------------------------------------------
-
-// One GEMM as gradgraph's convolution and dense kernels issue it: C {m, n} = A {m, k} B {k, n},
-// each with (row, column) strides.
-struct CnnGemm {
-  const char* name;
-  dim_t m, n, k;
-  inc_t ars, acs, brs, bcs;
-};
-
-// The GEMMs of one training step of the reference CNN at batch b: conv1 (no input gradient: the
-// images need none), conv2, and the two dense layers (rows layout), in im2col layouts.
-std::vector<CnnGemm> cnn_gemms(dim_t b) {
-  const dim_t p1 = 28 * 28, p2 = 14 * 14, k1 = 9, k2 = 32 * 9;
-  return {
-      {"conv1 fwd", 32, b * p1, k1, k1, 1, b * p1, 1},
-      {"conv1 wgrad", 32, k1, b * p1, b * p1, 1, 1, b * p1},
-      {"conv2 fwd", 64, b * p2, k2, k2, 1, b * p2, 1},
-      {"conv2 dgrad", k2, b * p2, 64, 1, k2, b * p2, 1},
-      {"conv2 wgrad", 64, k2, b * p2, b * p2, 1, 1, b * p2},
-      {"dense1 fwd", b, 128, 3136, 3136, 1, 128, 1},
-      {"dense1 dgrad", b, 3136, 128, 128, 1, 1, 128},
-      {"dense1 wgrad", 3136, 128, b, 1, 3136, 128, 1},
-      {"dense2 fwd", b, 10, 128, 128, 1, 10, 1},
-      {"dense2 dgrad", b, 128, 10, 10, 1, 1, 10},
-      {"dense2 wgrad", 128, 10, b, 1, 128, 10, 1},
-  };
-}
-
-// Median seconds of each GEMM (random data) and the median of their per-rep sums: the floor.
-struct CnnFloor {
-  std::vector<double> each;
-  double floor = 0;
-};
-CnnFloor time_cnn_gemms(dim_t b, int threads, int reps) {
-  const std::vector<CnnGemm> gs = cnn_gemms(b);
-  std::vector<std::vector<float>> a, bb, c;
-  gg::Generator rng(gg::RngKind::standard, 5);
-  for (const CnnGemm& g : gs) {
-    a.emplace_back(static_cast<std::size_t>(g.m * g.k));
-    bb.emplace_back(static_cast<std::size_t>(g.k * g.n));
-    c.emplace_back(static_cast<std::size_t>(g.m * g.n));
-    for (float& v : a.back()) v = static_cast<float>(rng.uniform() - 0.5);
-    for (float& v : bb.back()) v = static_cast<float>(rng.uniform() - 0.5);
-  }
-  std::vector<std::vector<double>> t(gs.size());
-  std::vector<double> sums;
-  rntm_t rntm = BLIS_RNTM_INITIALIZER;
-  bli_rntm_set_num_threads(threads, &rntm);
-  float one = 1, zero = 0;
-  for (int r = 0; r < reps + 2; ++r) {
-    double sum = 0;
-    for (std::size_t i = 0; i < gs.size(); ++i) {
-      const CnnGemm& g = gs[i];
-      auto t0 = Clock::now();
-      bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, g.m, g.n, g.k, &one, a[i].data(), g.ars, g.acs, bb[i].data(), g.brs,
-                   g.bcs, &zero, c[i].data(), g.n, 1, nullptr, &rntm);
-      const double dt = seconds_since(t0);
-      if (r >= 2) t[i].push_back(dt), sum += dt;
-    }
-    if (r >= 2) sums.push_back(sum);
-  }
-  CnnFloor f;
-  for (auto& v : t) f.each.push_back(median(v));
-  f.floor = median(sums);
-  return f;
-}
-
-Row bench_cnn(const gg::train::Dataset& train, const Options& o) {
-  constexpr std::int64_t kB = 128;
-  const gg::nn::Spec spec = gg::nn::reference_cnn(kOut);
-  std::printf("\n[reference CNN, m = %lld, Adam lr 1e-3: %s]\n", static_cast<long long>(kB), spec.text().c_str());
-  gg::Graph g(gg::f32);
-  const gg::train::Model m = gg::train::classifier(g, spec, gg::Shape{28, 28}, kOut, gg::nn::Layout::nchw);
-  gg::train::TrainOptions to;
-  to.optimizer = {.kind = gg::train::Optimizer::Kind::adam, .lr = 1e-3};
-  to.compile.threads = o.threads;
-  to.compile.seed = 1;
-  gg::train::Trainer trainer(g, m, to);
-  gg::Program& p = trainer.train_program();
-  gg::train::BatchOptions bo = batch_options(kB, p.threads(), 7);
-  bo.layout = gg::nn::Layout::nchw;
-  gg::train::Batches batches(train, bo);
-  const gg::train::Batch& b = batches.next();
-  const std::vector<gg::Program::Feed> feeds = {{m.x, b.x}, {m.labels, b.labels}};
-  for (int r = 0; r < 3; ++r) p.run(feeds);
-  const double planned = static_cast<double>(p.planned_bytes(kB));
-
-  std::vector<double> t;
-  ThreadWatch w;
-  wait_quiet(o.wait_quiet);
-  w.start();
-  for (int r = 0; r < o.cnn_steps; ++r) {
-    auto t0 = Clock::now();
-    p.run(feeds);
-    t.push_back(seconds_since(t0));
-  }
-  const std::string threads = w.report();
-  const double step = median(t);
-  const CnnFloor f = time_cnn_gemms(kB, o.threads, o.cnn_steps);
-  const std::vector<CnnGemm> gs = cnn_gemms(kB);
-  double flops = 0;
-  std::printf("  raw BLIS sgemm of the step's convolution (im2col) and dense products, m = %lld:\n", static_cast<long long>(kB));
-  for (std::size_t i = 0; i < gs.size(); ++i) {
-    const double fl = 2.0 * static_cast<double>(gs[i].m) * static_cast<double>(gs[i].n) * static_cast<double>(gs[i].k);
-    flops += fl;
-    std::printf("    %-14s %4ld x %6ld x %5ld  %10s  %6.1f GFLOP/s\n", gs[i].name, static_cast<long>(gs[i].m),
-                static_cast<long>(gs[i].n), static_cast<long>(gs[i].k), fmt_time(f.each[i]).c_str(), fl / f.each[i] / 1e9);
-  }
-  std::printf("    floor (sum)    %10s  %.3f GFLOP\n", fmt_time(f.floor).c_str(), flops / 1e9);
-  std::printf("  gradgraph step: median %s over %d steps, %d kernels, %.0f images/s (an epoch of 469 steps: %.1f s)\n",
-              fmt_time(step).c_str(), o.cnn_steps, p.num_steps(kB), static_cast<double>(kB) / step, step * 469);
-  std::printf("    threads during the steps: %s; planned arena %s\n", threads.c_str(), mb(planned).c_str());
-  if (o.profile) print_profile(p, kB, std::max(5, o.cnn_steps / 2), o.wait_quiet, [&] { p.run(feeds); });
-  return {"reference CNN step (Adam)", kB, step, f.floor, flops, 1.5, planned, std::nullopt, w.others};
-}
-
 // ---- options ---------------------------------------------------------------------------------
 
 struct Options {
@@ -707,6 +590,123 @@ std::optional<Options> parse(int argc, char** argv) {
     throw std::invalid_argument("--only must be fullbatch, minibatch, cnn, all or gemm (got " + o.only + ")");
   if (o.cnn_steps < 1) throw std::invalid_argument("--cnn-steps must be at least 1");
   return o;
+}
+
+// ---- the reference CNN -------------------------------------------------------------------------
+
+// One GEMM as gradgraph's convolution and dense kernels issue it: C {m, n} = A {m, k} B {k, n},
+// each with (row, column) strides.
+struct CnnGemm {
+  const char* name;
+  dim_t m, n, k;
+  inc_t ars, acs, brs, bcs;
+};
+
+// The GEMMs of one training step of the reference CNN at batch b: conv1 (no input gradient: the
+// images need none), conv2, and the two dense layers (rows layout), in im2col layouts.
+std::vector<CnnGemm> cnn_gemms(dim_t b) {
+  const dim_t p1 = 28 * 28, p2 = 14 * 14, k1 = 9, k2 = 32 * 9;
+  return {
+      {"conv1 fwd", 32, b * p1, k1, k1, 1, b * p1, 1},
+      {"conv1 wgrad", 32, k1, b * p1, b * p1, 1, 1, b * p1},
+      {"conv2 fwd", 64, b * p2, k2, k2, 1, b * p2, 1},
+      {"conv2 dgrad", k2, b * p2, 64, 1, k2, b * p2, 1},
+      {"conv2 wgrad", 64, k2, b * p2, b * p2, 1, 1, b * p2},
+      {"dense1 fwd", b, 128, 3136, 3136, 1, 128, 1},
+      {"dense1 dgrad", b, 3136, 128, 128, 1, 1, 128},
+      {"dense1 wgrad", 3136, 128, b, 1, 3136, 128, 1},
+      {"dense2 fwd", b, 10, 128, 128, 1, 10, 1},
+      {"dense2 dgrad", b, 128, 10, 10, 1, 1, 10},
+      {"dense2 wgrad", 128, 10, b, 1, 128, 10, 1},
+  };
+}
+
+// Median seconds of each GEMM (random data) and the median of their per-rep sums: the floor.
+struct CnnFloor {
+  std::vector<double> each;
+  double floor = 0;
+};
+CnnFloor time_cnn_gemms(dim_t b, int threads, int reps) {
+  const std::vector<CnnGemm> gs = cnn_gemms(b);
+  std::vector<std::vector<float>> a, bb, c;
+  gg::Generator rng(gg::RngKind::standard, 5);
+  for (const CnnGemm& g : gs) {
+    a.emplace_back(static_cast<std::size_t>(g.m * g.k));
+    bb.emplace_back(static_cast<std::size_t>(g.k * g.n));
+    c.emplace_back(static_cast<std::size_t>(g.m * g.n));
+    for (float& v : a.back()) v = static_cast<float>(rng.uniform() - 0.5);
+    for (float& v : bb.back()) v = static_cast<float>(rng.uniform() - 0.5);
+  }
+  std::vector<std::vector<double>> t(gs.size());
+  std::vector<double> sums;
+  rntm_t rntm = BLIS_RNTM_INITIALIZER;
+  bli_rntm_set_num_threads(threads, &rntm);
+  float one = 1, zero = 0;
+  for (int r = 0; r < reps + 2; ++r) {
+    double sum = 0;
+    for (std::size_t i = 0; i < gs.size(); ++i) {
+      const CnnGemm& g = gs[i];
+      auto t0 = Clock::now();
+      bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, g.m, g.n, g.k, &one, a[i].data(), g.ars, g.acs, bb[i].data(), g.brs,
+                   g.bcs, &zero, c[i].data(), g.n, 1, nullptr, &rntm);
+      const double dt = seconds_since(t0);
+      if (r >= 2) t[i].push_back(dt), sum += dt;
+    }
+    if (r >= 2) sums.push_back(sum);
+  }
+  CnnFloor f;
+  for (auto& v : t) f.each.push_back(median(v));
+  f.floor = median(sums);
+  return f;
+}
+
+Row bench_cnn(const gg::train::Dataset& train, const Options& o) {
+  constexpr std::int64_t kB = 128;
+  const gg::nn::Spec spec = gg::nn::reference_cnn(kOut);
+  std::printf("\n[reference CNN, m = %lld, Adam lr 1e-3: %s]\n", static_cast<long long>(kB), spec.text().c_str());
+  gg::Graph g(gg::f32);
+  const gg::train::Model m = gg::train::classifier(g, spec, gg::Shape{28, 28}, kOut, gg::nn::Layout::nchw);
+  gg::train::TrainOptions to;
+  to.optimizer = {.kind = gg::train::Optimizer::Kind::adam, .lr = 1e-3};
+  to.compile.threads = o.threads;
+  to.compile.seed = 1;
+  gg::train::Trainer trainer(g, m, to);
+  gg::Program& p = trainer.train_program();
+  gg::train::BatchOptions bo = batch_options(kB, p.threads(), 7);
+  bo.layout = gg::nn::Layout::nchw;
+  gg::train::Batches batches(train, bo);
+  const gg::train::Batch& b = batches.next();
+  const std::vector<gg::Program::Feed> feeds = {{m.x, b.x}, {m.labels, b.labels}};
+  for (int r = 0; r < 3; ++r) p.run(feeds);
+  const double planned = static_cast<double>(p.planned_bytes(kB));
+
+  std::vector<double> t;
+  ThreadWatch w;
+  wait_quiet(o.wait_quiet);
+  w.start();
+  for (int r = 0; r < o.cnn_steps; ++r) {
+    auto t0 = Clock::now();
+    p.run(feeds);
+    t.push_back(seconds_since(t0));
+  }
+  const std::string threads = w.report();
+  const double step = median(t);
+  const CnnFloor f = time_cnn_gemms(kB, o.threads, o.cnn_steps);
+  const std::vector<CnnGemm> gs = cnn_gemms(kB);
+  double flops = 0;
+  std::printf("  raw BLIS sgemm of the step's convolution (im2col) and dense products, m = %lld:\n", static_cast<long long>(kB));
+  for (std::size_t i = 0; i < gs.size(); ++i) {
+    const double fl = 2.0 * static_cast<double>(gs[i].m) * static_cast<double>(gs[i].n) * static_cast<double>(gs[i].k);
+    flops += fl;
+    std::printf("    %-14s %4ld x %6ld x %5ld  %10s  %6.1f GFLOP/s\n", gs[i].name, static_cast<long>(gs[i].m),
+                static_cast<long>(gs[i].n), static_cast<long>(gs[i].k), fmt_time(f.each[i]).c_str(), fl / f.each[i] / 1e9);
+  }
+  std::printf("    floor (sum)    %10s  %.3f GFLOP\n", fmt_time(f.floor).c_str(), flops / 1e9);
+  std::printf("  gradgraph step: median %s over %d steps, %d kernels, %.0f images/s (an epoch of 469 steps: %.1f s)\n",
+              fmt_time(step).c_str(), o.cnn_steps, p.num_steps(kB), static_cast<double>(kB) / step, step * 469);
+  std::printf("    threads during the steps: %s; planned arena %s\n", threads.c_str(), mb(planned).c_str());
+  if (o.profile) print_profile(p, kB, std::max(5, o.cnn_steps / 2), o.wait_quiet, [&] { p.run(feeds); });
+  return {"reference CNN step (Adam)", kB, step, f.floor, flops, 1.5, planned, std::nullopt, w.others};
 }
 
 // ---- the benchmark -----------------------------------------------------------------------------

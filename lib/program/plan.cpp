@@ -127,8 +127,7 @@ std::unique_ptr<Plan> make_plan(const Compiled& c, const ParamStore& params, std
     SlotInfo& x = s[static_cast<std::size_t>(v)];
     x.kind = Kind::arena;
     x.root = v;
-    // An output nobody reads still lives while its producer writes it.
-    group[static_cast<std::size_t>(v)] = Group{first, std::max(x.last, first), pinned, bytes_of(v)};
+    group[static_cast<std::size_t>(v)] = Group{first, x.last, pinned, bytes_of(v)};
   };
   // A contiguous copy of slot v for its readers; returns the new slot.
   auto add_staging = [&](int v, int first, bool pinned, bool bound_at_run) {
