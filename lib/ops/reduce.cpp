@@ -106,8 +106,8 @@ Outputs infer_broadcast_to(const Graph& g, const Node& n) {
 
 // Sums `x` (contiguous) into `out`, whose shape `to` is x's with some dimensions set to 1 (or
 // removed on the left, NumPy's right alignment). When the summed dimensions are one contiguous
-// run (dimensions of extent 1 count as neither) this is a middle-axis reduction; other patterns
-// take a general index walk.
+// run (dimensions of extent 1 count as neither) this is a middle-axis reduction; when the kept
+// ones are, a reduction around them; other patterns take a general index walk.
 template <typename T>
 void sum_into(const TensorView& x, const TensorView& out, int threads) {
   const Shape& s = x.shape;
@@ -140,6 +140,40 @@ void sum_into(const TensorView& x, const TensorView& out, int threads) {
     for (int i = first; i <= last; ++i) n *= s.dims[i];
     for (int i = last + 1; i < s.rank; ++i) inner *= s.dims[i];
     reduce_middle<T>(px, po, outer, n, inner, threads);
+    return;
+  }
+  // The kept dimensions one contiguous run between summed ones, x as (A, K, B): a bias gradient
+  // over NCHW, {N, C, H, W} -> {C, 1, 1}. Each thread owns output elements k and adds its rows
+  // of B in a fixed order, in double for float: deterministic, and parallel.
+  int kfirst = -1, klast = -1;
+  bool kept_run = true;
+  for (int i = 0; i < s.rank; ++i) {
+    if (s.dims[i] == 1) continue;
+    const bool reduced = i < lead || to.dims[i - lead] == 1;
+    if (reduced) continue;
+    if (kfirst >= 0 && klast != i - 1)
+      for (int j = klast + 1; j < i; ++j)
+        if (s.dims[j] != 1) kept_run = false;
+    if (kfirst < 0) kfirst = i;
+    klast = i;
+  }
+  if (kept_run && kfirst >= 0) {
+    std::int64_t A = 1, K = 1, B = 1;
+    for (int i = 0; i < kfirst; ++i) A *= s.dims[i];
+    for (int i = kfirst; i <= klast; ++i) K *= s.dims[i];
+    for (int i = klast + 1; i < s.rank; ++i) B *= s.dims[i];
+    parallel_for(K, threads, A * B, [&](std::int64_t lo, std::int64_t hi) {
+      for (std::int64_t k = lo; k < hi; ++k) {
+        double total = 0;
+        for (std::int64_t a = 0; a < A; ++a) {
+          const T* row = px + (a * K + k) * B;
+          T acc = 0;  // a row of B in T (vectorised), rows added in double
+          for (std::int64_t b = 0; b < B; ++b) acc += row[b];
+          total += acc;
+        }
+        po[k] = static_cast<T>(total);
+      }
+    });
     return;
   }
   const std::int64_t no = out.numel();
