@@ -406,3 +406,35 @@ TEST_CASE("mnist-predict classifies 28x28 PGM images and rejects another size na
   Result bad = run_tool((dir / "w.st") + " " + three + " " + small, MNIST_PREDICT_PATH, false);
   check_one_error_line(bad, 1, "small.pgm: image is 28x27", true, "mnist-predict");
 }
+
+TEST_CASE("mnist-train trains a convolutional --model, and mnist-eval and mnist-predict take its checkpoint") {
+  TempDir dir;
+  write_dataset(dir);
+  Result r = run_tool("--data " + dir.path.string() +
+                      " --model conv4k3p1,relu,pool2,flatten,dropout0.1,dense10 --batch-size 32 --epochs 3 --optimizer adam"
+                      " --lr 0.01 --print-every 10 --save " + (dir / "cnn.st"));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  const Curve c = curve_of(r.out);
+  REQUIRE(c.losses.size() == 3);
+  CHECK(c.losses[2] < 0.5 * c.losses[0]);
+  CHECK(c.test_accuracy >= 90.0);
+  const gg::train::CheckpointInfo info = gg::train::read_checkpoint_info(dir / "cnn.st");
+  CHECK(info.get("layout") == "nchw");
+  Result e = run_tool(dir / "cnn.st", MNIST_EVAL_PATH);
+  INFO(e.out);
+  REQUIRE(e.code == 0);
+  const std::size_t at = r.out.rfind("Accuracy: ");
+  CHECK_THAT(e.out, Contains(r.out.substr(at, r.out.find('\n', at) - at)));
+}
+
+TEST_CASE("mnist-train rejects a --model that does not parse or does not fit 28x28 images, in one line, before training") {
+  TempDir dir;
+  write_dataset(dir);
+  const std::string d = "--data " + dir.path.string() + " --iterations 1 --model ";
+  check_one_error_line(run_tool(d + "conv8x3,flatten,dense10"), 2, "'conv8x3'");
+  check_one_error_line(run_tool(d + "conv8k3,dense10"), 1, "flatten");
+  check_one_error_line(run_tool(d + "conv8k29,flatten,dense10"), 1, "29x29 kernel does not fit the 28x28 image");
+  check_one_error_line(run_tool(d + "pool32,flatten,dense10"), 1, "does not fit the 28x28 map");
+  check_one_error_line(run_tool(d + "dense64,relu,dense7"), 1, "7 outputs");
+}

@@ -215,11 +215,64 @@ TEST_CASE("a spec builds dense layers named W1, b1, ... in either layout", "[tra
   CHECK(nn::mlp({256, 128}, nn::Activation::relu, 10).text() == "dense256,relu,dense128,relu,dense10");
 }
 
+TEST_CASE("a convolutional spec builds conv, pooling, flatten and dropout layers on NCHW images", "[train][nn]") {
+  const nn::Spec s = nn::reference_cnn(10);
+  CHECK(s.text() == "conv32k3p1,relu,pool2,conv64k3p1,relu,pool2,flatten,dense128,relu,dropout0.25,dense10");
+  CHECK(s.convolutional());
+  CHECK_FALSE(nn::parse("dense8,relu,dropout0.5,dense3").convolutional());
+  CHECK(nn::parse("conv8k5p2s2,tanh,avgpool2,gap,dense3").text() == "conv8k5p2s2,tanh,avgpool2,gap,dense3");
+  CHECK(nn::parse("conv8,pool3s2,flatten,dense3").text() == "conv8k3,pool3s2,flatten,dense3");
+  gg::Graph g(gg::f32);
+  const train::Model m = train::classifier(g, s, Shape{28, 28}, 10, nn::Layout::nchw);
+  CHECK(m.x.shape() == Shape{gg::dyn, 1, 28, 28});
+  CHECK(m.logits.shape() == Shape{gg::dyn, 10});
+  CHECK(m.class_axis == 1);
+  CHECK(g.find("W1").shape() == Shape{32, 1, 3, 3});
+  CHECK(g.find("W2").shape() == Shape{64, 32, 3, 3});
+  CHECK(g.find("W3").shape() == Shape{3136, 128});
+  CHECK(g.find("b2").shape() == Shape{64});
+}
+
+TEST_CASE("a spec that does not fit its input is refused at build time with the shapes", "[train][nn]") {
+  gg::Graph g(gg::f32);
+  gg::Value x = g.input("x", {gg::dyn, 1, 28, 28});
+  CHECK_THAT(message_of<gg::GraphError>([&] { nn::build(nn::parse("conv8k3,dense10"), x, nn::Layout::nchw); }),
+             Contains("'dense10'") && Contains("flatten"));
+  gg::Graph h(gg::f32);
+  gg::Value y = h.input("y", {gg::dyn, 1, 28, 28});
+  CHECK_THAT(message_of<gg::GraphError>([&] { nn::build(nn::parse("pool8,conv4k5,flatten,dense10"), y, nn::Layout::nchw); }),
+             Contains("conv2d") && Contains("5x5 kernel does not fit the 3x3 image"));
+  gg::Graph f(gg::f32);
+  gg::Value z = f.input("z", {784, gg::dyn});
+  CHECK_THAT(message_of<gg::GraphError>([&] { nn::build(nn::parse("conv8,flatten,dense10"), z, nn::Layout::columns); }),
+             Contains("takes NCHW images"));
+}
+
+TEST_CASE("a small CNN trains on NCHW batches: its loss falls and it classifies held-out images", "[train][fit][cnn]") {
+  const train::Dataset d = fake_data(192), test = fake_data(48, 77);
+  gg::Graph g(gg::f32);
+  const train::Model m = train::classifier(g, nn::parse("conv4k3p1,relu,pool2,flatten,dropout0.1,dense3"), Shape{4, 4}, 3,
+                                           nn::Layout::nchw);
+  train::Trainer t(g, m, options(train::Optimizer::Kind::adam, 0.02));
+  train::Batches b(d, batch_options(16, nn::Layout::nchw, gg::f32));
+  CHECK(b.next().x.shape == Shape{16, 1, 4, 4});
+  std::vector<double> losses;
+  train::Callbacks cb;
+  cb.on_step = [&](const train::StepInfo& s) { return losses.push_back(s.loss), true; };
+  t.fit(b, {.epochs = 6}, cb);
+  CHECK(losses.front() > 0.9);
+  CHECK(losses.back() < 0.2);
+  CHECK(t.evaluate(test).accuracy >= 0.95);
+}
+
 TEST_CASE("a malformed spec is refused naming the layer", "[train][nn]") {
   CHECK_THAT(message_of<std::invalid_argument>([] { nn::parse("dense64,rleu,dense10"); }), Contains("layer 2 'rleu'"));
   CHECK_THAT(message_of<std::invalid_argument>([] { nn::parse("dense0"); }), Contains("denseN"));
   CHECK_THAT(message_of<std::invalid_argument>([] { nn::parse("relu"); }), Contains("no dense layer"));
   CHECK_THAT(message_of<std::invalid_argument>([] { nn::parse("dense12x"); }), Contains("'dense12x'"));
+  CHECK_THAT(message_of<std::invalid_argument>([] { nn::parse("conv8q3,flatten,dense2"); }), Contains("'conv8q3'"));
+  CHECK_THAT(message_of<std::invalid_argument>([] { nn::parse("dense8,dropout1.5,dense2"); }), Contains("'dropout1.5'"));
+  CHECK_THAT(message_of<std::invalid_argument>([] { nn::parse("dense8,relu"); }), Contains("must end in the dense layer"));
 }
 
 // ---- schedules and optimizers --------------------------------------------------------------------------------
