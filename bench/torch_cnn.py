@@ -115,6 +115,22 @@ def blas_libraries():
     return [os.path.realpath(p) for p in found] or ['none']
 
 
+def busy_seconds():
+    """CPU seconds the whole machine has been busy (user nice system irq softirq steal), from /proc/stat."""
+    try:
+        with open('/proc/stat') as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf('SC_CLK_TCK')
+
+
+def own_seconds():
+    """CPU seconds this process (all its threads) has used."""
+    t = os.times()
+    return t.user + t.system
+
+
 def main():
     a = parse_args()
     # Before torch loads BLAS: Debian's torch calls libblas.so.3 (whatever update-alternatives picks:
@@ -194,6 +210,7 @@ def main():
               + ', '.join(blas_libraries()))
 
     total_s = 0.0
+    busy0, own0 = busy_seconds(), own_seconds()
     for epoch in range(a.epochs):
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64)
@@ -216,6 +233,12 @@ def main():
               f'{n / epoch_s:.0f} images/s | {epoch_s:.1f} s ({steps_per_epoch} steps, '
               f'{1e3 * epoch_s / steps_per_epoch:.1f} ms/step)', flush=True)
 
+    # Other processes' CPUs during the timed epochs: the timings are only as good as this is small.
+    busy1, own1 = busy_seconds(), own_seconds()
+    others = max(0.0, (busy1 - busy0) - (own1 - own0)) / total_s if busy0 is not None and busy1 is not None else -1
+    print(f'# timed epochs: this process used {(own1 - own0) / total_s:.2f} CPUs, other processes {others:.2f} CPUs'
+          + (' (NOISY: the machine was not idle)' if others > 0.1 else ''))
+
     model.eval()
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -227,7 +250,7 @@ def main():
     per_epoch = total_s / a.epochs
     print(f'result: framework=pytorch threads={a.threads} epochs={a.epochs} seconds_per_epoch={per_epoch:.3f} '
           f'images_per_second={n / per_epoch:.0f} test_accuracy={accuracy:.2f} steps_per_epoch={steps_per_epoch} '
-          f'train_images={n} torch={torch.__version__} mkldnn={"on" if mkldnn else "off"}', flush=True)
+          f'train_images={n} other_cpus={others:.2f} torch={torch.__version__} mkldnn={"on" if mkldnn else "off"}', flush=True)
 
 
 if __name__ == '__main__':
