@@ -212,8 +212,17 @@ std::size_t conv_scratch(const Node& n, const Shape* in, int) {
 std::size_t dgrad_scratch(const Node& n, const Shape* in, int) {
   return scratch_bytes(n, geometry(n.attrs.as<ConvAttrs>(), in[0][0], in[1][1], in[1][0]));
 }
+// dW {OC, K} is small and its inner dimension N P long (a first layer: 32 x 9 against 100,352):
+// BLIS parallelises a GEMM over its output's rows and columns, not its inner dimension, so such a
+// product runs on one core at a tenth of its speed. Below this many outputs the kernel splits the
+// inner dimension into fixed chunks instead (see small_wgrad).
+constexpr std::int64_t kSmallWgrad = 1024, kWgradChunk = 2048;
+std::int64_t wgrad_chunks(const Geometry& g) { return (g.n * g.p + kWgradChunk - 1) / kWgradChunk; }
 std::size_t wgrad_scratch(const Node& n, const Shape* in, int) {
-  return scratch_bytes(n, geometry(n.attrs.as<ConvAttrs>(), in[0][0], in[0][1], in[1][1]));
+  const Geometry g = geometry(n.attrs.as<ConvAttrs>(), in[0][0], in[0][1], in[1][1]);
+  std::size_t bytes = scratch_bytes(n, g);
+  if (g.oc * g.k <= kSmallWgrad) bytes = (bytes + 63) / 64 * 64 + static_cast<std::size_t>(wgrad_chunks(g) * g.oc * g.k) * sizeof(double);
+  return bytes;
 }
 
 template <typename T>
@@ -241,6 +250,37 @@ void dgrad_fwd(const KernelArgs& k) {
   col2im(col, data<T>(k.out[0]), a, g, k.threads);
 }
 
+// dW = g' col^T for a small dW: each fixed chunk of the inner dimension gives a partial dW (dot
+// products in T that the compiler vectorises), and the partials are added in chunk order in
+// double. The chunks do not depend on the thread count, so neither does the result.
+template <typename T>
+void small_wgrad(const T* t, const T* col, T* dw, double* partial, const Geometry& g, int threads) {
+  const std::int64_t L = g.n * g.p, chunks = (L + kWgradChunk - 1) / kWgradChunk;
+  parallel_for(chunks, threads, kWgradChunk * g.oc * g.k, [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t c = lo; c < hi; ++c) {
+      const std::int64_t j0 = c * kWgradChunk, j1 = std::min(L, j0 + kWgradChunk);
+      double* part = partial + c * g.oc * g.k;
+      for (std::int64_t o = 0; o < g.oc; ++o) {
+        const T* a = t + o * L;
+        for (std::int64_t r = 0; r < g.k; ++r) {
+          const T* b = col + r * L;
+          T acc = 0;
+#pragma omp simd reduction(+ : acc)
+          for (std::int64_t j = j0; j < j1; ++j) acc += a[j] * b[j];
+          part[o * g.k + r] = static_cast<double>(acc);
+        }
+      }
+    }
+  });
+  parallel_for(g.oc * g.k, threads, chunks, [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t i = lo; i < hi; ++i) {
+      double sum = 0;
+      for (std::int64_t c = 0; c < chunks; ++c) sum += partial[c * g.oc * g.k + i];
+      dw[i] = static_cast<T>(sum);
+    }
+  });
+}
+
 template <typename T>
 void wgrad_fwd(const KernelArgs& k) {
   const ConvAttrs& a = k.attrs<ConvAttrs>();
@@ -254,6 +294,13 @@ void wgrad_fwd(const KernelArgs& k) {
   T* t = col + g.k * g.n * g.p;
   im2col(data<T>(k.in[0]), col, a, g, k.threads);
   from_nchw(data<T>(k.in[1]), t, g, k.threads);
+  if (g.oc * g.k <= kSmallWgrad) {
+    // The partials after col and g' in the workspace, at the next 64-byte boundary (the workspace
+    // itself is 64-byte aligned, like every arena buffer).
+    const std::size_t at = (static_cast<std::size_t>((g.k + g.oc) * g.n * g.p) * sizeof(T) + 63) / 64 * 64;
+    small_wgrad(t, col, dw, reinterpret_cast<double*>(static_cast<std::byte*>(k.workspace) + at), g, k.threads);
+    return;
+  }
   // dW {OC, K} = g' {OC, N P} col^T (col is {K, N P}: as {N P, K}, rows stride 1, columns N P).
   gemm<T>(g.oc, g.k, g.n * g.p, t, g.n * g.p, 1, col, 1, g.n * g.p, dw, g.k, 1, k.threads);
 }
