@@ -226,6 +226,40 @@ TEST_CASE("conv2d's gradient ops have gradients of their own (second derivatives
   check_op(g, weighted_sum(grads[0], 3) + weighted_sum(grads[1], 4), {x, w});
 }
 
+TEST_CASE("conv2d and its gradients are the same for every thread count, on batches cut into chunks",
+          "[grad][conv]") {
+  // 37 images: chunks of 5 with a short last one, more chunks than threads; 16 x 72 weights take
+  // the BLIS weight gradient, 4 x 9 the dot-product one.
+  const std::int64_t channels = GENERATE(8, 1);
+  const std::int64_t oc = channels == 8 ? 16 : 4;
+  INFO("C " << channels << " OC " << oc);
+  const ConvCase c{37, channels, oc, 10, 9, 3, 1, 1, 1};
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {c.n, c.c, c.h, c.w}, gg::uniform(-1.0, 1.0));
+  Value w = g.param("w", {c.oc, c.c, c.k, c.k}, gg::uniform(-1.0, 1.0));
+  Value y = gg::conv2d(x, w, {}, c.stride, c.padding, c.dilation);
+  const auto grads = gg::gradients(weighted_sum(y * y), {x, w});
+  std::vector<std::vector<double>> first;
+  for (int threads : {1, 2, 3}) {
+    INFO("threads " << threads);
+    gg::CompileOptions o;
+    o.threads = threads;
+    o.seed = 9;
+    gg::Program p(g, {y, grads[0], grads[1]}, o);
+    p.run({});
+    std::vector<std::vector<double>> got = {gg::test::values(p.get(y)), gg::test::values(p.get(grads[0])),
+                                            gg::test::values(p.get(grads[1]))};
+    if (first.empty()) {
+      const gg::Tensor xv = gg::Tensor::copy_of(p.param(x)), wv = gg::Tensor::copy_of(p.param(w));
+      const std::vector<double> want = naive_conv(xv, wv, c, c.h, c.w);
+      for (std::size_t i = 0; i < want.size(); ++i) REQUIRE_THAT(got[0][i], Catch::Matchers::WithinAbs(want[i], 1e-12));
+      first = got;
+    } else {
+      for (std::size_t k = 0; k < got.size(); ++k) REQUIRE(got[k] == first[k]);
+    }
+  }
+}
+
 TEST_CASE("conv2d rejects a kernel that does not fit and a channel count that does not match, naming both shapes",
           "[grad][conv]") {
   gg::Graph g(gg::f32);
@@ -854,6 +888,47 @@ TEST_CASE("max_pool2d propagates NaN as PyTorch does, and a window of -inf names
   CHECK(std::isnan(m[1]));
   CHECK(m[2] == -inf);
   CHECK(m[3] == 3.5);
+}
+
+TEST_CASE("2x2 max pooling at stride 2 keeps the rules on rows of every width: ties, NaN, -inf", "[grad][pool]") {
+  // The 2x2 kernel works on blocks of 8 or 4 cells per row: widths around those sizes, random
+  // values from a few levels (ties) with NaNs and -infs mixed in, against the rule cell by cell.
+  const std::int64_t width = GENERATE(2, 4, 6, 8, 10, 14, 16, 18, 24, 30);
+  const auto dtype = GENERATE(gg::f32, gg::f64);
+  INFO("width " << width << " " << gg::dtype_name(dtype));
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  const std::int64_t H = 6, W = width;
+  gg::Graph g(dtype);
+  Value x = g.input("x", {2, 1, H, W});
+  Value y = gg::max_pool2d(x, 2);
+  Value indices{y.graph, y.id, 1};
+  gg::Program p(g, {y, indices});
+  std::vector<double> xs(static_cast<std::size_t>(2 * H * W));
+  std::uint64_t state = 12345 + static_cast<std::uint64_t>(width);
+  for (double& v : xs) {
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    const int r = static_cast<int>((state >> 33) % 12);
+    v = r == 0 ? nan : r == 1 ? -inf : static_cast<double>(r % 4);
+  }
+  const gg::Tensor xv = gg::Tensor::copy_of(gg::Tensor::from<double>({2, 1, H, W}, xs), dtype);
+  p.run({{x, xv}});
+  const std::vector<double> got = gg::test::values(p.get(y)), at = gg::test::values(p.get(indices));
+  for (std::int64_t c = 0; c < 2; ++c)
+    for (std::int64_t i = 0; i < H / 2; ++i)
+      for (std::int64_t j = 0; j < W / 2; ++j) {
+        double best = -inf;
+        std::int64_t where = 2 * i * W + 2 * j;
+        for (std::int64_t a = 0; a < 2; ++a)
+          for (std::int64_t b = 0; b < 2; ++b) {
+            const std::int64_t q = (2 * i + a) * W + 2 * j + b;
+            const double v = xs[static_cast<std::size_t>(c * H * W + q)];
+            if (v > best || std::isnan(v)) best = v, where = q;
+          }
+        const std::size_t o = static_cast<std::size_t>((c * (H / 2) + i) * (W / 2) + j);
+        INFO("plane " << c << " cell " << i << ", " << j);
+        CHECK(at[o] == static_cast<double>(where));
+        CHECK((std::isnan(best) ? std::isnan(got[o]) : got[o] == best));
+      }
 }
 
 // ---- losses ------------------------------------------------------------------------------------

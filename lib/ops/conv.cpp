@@ -96,20 +96,20 @@ Outputs infer_wgrad(const Graph& g, const Node& n) {
 
 // ---- kernels ----------------------------------------------------------------------------------------
 
-// C = A B with general strides (rows, columns) for each, on the program's threads.
+// C = A B + beta C with general strides (rows, columns) for each, on `threads` threads.
 template <typename T>
-void gemm(dim_t m, dim_t n, dim_t k, const T* a, inc_t ars, inc_t acs, const T* b, inc_t brs, inc_t bcs, T* c,
+void gemm(dim_t m, dim_t n, dim_t k, const T* a, inc_t ars, inc_t acs, const T* b, inc_t brs, inc_t bcs, T beta, T* c,
           inc_t crs, inc_t ccs, int threads) {
   if (m == 0 || n == 0) return;
-  T one = 1, zero = 0;
+  T one = 1;
   rntm_t rntm = BLIS_RNTM_INITIALIZER;
   bli_rntm_set_num_threads(threads, &rntm);
   if constexpr (std::is_same_v<T, float>)
     bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &one, const_cast<T*>(a), ars, acs, const_cast<T*>(b), brs,
-                 bcs, &zero, c, crs, ccs, nullptr, &rntm);
+                 bcs, &beta, c, crs, ccs, nullptr, &rntm);
   else
     bli_dgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &one, const_cast<T*>(a), ars, acs, const_cast<T*>(b), brs,
-                 bcs, &zero, c, crs, ccs, nullptr, &rntm);
+                 bcs, &beta, c, crs, ccs, nullptr, &rntm);
 }
 
 // The shapes a kernel works with.
@@ -117,192 +117,269 @@ struct Geometry {
   std::int64_t n, c, oc, k, p;  // batch, input channels, output channels, C KH KW, OH OW
 };
 
-// col[(c KH + a) KW + b, n P + i OW + j] = x[n, c, i s - p + a d, j s - p + b d] (0 outside).
-template <typename T>
-void im2col(const T* x, T* col, const ConvAttrs& a, const Geometry& g, int threads) {
-  const std::int64_t oh = a.out_h(), ow = a.out_w(), cols = g.n * g.p;
-  parallel_for(g.n * g.c, threads, a.kh * a.kw * g.p, [&](std::int64_t lo, std::int64_t hi) {
-    for (std::int64_t nc = lo; nc < hi; ++nc) {
-      const std::int64_t n = nc / g.c, c = nc % g.c;
-      const T* plane = x + nc * a.h * a.w;
-      for (std::int64_t ka = 0; ka < a.kh; ++ka)
-        for (std::int64_t kb = 0; kb < a.kw; ++kb) {
-          T* row = col + ((c * a.kh + ka) * a.kw + kb) * cols + n * g.p;
-          for (std::int64_t i = 0; i < oh; ++i) {
-            const std::int64_t ih = i * a.stride_h - a.pad_h + ka * a.dil_h;
-            T* out = row + i * ow;
-            if (ih < 0 || ih >= a.h) {
-              for (std::int64_t j = 0; j < ow; ++j) out[j] = T(0);
-              continue;
-            }
-            const T* in = plane + ih * a.w;
-            for (std::int64_t j = 0; j < ow; ++j) {
-              const std::int64_t iw = j * a.stride_w - a.pad_w + kb * a.dil_w;
-              out[j] = iw >= 0 && iw < a.w ? in[iw] : T(0);
-            }
-          }
-        }
-    }
-  });
+// The output columns j whose input column j s - p + b d is inside the image: [lo, hi).
+struct Span {
+  std::int64_t lo, hi;
+};
+Span inside(std::int64_t out, std::int64_t in, int stride, int pad, std::int64_t offset) {
+  // j s - pad + offset >= 0  and  j s - pad + offset < in
+  const std::int64_t first = pad - offset;  // the smallest j s allowed
+  std::int64_t lo = first <= 0 ? 0 : (first + stride - 1) / stride;
+  std::int64_t hi = in - 1 + pad - offset < 0 ? 0 : (in - 1 + pad - offset) / stride + 1;
+  lo = std::min(lo, out);
+  hi = std::max(lo, std::min(hi, out));
+  return {lo, hi};
 }
 
-// dx[n, c, ...] = the sum of the col entries im2col would have taken from there (dx zeroed first).
+// One image: col[(c KH + a) KW + b, i OW + j] = x[c, i s - p + a d, j s - p + b d] (0 outside).
+// Each row of the output is zeros, a (strided) run of the input row, zeros: no test per element.
+// Stride 1 with the output as wide as the input ("same" padding, the common case): an output
+// position and the input position a kernel tap reads are a constant distance apart in the
+// flattened image, off = (a d - p) W + (b d - p). A tap's col row is then one contiguous copy of
+// the image, shifted, with two fix-ups: the rows above or below the image are zeros, and the
+// columns left or right of it (which the flat copy wrapped to the neighbouring image row) too.
+bool flat(const ConvAttrs& a) { return a.stride_h == 1 && a.stride_w == 1 && a.out_w() == a.w; }
+
+// A tap's geometry in the flat case: its rows [is.lo, is.hi) and columns [js.lo, js.hi) inside
+// the image, its offset, and the flat range [lo, hi) of col entries whose input is in the plane.
+struct Tap {
+  Span is, js;
+  std::int64_t off, lo, hi;
+};
+Tap tap(const ConvAttrs& a, std::int64_t ka, std::int64_t kb) {
+  Tap t;
+  t.is = inside(a.out_h(), a.h, 1, a.pad_h, ka * a.dil_h);
+  t.js = inside(a.w, a.w, 1, a.pad_w, kb * a.dil_w);
+  t.off = (ka * a.dil_h - a.pad_h) * a.w + (kb * a.dil_w - a.pad_w);
+  t.lo = std::max(t.is.lo * a.w, -t.off);
+  t.hi = std::max(t.lo, std::min(t.is.hi * a.w, a.h * a.w - t.off));
+  return t;
+}
+// Zeroes a tap's col entries whose input column is left or right of the image.
 template <typename T>
-void col2im(const T* col, T* x, const ConvAttrs& a, const Geometry& g, int threads) {
-  const std::int64_t oh = a.out_h(), ow = a.out_w(), cols = g.n * g.p;
-  parallel_for(g.n * g.c, threads, a.kh * a.kw * g.p, [&](std::int64_t lo, std::int64_t hi) {
-    for (std::int64_t nc = lo; nc < hi; ++nc) {
-      const std::int64_t n = nc / g.c, c = nc % g.c;
-      T* plane = x + nc * a.h * a.w;
-      for (std::int64_t i = 0; i < a.h * a.w; ++i) plane[i] = T(0);
-      for (std::int64_t ka = 0; ka < a.kh; ++ka)
-        for (std::int64_t kb = 0; kb < a.kw; ++kb) {
-          const T* row = col + ((c * a.kh + ka) * a.kw + kb) * cols + n * g.p;
-          for (std::int64_t i = 0; i < oh; ++i) {
-            const std::int64_t ih = i * a.stride_h - a.pad_h + ka * a.dil_h;
-            if (ih < 0 || ih >= a.h) continue;
-            T* out = plane + ih * a.w;
-            const T* in = row + i * ow;
-            for (std::int64_t j = 0; j < ow; ++j) {
-              const std::int64_t iw = j * a.stride_w - a.pad_w + kb * a.dil_w;
-              if (iw >= 0 && iw < a.w) out[iw] += in[j];
-            }
-          }
-        }
-    }
-  });
+void zero_edges(T* row, const Tap& t, std::int64_t w) {
+  for (std::int64_t i = t.is.lo; i < t.is.hi; ++i) {
+    for (std::int64_t j = 0; j < t.js.lo; ++j) row[i * w + j] = T(0);
+    for (std::int64_t j = t.js.hi; j < w; ++j) row[i * w + j] = T(0);
+  }
 }
 
-// y[n, o, p] = t[o, n P + p] (to NCHW), or the reverse.
 template <typename T>
-void to_nchw(const T* t, T* y, const Geometry& g, int threads) {
-  parallel_for(g.n * g.oc, threads, g.p, [&](std::int64_t lo, std::int64_t hi) {
-    for (std::int64_t no = lo; no < hi; ++no) {
-      const std::int64_t n = no / g.oc, o = no % g.oc;
-      const T* src = t + o * g.n * g.p + n * g.p;
-      T* dst = y + no * g.p;
-      for (std::int64_t i = 0; i < g.p; ++i) dst[i] = src[i];
-    }
-  });
+void im2col(const T* x, T* col, const ConvAttrs& a, const Geometry& g) {
+  const std::int64_t oh = a.out_h(), ow = a.out_w();
+  if (flat(a)) {
+    for (std::int64_t c = 0; c < g.c; ++c)
+      for (std::int64_t ka = 0; ka < a.kh; ++ka)
+        for (std::int64_t kb = 0; kb < a.kw; ++kb) {
+          T* row = col + ((c * a.kh + ka) * a.kw + kb) * g.p;
+          const T* in = x + c * a.h * a.w;
+          const Tap t = tap(a, ka, kb);
+          // Entries before lo or from hi on are rows outside the image or (the ends of the
+          // plane) edge columns: zeros either way.
+          for (std::int64_t i = 0; i < t.lo; ++i) row[i] = T(0);
+#pragma omp simd
+          for (std::int64_t i = t.lo; i < t.hi; ++i) row[i] = in[i + t.off];
+          for (std::int64_t i = t.hi; i < g.p; ++i) row[i] = T(0);
+          zero_edges(row, t, ow);
+        }
+    return;
+  }
+  for (std::int64_t c = 0; c < g.c; ++c) {
+    const T* plane = x + c * a.h * a.w;
+    for (std::int64_t ka = 0; ka < a.kh; ++ka)
+      for (std::int64_t kb = 0; kb < a.kw; ++kb) {
+        T* row = col + ((c * a.kh + ka) * a.kw + kb) * g.p;
+        const Span js = inside(ow, a.w, a.stride_w, a.pad_w, kb * a.dil_w);
+        const std::int64_t shift = kb * a.dil_w - a.pad_w;
+        for (std::int64_t i = 0; i < oh; ++i) {
+          const std::int64_t ih = i * a.stride_h - a.pad_h + ka * a.dil_h;
+          T* out = row + i * ow;
+          if (ih < 0 || ih >= a.h) {
+            for (std::int64_t j = 0; j < ow; ++j) out[j] = T(0);
+            continue;
+          }
+          const T* in = plane + ih * a.w + shift;
+          for (std::int64_t j = 0; j < js.lo; ++j) out[j] = T(0);
+          if (a.stride_w == 1)
+            for (std::int64_t j = js.lo; j < js.hi; ++j) out[j] = in[j];
+          else
+            for (std::int64_t j = js.lo; j < js.hi; ++j) out[j] = in[j * a.stride_w];
+          for (std::int64_t j = js.hi; j < ow; ++j) out[j] = T(0);
+        }
+      }
+  }
 }
+
+// One image: dx[c, ...] = the sum of the col entries im2col would have taken from there.
+// col is scratch: the flat case zeroes the entries of padding positions in it first, so that the
+// shifted flat sums add 0 where they wrap (those entries are the gradient of padding, dropped).
 template <typename T>
-void from_nchw(const T* y, T* t, const Geometry& g, int threads) {
-  parallel_for(g.n * g.oc, threads, g.p, [&](std::int64_t lo, std::int64_t hi) {
-    for (std::int64_t no = lo; no < hi; ++no) {
-      const std::int64_t n = no / g.oc, o = no % g.oc;
-      const T* src = y + no * g.p;
-      T* dst = t + o * g.n * g.p + n * g.p;
-      for (std::int64_t i = 0; i < g.p; ++i) dst[i] = src[i];
-    }
-  });
+void col2im(T* col, T* x, const ConvAttrs& a, const Geometry& g) {
+  const std::int64_t oh = a.out_h(), ow = a.out_w();
+  for (std::int64_t i = 0; i < g.c * a.h * a.w; ++i) x[i] = T(0);
+  if (flat(a)) {
+    for (std::int64_t c = 0; c < g.c; ++c)
+      for (std::int64_t ka = 0; ka < a.kh; ++ka)
+        for (std::int64_t kb = 0; kb < a.kw; ++kb) {
+          T* row = col + ((c * a.kh + ka) * a.kw + kb) * g.p;
+          T* out = x + c * a.h * a.w;
+          const Tap t = tap(a, ka, kb);
+          zero_edges(row, t, ow);
+#pragma omp simd
+          for (std::int64_t i = t.lo; i < t.hi; ++i) out[i + t.off] += row[i];
+        }
+    return;
+  }
+  for (std::int64_t c = 0; c < g.c; ++c) {
+    T* plane = x + c * a.h * a.w;
+    for (std::int64_t ka = 0; ka < a.kh; ++ka)
+      for (std::int64_t kb = 0; kb < a.kw; ++kb) {
+        const T* row = col + ((c * a.kh + ka) * a.kw + kb) * g.p;
+        const Span js = inside(ow, a.w, a.stride_w, a.pad_w, kb * a.dil_w);
+        const std::int64_t shift = kb * a.dil_w - a.pad_w;
+        for (std::int64_t i = 0; i < oh; ++i) {
+          const std::int64_t ih = i * a.stride_h - a.pad_h + ka * a.dil_h;
+          if (ih < 0 || ih >= a.h) continue;
+          T* out = plane + ih * a.w + shift;
+          const T* in = row + i * ow;
+          if (a.stride_w == 1)
+            for (std::int64_t j = js.lo; j < js.hi; ++j) out[j] += in[j];
+          else
+            for (std::int64_t j = js.lo; j < js.hi; ++j) out[j * a.stride_w] += in[j];
+        }
+      }
+  }
 }
 
 Geometry geometry(const ConvAttrs& a, std::int64_t n, std::int64_t c, std::int64_t oc) {
   return Geometry{n, c, oc, c * a.kh * a.kw, a.out_h() * a.out_w()};
 }
 
-// Scratch of every kernel: col {K, N P} and the {OC, N P} matrix, in the output's dtype.
-std::size_t scratch_bytes(const Node& node, const Geometry& g) {
-  return static_cast<std::size_t>((g.k + g.oc) * g.n * g.p) * dtype_size(node.out().dtype);
+// The batch is cut into fixed chunks of consecutive images. A chunk owns an im2col buffer {K, P}
+// that it refills image after image, so the buffer stays in cache between im2col and the GEMM
+// that reads it, and every product lands directly in its image's NCHW slice (no permutes). At
+// least as many chunks as threads run in parallel, one single-threaded GEMM at a time; fewer
+// chunks (a small batch) run one after another with BLIS using every thread. The chunks depend
+// only on the batch size, so the weight gradient's summation order (per chunk, then over chunks)
+// does not depend on the thread count; BLIS does not split a product's inner dimension across
+// threads, so nothing else does either.
+struct Chunks {
+  std::int64_t size, count;
+};
+Chunks chunks(std::int64_t n) {
+  const std::int64_t size = std::clamp<std::int64_t>((n + 7) / 8, 1, 16);
+  return {size, (n + size - 1) / size};
 }
-// conv2d(x {N, C, ..}, w {OC, ..}); dgrad(g {N, OC, ..}, w {OC, C, ..}); wgrad(x {N, C, ..}, g {N, OC, ..})
+
+// Runs f(chunk, gemm_threads) for every chunk.
+template <typename F>
+void for_chunks(const Chunks& ch, const Geometry& g, int threads, F&& f) {
+  if (threads > 1 && ch.count >= threads) {
+    parallel_for(ch.count, threads, ch.size * g.oc * g.k * g.p, [&](std::int64_t lo, std::int64_t hi) {
+      for (std::int64_t c = lo; c < hi; ++c) f(c, 1);
+    });
+  } else {
+    for (std::int64_t c = 0; c < ch.count; ++c) f(c, threads);
+  }
+}
+
+// Scratch: one {K, P} buffer per chunk (wgrad adds a partial {OC, K} per chunk), in the output's dtype.
 std::size_t conv_scratch(const Node& n, const Shape* in, int) {
-  return scratch_bytes(n, geometry(n.attrs.as<ConvAttrs>(), in[0][0], in[0][1], in[1][0]));
+  const Geometry g = geometry(n.attrs.as<ConvAttrs>(), in[0][0], in[0][1], in[1][0]);
+  return static_cast<std::size_t>(chunks(g.n).count * g.k * g.p) * dtype_size(n.out().dtype);
 }
 std::size_t dgrad_scratch(const Node& n, const Shape* in, int) {
-  return scratch_bytes(n, geometry(n.attrs.as<ConvAttrs>(), in[0][0], in[1][1], in[1][0]));
+  const Geometry g = geometry(n.attrs.as<ConvAttrs>(), in[0][0], in[1][1], in[1][0]);
+  return static_cast<std::size_t>(chunks(g.n).count * g.k * g.p) * dtype_size(n.out().dtype);
 }
-// dW {OC, K} is small and its inner dimension N P long (a first layer: 32 x 9 against 100,352):
-// BLIS parallelises a GEMM over its output's rows and columns, not its inner dimension, so such a
-// product runs on one core at a tenth of its speed. Below this many outputs the kernel splits the
-// inner dimension into fixed chunks instead (see small_wgrad).
-constexpr std::int64_t kSmallWgrad = 1024, kWgradChunk = 2048;
-std::int64_t wgrad_chunks(const Geometry& g) { return (g.n * g.p + kWgradChunk - 1) / kWgradChunk; }
 std::size_t wgrad_scratch(const Node& n, const Shape* in, int) {
   const Geometry g = geometry(n.attrs.as<ConvAttrs>(), in[0][0], in[0][1], in[1][1]);
-  std::size_t bytes = scratch_bytes(n, g);
-  if (g.oc * g.k <= kSmallWgrad) bytes = (bytes + 63) / 64 * 64 + static_cast<std::size_t>(wgrad_chunks(g) * g.oc * g.k) * sizeof(double);
-  return bytes;
+  return static_cast<std::size_t>(chunks(g.n).count * (g.k * g.p + g.oc * g.k)) * dtype_size(n.out().dtype);
 }
 
 template <typename T>
 void conv_fwd(const KernelArgs& k) {
   const ConvAttrs& a = k.attrs<ConvAttrs>();
   const Geometry g = geometry(a, k.in[0].shape[0], k.in[0].shape[1], k.in[1].shape[0]);
-  if (g.n == 0) return;
-  T* col = static_cast<T*>(k.workspace);
-  T* t = col + g.k * g.n * g.p;
-  im2col(data<T>(k.in[0]), col, a, g, k.threads);
-  gemm<T>(g.oc, g.n * g.p, g.k, data<T>(k.in[1]), g.k, 1, col, g.n * g.p, 1, t, g.n * g.p, 1, k.threads);
-  to_nchw(t, data<T>(k.out[0]), g, k.threads);
+  const T* x = data<T>(k.in[0]);
+  const T* w = data<T>(k.in[1]);
+  T* y = data<T>(k.out[0]);
+  const Chunks ch = chunks(g.n);
+  for_chunks(ch, g, k.threads, [&](std::int64_t c, int threads) {
+    T* col = static_cast<T*>(k.workspace) + c * g.k * g.p;
+    for (std::int64_t n = c * ch.size; n < std::min(g.n, (c + 1) * ch.size); ++n) {
+      im2col(x + n * g.c * a.h * a.w, col, a, g);
+      // y[n] {OC, P} = W {OC, K} col {K, P}
+      gemm<T>(g.oc, g.p, g.k, w, g.k, 1, col, g.p, 1, T(0), y + n * g.oc * g.p, g.p, 1, threads);
+    }
+  });
 }
 
 template <typename T>
 void dgrad_fwd(const KernelArgs& k) {
   const ConvAttrs& a = k.attrs<ConvAttrs>();
   const Geometry g = geometry(a, k.in[0].shape[0], k.in[1].shape[1], k.in[1].shape[0]);
-  if (g.n == 0) return;
-  T* col = static_cast<T*>(k.workspace);
-  T* t = col + g.k * g.n * g.p;
-  from_nchw(data<T>(k.in[0]), t, g, k.threads);
-  // dcol {K, N P} = W^T {K, OC} (W is {OC, K} row-major: rows stride 1, columns stride K) g'.
-  gemm<T>(g.k, g.n * g.p, g.oc, data<T>(k.in[1]), 1, g.k, t, g.n * g.p, 1, col, g.n * g.p, 1, k.threads);
-  col2im(col, data<T>(k.out[0]), a, g, k.threads);
+  const T* gy = data<T>(k.in[0]);
+  const T* w = data<T>(k.in[1]);
+  T* dx = data<T>(k.out[0]);
+  const Chunks ch = chunks(g.n);
+  for_chunks(ch, g, k.threads, [&](std::int64_t c, int threads) {
+    T* col = static_cast<T*>(k.workspace) + c * g.k * g.p;
+    for (std::int64_t n = c * ch.size; n < std::min(g.n, (c + 1) * ch.size); ++n) {
+      // dcol {K, P} = W^T {K, OC} (W is {OC, K} row-major: rows stride 1, columns stride K) g[n] {OC, P}
+      gemm<T>(g.k, g.p, g.oc, w, 1, g.k, gy + n * g.oc * g.p, g.p, 1, T(0), col, g.p, 1, threads);
+      col2im(col, dx + n * g.c * a.h * a.w, a, g);
+    }
+  });
 }
 
-// dW = g' col^T for a small dW: each fixed chunk of the inner dimension gives a partial dW (dot
-// products in T that the compiler vectorises), and the partials are added in chunk order in
-// double. The chunks do not depend on the thread count, so neither does the result.
-template <typename T>
-void small_wgrad(const T* t, const T* col, T* dw, double* partial, const Geometry& g, int threads) {
-  const std::int64_t L = g.n * g.p, chunks = (L + kWgradChunk - 1) / kWgradChunk;
-  parallel_for(chunks, threads, kWgradChunk * g.oc * g.k, [&](std::int64_t lo, std::int64_t hi) {
-    for (std::int64_t c = lo; c < hi; ++c) {
-      const std::int64_t j0 = c * kWgradChunk, j1 = std::min(L, j0 + kWgradChunk);
-      double* part = partial + c * g.oc * g.k;
-      for (std::int64_t o = 0; o < g.oc; ++o) {
-        const T* a = t + o * L;
-        for (std::int64_t r = 0; r < g.k; ++r) {
-          const T* b = col + r * L;
-          T acc = 0;
-#pragma omp simd reduction(+ : acc)
-          for (std::int64_t j = j0; j < j1; ++j) acc += a[j] * b[j];
-          part[o * g.k + r] = static_cast<double>(acc);
-        }
-      }
-    }
-  });
-  parallel_for(g.oc * g.k, threads, chunks, [&](std::int64_t lo, std::int64_t hi) {
-    for (std::int64_t i = lo; i < hi; ++i) {
-      double sum = 0;
-      for (std::int64_t c = 0; c < chunks; ++c) sum += partial[c * g.oc * g.k + i];
-      dw[i] = static_cast<T>(sum);
-    }
-  });
-}
+// dW {OC, K} is small and its inner dimension long (a first layer: 32 x 9 against P = 784): BLIS
+// packs and runs such a product far below its speed, so below this many outputs the kernel
+// takes dot products of g's rows with col's rows instead, which the compiler vectorises.
+constexpr std::int64_t kSmallWgrad = 1024;
 
 template <typename T>
 void wgrad_fwd(const KernelArgs& k) {
   const ConvAttrs& a = k.attrs<ConvAttrs>();
   const Geometry g = geometry(a, k.in[0].shape[0], k.in[0].shape[1], k.in[1].shape[1]);
+  const T* x = data<T>(k.in[0]);
+  const T* gy = data<T>(k.in[1]);
   T* dw = data<T>(k.out[0]);
-  if (g.n == 0) {
-    for (std::int64_t i = 0; i < g.oc * g.k; ++i) dw[i] = T(0);
-    return;
-  }
-  T* col = static_cast<T*>(k.workspace);
-  T* t = col + g.k * g.n * g.p;
-  im2col(data<T>(k.in[0]), col, a, g, k.threads);
-  from_nchw(data<T>(k.in[1]), t, g, k.threads);
-  if (g.oc * g.k <= kSmallWgrad) {
-    // The partials after col and g' in the workspace, at the next 64-byte boundary (the workspace
-    // itself is 64-byte aligned, like every arena buffer).
-    const std::size_t at = (static_cast<std::size_t>((g.k + g.oc) * g.n * g.p) * sizeof(T) + 63) / 64 * 64;
-    small_wgrad(t, col, dw, reinterpret_cast<double*>(static_cast<std::byte*>(k.workspace) + at), g, k.threads);
-    return;
-  }
-  // dW {OC, K} = g' {OC, N P} col^T (col is {K, N P}: as {N P, K}, rows stride 1, columns N P).
-  gemm<T>(g.oc, g.k, g.n * g.p, t, g.n * g.p, 1, col, 1, g.n * g.p, dw, g.k, 1, k.threads);
+  const Chunks ch = chunks(g.n);
+  T* cols = static_cast<T*>(k.workspace);
+  T* partials = cols + ch.count * g.k * g.p;
+  for_chunks(ch, g, k.threads, [&](std::int64_t c, int threads) {
+    T* col = cols + c * g.k * g.p;
+    T* part = partials + c * g.oc * g.k;
+    for (std::int64_t n = c * ch.size; n < std::min(g.n, (c + 1) * ch.size); ++n) {
+      im2col(x + n * g.c * a.h * a.w, col, a, g);
+      const T* t = gy + n * g.oc * g.p;
+      const bool first = n == c * ch.size;
+      if (g.oc * g.k <= kSmallWgrad) {
+        for (std::int64_t o = 0; o < g.oc; ++o)
+          for (std::int64_t r = 0; r < g.k; ++r) {
+            const T* u = t + o * g.p;
+            const T* v = col + r * g.p;
+            T acc = 0;
+#pragma omp simd reduction(+ : acc)
+            for (std::int64_t j = 0; j < g.p; ++j) acc += u[j] * v[j];
+            part[o * g.k + r] = first ? acc : part[o * g.k + r] + acc;
+          }
+      } else {
+        // part^T {K, OC} (+)= col {K, P} g[n]^T {P, OC}, written through part's strides (rows 1,
+        // columns K): BLIS runs this orientation faster than part = g[n] col^T.
+        gemm<T>(g.k, g.oc, g.p, col, g.p, 1, t, 1, g.p, first ? T(0) : T(1), part, 1, g.k, threads);
+      }
+    }
+  });
+  // The chunks' partials, added in chunk order in double.
+  parallel_for(g.oc * g.k, k.threads, ch.count, [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t i = lo; i < hi; ++i) {
+      double sum = 0;
+      for (std::int64_t c = 0; c < ch.count; ++c) sum += static_cast<double>(partials[c * g.oc * g.k + i]);
+      dw[i] = static_cast<T>(sum);
+    }
+  });
 }
 
 Value dgrad(Value g, Value w, const ConvAttrs& a);

@@ -166,6 +166,49 @@ Planes planes(const Shape& map, const Shape& pooled) {
   return {map.dims[0] * map.dims[1], map.dims[2], map.dims[3], pooled.dims[2], pooled.dims[3]};
 }
 
+// Output cell j of a row of 2x2 windows at stride 2 (rows r0 and r1 of the map, `at` the flat
+// index of r0[0]): the same comparisons in the same order as the general loop below, but
+// branch-free (selects), so that the compiler vectorises them. Starting from v0 is starting below
+// every value at the window's first cell.
+template <typename T>
+inline void max_pool_cell_2x2(const T* r0, const T* r1, T* y, std::int64_t* idx, std::int64_t w, std::int64_t at,
+                              std::int64_t j) {
+  const T v0 = r0[2 * j], v1 = r0[2 * j + 1], v2 = r1[2 * j], v3 = r1[2 * j + 1];
+  T best = v0;
+  std::int64_t off = 0;
+  bool take = v1 > best || v1 != v1;
+  best = take ? v1 : best, off = take ? 1 : off;
+  take = v2 > best || v2 != v2;
+  best = take ? v2 : best, off = take ? w : off;
+  take = v3 > best || v3 != v3;
+  best = take ? v3 : best, off = take ? w + 1 : off;
+  y[j] = best;
+  idx[j] = at + 2 * j + off;
+}
+template <typename T, int B>
+inline void max_pool_block_2x2(const T* __restrict r0, const T* __restrict r1, T* __restrict y,
+                               std::int64_t* __restrict idx, std::int64_t w, std::int64_t at, std::int64_t j0) {
+#pragma omp simd
+  for (int j = 0; j < B; ++j) max_pool_cell_2x2(r0, r1, y, idx, w, at, j0 + j);
+}
+// A row in fixed blocks of 8 (or 4) cells, the last block moved back to end at the row's end
+// (recomputing a few cells): rows are short (14 and 7 cells in the reference CNN), and a
+// vectorised loop's scalar remainder would be most of the work, with a mispredicted branch per
+// comparison on random maps. 4x to 12x faster than the plain loop there.
+template <typename T>
+void max_pool_row_2x2(const T* r0, const T* r1, T* y, std::int64_t* idx, std::int64_t ow, std::int64_t w, std::int64_t at) {
+  if (ow >= 8) {
+    std::int64_t j = 0;
+    for (; j + 8 <= ow; j += 8) max_pool_block_2x2<T, 8>(r0, r1, y, idx, w, at, j);
+    if (j < ow) max_pool_block_2x2<T, 8>(r0, r1, y, idx, w, at, ow - 8);
+  } else if (ow >= 4) {
+    max_pool_block_2x2<T, 4>(r0, r1, y, idx, w, at, 0);
+    max_pool_block_2x2<T, 4>(r0, r1, y, idx, w, at, ow - 4);
+  } else {
+    for (std::int64_t j = 0; j < ow; ++j) max_pool_cell_2x2(r0, r1, y, idx, w, at, j);
+  }
+}
+
 template <typename T>
 void max_pool_fwd(const KernelArgs& k) {
   const PoolAttrs& a = k.attrs<PoolAttrs>();
@@ -173,8 +216,7 @@ void max_pool_fwd(const KernelArgs& k) {
   const T* x = data<T>(k.in[0]);
   T* y = data<T>(k.out[0]);
   std::int64_t* idx = data<std::int64_t>(k.out[1]);
-  // 2x2 windows at stride 2 without padding, the common case: the same comparisons in the same
-  // order as the general loop below, unrolled (4x faster on the reference CNN's maps).
+  // 2x2 windows at stride 2 without padding, the common case: see max_pool_row_2x2.
   const bool two_by_two = a.kernel_h == 2 && a.kernel_w == 2 && a.stride_h == 2 && a.stride_w == 2 && a.pad_h == 0 &&
                           a.pad_w == 0;
   parallel_for(p.count, k.threads, p.OH * p.OW * a.kernel_h * a.kernel_w, [&](std::int64_t lo, std::int64_t hi) {
@@ -186,18 +228,7 @@ void max_pool_fwd(const KernelArgs& k) {
         for (std::int64_t oh = 0; oh < p.OH; ++oh) {
           const T* r0 = xp + 2 * oh * p.W;
           const T* r1 = r0 + p.W;
-          for (std::int64_t ow = 0; ow < p.OW; ++ow) {
-            const std::int64_t at0 = 2 * oh * p.W + 2 * ow;
-            T best = -std::numeric_limits<T>::infinity();
-            std::int64_t at = at0;
-            const T v0 = r0[2 * ow], v1 = r0[2 * ow + 1], v2 = r1[2 * ow], v3 = r1[2 * ow + 1];
-            if (v0 > best || v0 != v0) best = v0, at = at0;
-            if (v1 > best || v1 != v1) best = v1, at = at0 + 1;
-            if (v2 > best || v2 != v2) best = v2, at = at0 + p.W;
-            if (v3 > best || v3 != v3) best = v3, at = at0 + p.W + 1;
-            yp[oh * p.OW + ow] = best;
-            ip[oh * p.OW + ow] = at;
-          }
+          max_pool_row_2x2(r0, r1, yp + oh * p.OW, ip + oh * p.OW, p.OW, p.W, 2 * oh * p.W);
         }
         continue;
       }
