@@ -260,6 +260,56 @@ TEST_CASE("conv2d and its gradients are the same for every thread count, on batc
   }
 }
 
+TEST_CASE("conv2d_bias built directly has gradients matching finite differences, with and without ReLU",
+          "[grad][conv][fused]") {
+  const int relu = GENERATE(0, 1);
+  const ConvCase c = GENERATE(ConvCase{3, 2, 3, 6, 5, 3, 1, 1, 1}, ConvCase{2, 3, 2, 7, 7, 3, 2, 1, 1});
+  INFO(describe(c) << " relu " << relu);
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {c.n, c.c, c.h, c.w}, gg::uniform(-1.0, 1.0));
+  const double s = 1.0 / std::sqrt(static_cast<double>(c.c * c.k * c.k));  // as in the conv2d check
+  Value w = g.param("w", {c.oc, c.c, c.k, c.k}, gg::uniform(-s, s));
+  Value b = g.param("b", {c.oc, 1, 1}, gg::uniform(-0.3, 0.3));
+  // The fused op takes conv2d's attributes, with relu set.
+  gg::Attrs a = gg::conv2d(x, w, {}, c.stride, c.padding, c.dilation).node().attrs;
+  REQUIRE(a.set_number("relu", relu));
+  Value y = gg::detail::make(*gg::detail::find_op("conv2d_bias"), {x, w, b}, a);
+  // A linear term too: y * y alone has no gradient where ReLU zeroes y, masked or not.
+  check_op(g, weighted_sum(y) + weighted_sum(y * y, 3), {x, w, b});
+}
+
+TEST_CASE("a program fuses conv2d, its bias and ReLU into conv2d_bias, with the unfused program's bits",
+          "[grad][conv][fused]") {
+  const auto dtype = GENERATE(gg::f32, gg::f64);
+  const bool relu = GENERATE(true, false);
+  INFO(gg::dtype_name(dtype) << (relu ? " with relu" : " without relu"));
+  gg::Graph g(dtype);
+  Value x = g.input("x", {gg::dyn, 3, 8, 8});
+  Value w = g.param("w", {4, 3, 3, 3}, gg::uniform(-0.5, 0.5));
+  Value b = g.param("b", {4}, gg::uniform(-0.5, 0.5));
+  Value z = gg::conv2d(x, w, b, 1, 1);
+  Value y = relu ? gg::relu(z) : z;
+  Value r = g.input("r", {gg::dyn, 4, 8, 8});
+  const auto grads = gg::gradients(gg::sum(y * r), {w, b});
+  gg::CompileOptions fused, plain;
+  plain.fuse = false;
+  gg::Program pf(g, {y, grads[0], grads[1]}, fused), pp(g, {y, grads[0], grads[1]}, plain);
+  bool has_fused = false, has_conv = false;
+  for (const std::string& step : pf.schedule(5)) {
+    has_fused = has_fused || step.rfind("conv2d_bias", 0) == 0;
+    has_conv = has_conv || step.rfind("conv2d ", 0) == 0 || step == "conv2d";
+  }
+  CHECK(has_fused);
+  CHECK_FALSE(has_conv);
+  const gg::Tensor xv = gg::test::random_tensor(dtype, {5, 3, 8, 8}, -1.0, 1.0, 8);
+  const gg::Tensor rv = gg::test::random_tensor(dtype, {5, 4, 8, 8}, -1.0, 1.0, 9);
+  pf.run({{x, xv}, {r, rv}});
+  pp.run({{x, xv}, {r, rv}});
+  CHECK(gg::test::values(pf.get(y)) == gg::test::values(pp.get(y)));
+  CHECK(gg::test::values(pf.get(grads[0])) == gg::test::values(pp.get(grads[0])));
+  CHECK(gg::test::values(pf.get(grads[1])) == gg::test::values(pp.get(grads[1])));
+}
+
 TEST_CASE("conv2d rejects a kernel that does not fit and a channel count that does not match, naming both shapes",
           "[grad][conv]") {
   gg::Graph g(gg::f32);

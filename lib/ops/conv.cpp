@@ -2,20 +2,23 @@
 //
 //   y[n, o, i, j] = sum_{c, a, b} w[o, c, a, b] x[n, c, i s - p + a d, j s - p + b d]
 // (x outside the image is 0; s stride, p padding, d dilation, per axis). With K = C KH KW and
-// P = OH OW, it is one GEMM over im2col: col[(c KH + a) KW + b, n P + i OW + j] = x[n, c, ...],
-// Y = W[OC, K] col[K, N P], then Y permuted to {N, OC, OH, OW}. The whole batch is one GEMM (not
-// one per image) so BLIS gets a large problem to thread over, with the program's thread count like
-// every other GEMM; im2col and the permutes are the op's declared workspace.
+// P = OH OW, each image is one GEMM over its im2col: col_n[(c KH + a) KW + b, i OW + j] =
+// x[n, c, ...], y[n] = W[OC, K] col_n[K, P], written straight into y's NCHW slice. Images go in
+// fixed chunks, each with its own col buffer (the op's declared workspace) that stays in cache
+// between im2col and the GEMM; see `Chunks`.
 //
-//   conv2d_dgrad(g, w) = dx: dcol = W^T g' (g' = g as {OC, N P}), then col2im (overlaps summed)
-//   conv2d_wgrad(x, g) = dw: g' col^T
+//   conv2d_dgrad(g, w) = dx: per image, dcol = W^T g[n], then col2im (overlaps summed)
+//   conv2d_wgrad(x, g) = dw: the sum over images of g[n] col_n^T
 // conv2d is bilinear in (x, w) and the three ops are each other's adjoints, so the VJPs close:
 //   conv2d:       dx = dgrad(g, w),    dw = wgrad(x, g)
 //   conv2d_dgrad: dg = conv2d(v, w),   dw = wgrad(v, g)
 //   conv2d_wgrad: dx = dgrad(g, v),    dg = conv2d(x, v)
-// and second derivatives keep working. Every kernel is deterministic: im2col, col2im and the
-// permutes give each output element to one thread, and BLIS is deterministic per thread count.
+// and second derivatives keep working. Every kernel gives the same bits for any thread count:
+// each image's output is one thread's, and dw is summed in an order fixed by the batch size.
+// conv2d_bias (conv2d + bias, then ReLU) exists only as a fusion (rule at the end of the file).
+#include "fusion.hpp"
 #include "kernels.hpp"
+#include "op_list.hpp"
 
 #include <blis.h>
 
@@ -35,9 +38,14 @@ namespace {
 struct ConvAttrs {
   std::int64_t kh = 1, kw = 1, h = 0, w = 0;
   int stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
+  // conv2d_bias only: ReLU after the bias. conv2d_bias is conv2d plus a bias per output channel
+  // (then ReLU when `relu`), made by the fusion rule at the end of this file from conv2d + add
+  // (+ relu), so that the epilogue runs on each image's output while it is in cache instead of
+  // in one more pass over the whole map.
+  int relu = 0;
   template <typename F> void visit(F&& f) {
     f("kh", kh), f("kw", kw), f("h", h), f("w", w), f("stride_h", stride_h), f("stride_w", stride_w), f("pad_h", pad_h),
-        f("pad_w", pad_w), f("dil_h", dil_h), f("dil_w", dil_w);
+        f("pad_w", pad_w), f("dil_h", dil_h), f("dil_w", dil_w), f("relu", relu);
   }
   std::int64_t out_h() const { return (h + 2 * pad_h - dil_h * (kh - 1) - 1) / stride_h + 1; }
   std::int64_t out_w() const { return (w + 2 * pad_w - dil_w * (kw - 1) - 1) / stride_w + 1; }
@@ -52,14 +60,13 @@ void check_static(const Graph& g, const Node& n, int i, bool batch_may_be_open) 
     if (s[d] == dyn) fail(g, n, "only the batch (first) dimension may be open");
 }
 
-Outputs infer_conv(const Graph& g, const Node& n) {
+Outputs infer_conv_with(const Graph& g, const Node& n, const ConvAttrs& a) {
   const DType t = require_float(g, n, 0);
   require_same_dtype(g, n, 0, 1);
   check_static(g, n, 0, true);
   check_static(g, n, 1, false);
   const Shape& x = operand(g, n, 0).shape;
   const Shape& w = operand(g, n, 1).shape;
-  const ConvAttrs& a = n.attrs.as<ConvAttrs>();
   if (w[1] != x[1])
     fail(g, n, "the weights take " + std::to_string(w[1]) + " input channels, the input has " + std::to_string(x[1]));
   if (a.kh != w[2] || a.kw != w[3] || a.h != x[2] || a.w != x[3]) fail(g, n, "attributes do not match the operands");
@@ -68,6 +75,14 @@ Outputs infer_conv(const Graph& g, const Node& n) {
                    "x" + std::to_string(a.w) + " image (padding " + std::to_string(a.pad_h) + ", dilation " +
                    std::to_string(a.dil_h) + ")");
   return Port{t, Shape{x[0], w[0], a.out_h(), a.out_w()}};
+}
+Outputs infer_conv(const Graph& g, const Node& n) { return infer_conv_with(g, n, n.attrs.as<ConvAttrs>()); }
+// conv2d_bias(x, w, b): b holds one value per output channel ({OC, 1, 1} as conv2d adds it).
+Outputs infer_conv_bias(const Graph& g, const Node& n) {
+  const Outputs out = infer_conv_with(g, n, n.attrs.as<ConvAttrs>());
+  require_same_dtype(g, n, 0, 2);
+  if (operand(g, n, 2).shape.numel() != operand(g, n, 1).shape[0]) fail(g, n, "the bias must hold one value per output channel");
+  return out;
 }
 
 // dgrad(g {N, OC, OH, OW}, w {OC, C, KH, KW}) -> {N, C, H, W}
@@ -288,6 +303,10 @@ std::size_t conv_scratch(const Node& n, const Shape* in, int) {
   const Geometry g = geometry(n.attrs.as<ConvAttrs>(), in[0][0], in[0][1], in[1][0]);
   return static_cast<std::size_t>(chunks(g.n).count * g.k * g.p) * dtype_size(n.out().dtype);
 }
+std::size_t conv_bias_scratch(const Node& n, const Shape* in, int) {
+  const Geometry g = geometry(n.attrs.as<ConvAttrs>(), in[0][0], in[0][1], in[1][0]);
+  return static_cast<std::size_t>(chunks(g.n).count * g.k * g.p) * dtype_size(n.out().dtype);
+}
 std::size_t dgrad_scratch(const Node& n, const Shape* in, int) {
   const Geometry g = geometry(n.attrs.as<ConvAttrs>(), in[0][0], in[1][1], in[1][0]);
   return static_cast<std::size_t>(chunks(g.n).count * g.k * g.p) * dtype_size(n.out().dtype);
@@ -297,9 +316,10 @@ std::size_t wgrad_scratch(const Node& n, const Shape* in, int) {
   return static_cast<std::size_t>(chunks(g.n).count * (g.k * g.p + g.oc * g.k)) * dtype_size(n.out().dtype);
 }
 
+// y[n] = W col[n], then y[n] + b (per row) and ReLU when asked, while y[n] is in cache: the same
+// arithmetic as the add and add_relu kernels, so fusing changes no bit.
 template <typename T>
-void conv_fwd(const KernelArgs& k) {
-  const ConvAttrs& a = k.attrs<ConvAttrs>();
+void conv_run(const KernelArgs& k, const ConvAttrs& a, const T* bias, bool relu) {
   const Geometry g = geometry(a, k.in[0].shape[0], k.in[0].shape[1], k.in[1].shape[0]);
   const T* x = data<T>(k.in[0]);
   const T* w = data<T>(k.in[1]);
@@ -310,9 +330,36 @@ void conv_fwd(const KernelArgs& k) {
     for (std::int64_t n = c * ch.size; n < std::min(g.n, (c + 1) * ch.size); ++n) {
       im2col(x + n * g.c * a.h * a.w, col, a, g);
       // y[n] {OC, P} = W {OC, K} col {K, P}
-      gemm<T>(g.oc, g.p, g.k, w, g.k, 1, col, g.p, 1, T(0), y + n * g.oc * g.p, g.p, 1, threads);
+      T* yn = y + n * g.oc * g.p;
+      gemm<T>(g.oc, g.p, g.k, w, g.k, 1, col, g.p, 1, T(0), yn, g.p, 1, threads);
+      if (bias == nullptr) continue;
+      for (std::int64_t o = 0; o < g.oc; ++o) {
+        T* row = yn + o * g.p;
+        const T b = bias[o];
+        if (relu) {
+#pragma omp simd
+          for (std::int64_t i = 0; i < g.p; ++i) {
+            const T s = row[i] + b;
+            row[i] = s > T(0) ? s : T(0);
+          }
+        } else {
+#pragma omp simd
+          for (std::int64_t i = 0; i < g.p; ++i) row[i] += b;
+        }
+      }
     }
   });
+}
+
+template <typename T>
+void conv_fwd(const KernelArgs& k) {
+  conv_run<T>(k, k.attrs<ConvAttrs>(), nullptr, false);
+}
+
+template <typename T>
+void conv_bias_fwd(const KernelArgs& k) {
+  const ConvAttrs& a = k.attrs<ConvAttrs>();
+  conv_run<T>(k, a, data<T>(k.in[2]), a.relu != 0);
 }
 
 template <typename T>
@@ -394,6 +441,19 @@ std::vector<Value> conv_vjp(const VjpArgs& v) {
   return out;
 }
 
+// As for conv2d(x, w) + b, then relu when fused with it: g' = relu_grad(g, y) (or g),
+// dx = dgrad(g', w), dw = wgrad(x, g'), db = g' summed to b's shape.
+std::vector<Value> conv_bias_vjp(const VjpArgs& v) {
+  ConvAttrs a = v.attrs<ConvAttrs>();
+  const Value g = a.relu ? make(relu_grad_op, {v.dy(), v.y()}) : v.dy();
+  a.relu = 0;
+  std::vector<Value> out(3);
+  if (v.wanted[0]) out[0] = dgrad(g, v.in(1), a);
+  if (v.wanted[1]) out[1] = wgrad(v.in(0), g, a);
+  if (v.wanted[2]) out[2] = unbroadcast(g, v.in_shape(2));
+  return out;
+}
+
 std::vector<Value> dgrad_vjp(const VjpArgs& v) {
   const ConvAttrs& a = v.attrs<ConvAttrs>();
   std::vector<Value> out(2);
@@ -415,12 +475,50 @@ std::vector<Value> wgrad_vjp(const VjpArgs& v) {
 GG_OP(conv2d_op) = {.name = "conv2d", .arity = 2, .diff_inputs = 0b11,
                     .kernels = {.f32 = conv_fwd<float>, .f64 = conv_fwd<double>}, .infer = infer_conv,
                     .workspace = conv_scratch, .vjp = conv_vjp};
+GG_OP(conv2d_bias_op) = {.name = "conv2d_bias", .arity = 3, .flags = kInternal, .diff_inputs = 0b111,
+                         .kernels = {.f32 = conv_bias_fwd<float>, .f64 = conv_bias_fwd<double>}, .infer = infer_conv_bias,
+                         .workspace = conv_bias_scratch, .vjp = conv_bias_vjp};
 GG_OP(conv2d_dgrad_op) = {.name = "conv2d_dgrad", .arity = 2, .flags = kInternal, .diff_inputs = 0b11,
                           .kernels = {.f32 = dgrad_fwd<float>, .f64 = dgrad_fwd<double>}, .infer = infer_dgrad,
                           .workspace = dgrad_scratch, .vjp = dgrad_vjp};
 GG_OP(conv2d_wgrad_op) = {.name = "conv2d_wgrad", .arity = 2, .flags = kInternal, .diff_inputs = 0b11,
                           .kernels = {.f32 = wgrad_fwd<float>, .f64 = wgrad_fwd<double>}, .infer = infer_wgrad,
                           .workspace = wgrad_scratch, .vjp = wgrad_vjp};
+
+namespace {
+
+// add(conv2d(x, w), b) -> conv2d_bias(x, w, b), and add_relu(conv2d(x, w), b) (made in phase 0)
+// -> conv2d_bias(x, w, b) with ReLU, when b is one value per output channel (the bias conv2d
+// adds), the add does not broadcast the convolution's output, and nobody else reads or fetches
+// that output. The add node becomes the fused one (it keeps its name and readers).
+bool fuse_conv_bias(Rewriter& r, int i) {
+  IrNode& e = r.at(i);
+  const bool relu = e.node.op == &add_relu_op;
+  if (!relu && e.node.op != &add_op) return false;
+  for (int side = 0; side < 2; ++side) {
+    const int c = e.node.inputs[side].node;
+    if (r.op(c) != &conv2d_op || r.fetched(c) || r.readers(c).size() != 1) continue;
+    const Node& conv = r.at(c).node;
+    const Operand bias = e.node.inputs[1 - side];
+    const Port& b = r.at(bias.node).node.out(bias.port);
+    const Shape& y = conv.out().shape;
+    const bool per_channel = (b.shape == Shape{y[1], 1, 1}) || (b.shape == Shape{1, y[1], 1, 1});
+    if (!per_channel || b.dtype != conv.out().dtype || e.node.out().shape != y) continue;
+    e.node.op = &conv2d_bias_op;
+    ConvAttrs a = conv.attrs.as<ConvAttrs>();
+    a.relu = relu ? 1 : 0;
+    e.node.attrs = Attrs(a);
+    e.node.inputs = {conv.inputs[0], conv.inputs[1], bias};
+    e.node.fused = true;
+    r.kill(c);
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+GG_FUSION(conv2d_bias_rule) = {"conv2d_bias", 1, fuse_conv_bias};
 
 namespace {
 Value dgrad(Value g, Value w, const ConvAttrs& a) { return make(conv2d_dgrad_op, {g, w}, Attrs(a)); }

@@ -167,7 +167,8 @@ void sum_into(const TensorView& x, const TensorView& out, int threads) {
         double total = 0;
         for (std::int64_t a = 0; a < A; ++a) {
           const T* row = px + (a * K + k) * B;
-          T acc = 0;  // a row of B in T (vectorised), rows added in double
+          T acc = 0;  // a row of B in T (vectorised: lanes, then lanes added), rows added in double
+#pragma omp simd reduction(+ : acc)
           for (std::int64_t b = 0; b < B; ++b) acc += row[b];
           total += acc;
         }
