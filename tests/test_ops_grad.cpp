@@ -940,6 +940,45 @@ TEST_CASE("max_pool2d propagates NaN as PyTorch does, and a window of -inf names
   CHECK(m[3] == 3.5);
 }
 
+TEST_CASE("relu then max_pool2d: the fused program masks the pooled gradient, with the unfused program's bits",
+          "[grad][pool][fused]") {
+  const auto dtype = GENERATE(gg::f32, gg::f64);
+  const Pool pool = GENERATE(Pool{2, 2, 0}, Pool{3, 2, 1});  // overlapping windows too
+  INFO(gg::dtype_name(dtype) << " " << describe(pool));
+  gg::Graph g(dtype);
+  Value x = g.input("x", {gg::dyn, 2, 7, 8});
+  Value w = g.param("w", {2, 7, 8}, gg::uniform(-1.0, 1.0));
+  Value y = gg::max_pool2d(gg::relu(x * w), pool.kernel, pool.stride, pool.padding);
+  Value r = g.input("r", y.shape());
+  const Value dw = gg::gradients(gg::sum(y * r), {w})[0];
+  gg::CompileOptions plain;
+  plain.fuse = false;
+  gg::Program pf(g, {dw}), pp(g, {dw}, plain);
+  // Fused, the relu_grad runs before the unpooling (on the pooled gradient); unfused, after.
+  auto order = [](const std::vector<std::string>& schedule) {
+    std::ptrdiff_t mask = -1, unpool = -1;
+    for (std::size_t i = 0; i < schedule.size(); ++i) {
+      if (schedule[i].rfind("relu_grad ", 0) == 0) mask = static_cast<std::ptrdiff_t>(i);
+      if (schedule[i].rfind("max_unpool2d ", 0) == 0) unpool = static_cast<std::ptrdiff_t>(i);
+    }
+    REQUIRE(mask >= 0);
+    REQUIRE(unpool >= 0);
+    return mask < unpool;
+  };
+  CHECK(order(pf.schedule(3)));
+  CHECK_FALSE(order(pp.schedule(3)));
+  // Ties and zeros included: values from a few levels, a third of them negative.
+  const gg::Tensor xv = gg::Tensor::copy_of(gg::Tensor::from<double>({3, 2, 7, 8}, [] {
+    std::vector<double> v(3 * 2 * 7 * 8);
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<double>(static_cast<int>((i * 7919) % 9) - 3);
+    return v;
+  }()), dtype);
+  const gg::Tensor rv = gg::test::random_tensor(dtype, Shape{3, 2, y.shape()[2], y.shape()[3]}, -1.0, 1.0, 4);
+  pf.run({{x, xv}, {r, rv}});
+  pp.run({{x, xv}, {r, rv}});
+  CHECK(gg::test::values(pf.get(dw)) == gg::test::values(pp.get(dw)));
+}
+
 TEST_CASE("2x2 max pooling at stride 2 keeps the rules on rows of every width: ties, NaN, -inf", "[grad][pool]") {
   // The 2x2 kernel works on blocks of 8 or 4 cells per row: widths around those sizes, random
   // values from a few levels (ties) with NaNs and -infs mixed in, against the rule cell by cell.

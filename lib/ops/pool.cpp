@@ -25,7 +25,9 @@
 // The unpooling and gathering pairs and the average pair are each other's VJPs, so gradients of
 // gradients work. Every kernel gives each thread whole (n, c) planes, and within a plane walks the
 // windows in row-major order: overlapping windows add up in the same order for any thread count.
+#include "fusion.hpp"
 #include "kernels.hpp"
+#include "op_list.hpp"
 
 #include <limits>
 #include <stdexcept>
@@ -410,7 +412,42 @@ PoolAttrs square(Value x, int kernel, int stride, int padding) {
   return PoolAttrs{kernel, kernel, st, st, padding, padding, s.rank == 4 ? s.dims[2] : 0, s.rank == 4 ? s.dims[3] : 0};
 }
 
+// relu_grad(max_unpool2d(g, i), y) -> max_unpool2d(relu_grad(g, pooled), i), where i and pooled
+// are the outputs of max_pool2d(y): the backward pass of relu then max-pool masks the pooled
+// gradient (4x smaller for 2x2 windows) instead of the unpooled map. Equal bit for bit: the
+// unpooled map is zero but at the indices, and there y is the pooled value itself, so both
+// sides keep the same g's (and add the same ones, in the same order, where windows overlap).
+// The unpool node becomes the masking and the relu_grad node the unpool (keeping its readers;
+// the two swap names); the unpool must have no other reader and not be fetched.
+bool fuse_unpool_relu_grad(Rewriter& r, int i) {
+  IrNode& rg = r.at(i);
+  if (rg.node.op != &relu_grad_op) return false;
+  const int u = rg.node.inputs[0].node;
+  if (r.op(u) != &max_unpool2d_op || r.fetched(u) || r.readers(u).size() != 1) return false;
+  IrNode& un = r.at(u);
+  const Operand indices = un.node.inputs[1];
+  if (r.op(indices.node) != &max_pool2d_op || indices.port != 1) return false;
+  if (!(r.at(indices.node).node.inputs[0] == rg.node.inputs[1])) return false;
+  const Operand g = un.node.inputs[0];
+  const Attrs window = un.node.attrs;
+  un.node.op = &relu_grad_op;
+  un.node.inputs = {g, Operand{indices.node, 0}};
+  un.node.attrs = Attrs();
+  un.node.outputs[0] = r.at(g.node).node.out(g.port);
+  un.node.fused = true;
+  rg.node.op = &max_unpool2d_op;
+  rg.node.inputs = {Operand{u, 0}, indices};
+  rg.node.attrs = window;
+  rg.node.fused = true;
+  std::swap(un.node.name, rg.node.name);  // each name stays with its kind of work
+  r.changed();
+  return true;
+}
+
 }  // namespace
+
+GG_FUSION(unpool_relu_grad_rule) = {"unpool_relu_grad", 1, fuse_unpool_relu_grad};
+
 }  // namespace detail
 
 Value max_pool2d(Value x, int kernel, int stride, int padding) {
