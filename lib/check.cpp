@@ -17,6 +17,7 @@ GradCheckResult check_gradients(Graph& g, Value loss, const std::vector<Value>& 
   fetch.insert(fetch.begin(), loss);
   CompileOptions co;
   co.seed = opts.seed;
+  co.training = opts.training;
   co.threads = 1;
   Program p(g, fetch, co);
 

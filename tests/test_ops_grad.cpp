@@ -55,7 +55,8 @@ struct Feeds {
 };
 
 // Checks d loss / d wrt by central differences; every element of every wrt must be checked.
-void check_op(gg::Graph& g, Value loss, const std::vector<Value>& wrt, const Feeds& feeds = {}) {
+void check_op(gg::Graph& g, Value loss, const std::vector<Value>& wrt, const Feeds& feeds = {},
+              const gg::GradCheckOptions& opts = {}) {
   std::int64_t expected = 0;
   for (const Value& w : wrt) {
     if (w.op_name() == std::string("param")) {
@@ -65,7 +66,7 @@ void check_op(gg::Graph& g, Value loss, const std::vector<Value>& wrt, const Fee
         if (f.input == w) expected += f.value.numel();
     }
   }
-  const gg::GradCheckResult r = gg::check_gradients(g, loss, wrt, feeds.list);
+  const gg::GradCheckResult r = gg::check_gradients(g, loss, wrt, feeds.list, opts);
   INFO("worst: " << r.worst << " (" << r.checked << " elements checked, max relative error " << r.max_rel_error << ")");
   CHECK(r.checked == expected);
   CHECK(r.max_rel_error <= kTol);
@@ -322,6 +323,163 @@ TEST_CASE("conv2d rejects a kernel that does not fit and a channel count that do
              Catch::Matchers::Contains("take 2 input channels, the input has 3") && Catch::Matchers::Contains("'w2' float32 {8, 2, 3, 3}"));
   CHECK_NOTHROW(gg::conv2d(x, w5, {}, 1, 1));  // padding makes it fit
   CHECK_THROWS_AS(gg::conv2d(x, w2, g.param("b", {7})), gg::GraphError);
+}
+
+// ---- batch normalisation -----------------------------------------------------------------------
+
+namespace {
+// A batch_norm layer on x with its parameters and states: gamma near 1, beta near 0, running
+// statistics that are not the batch's (so that evaluation visibly differs from training).
+struct Bn {
+  Value gamma, beta, mean, var, y, stats;
+};
+Bn batch_norm_on(gg::Graph& g, Value x, int axis, double momentum = 0.1) {
+  const std::int64_t c = x.shape()[axis];
+  Bn b;
+  b.gamma = g.param("gamma", {c}, gg::uniform(0.5, 1.5));
+  b.beta = g.param("beta", {c}, gg::uniform(-0.5, 0.5));
+  b.mean = g.state("running_mean", {c}, gg::uniform(-0.2, 0.2));
+  b.var = g.state("running_var", {c}, gg::uniform(0.5, 2.0));
+  b.y = gg::batch_norm(x, b.gamma, b.beta, b.mean, b.var, axis, momentum);
+  b.stats = Value{b.y.graph, b.y.id, 1};
+  return b;
+}
+
+struct BnCase {
+  Shape x;
+  int axis;
+};
+std::string describe(const BnCase& c) { return gg::to_string(c.x) + " axis " + std::to_string(c.axis); }
+const std::vector<BnCase>& bn_cases() {
+  static const std::vector<BnCase> cases = {
+      {{3, 2, 4, 5}, 1},  // NCHW images
+      {{2, 3, 3, 3}, 1},  // a batch of 2
+      {{5, 4}, 1},        // {batch, features} rows
+      {{4, 7}, 0},        // {features, batch} columns
+  };
+  return cases;
+}
+}  // namespace
+
+TEST_CASE("batch_norm normalises each channel with the batch's statistics and moves the running ones", "[grad][norm]") {
+  gg::Graph g(gg::f64);
+  Value x = g.input("x", {gg::dyn, 2, 3, 2});
+  Bn bn = batch_norm_on(g, x, 1, 0.25);
+  gg::Program p(g, {bn.y, bn.stats});
+  const gg::Tensor xv = random_tensor({3, 2, 3, 2}, -2.0, 3.0, 17);
+  const std::vector<double> rm0 = gg::test::values(p.param(bn.mean)), rv0 = gg::test::values(p.param(bn.var));
+  p.run({{x, xv}});
+  const std::vector<double> y = gg::test::values(p.get(bn.y)), s = gg::test::values(p.get(bn.stats));
+  const std::vector<double> gamma = gg::test::values(p.param(bn.gamma)), beta = gg::test::values(p.param(bn.beta));
+  for (std::int64_t c = 0; c < 2; ++c) {
+    double sum = 0, sq = 0;
+    for (std::int64_t n = 0; n < 3; ++n)
+      for (std::int64_t i = 0; i < 6; ++i) sum += xv.flat((n * 2 + c) * 6 + i);
+    const double mu = sum / 18;
+    for (std::int64_t n = 0; n < 3; ++n)
+      for (std::int64_t i = 0; i < 6; ++i) sq += (xv.flat((n * 2 + c) * 6 + i) - mu) * (xv.flat((n * 2 + c) * 6 + i) - mu);
+    const double var = sq / 18, r = 1 / std::sqrt(var + 1e-5);
+    INFO("channel " << c);
+    CHECK_THAT(s[static_cast<std::size_t>(c)], Catch::Matchers::WithinAbs(mu, 1e-14));
+    CHECK_THAT(s[static_cast<std::size_t>(2 + c)], Catch::Matchers::WithinAbs(r, 1e-12));
+    CHECK(s[static_cast<std::size_t>(4 + c)] == 1.0);
+    for (std::int64_t n = 0; n < 3; ++n)
+      for (std::int64_t i = 0; i < 6; ++i) {
+        const std::size_t at = static_cast<std::size_t>((n * 2 + c) * 6 + i);
+        CHECK_THAT(y[at], Catch::Matchers::WithinAbs(gamma[c] * (xv.flat(static_cast<std::int64_t>(at)) - mu) * r + beta[c], 1e-12));
+      }
+    // PyTorch's update: the unbiased variance, 18 / 17.
+    CHECK_THAT(p.param(bn.mean).flat(c), Catch::Matchers::WithinAbs(0.75 * rm0[c] + 0.25 * mu, 1e-14));
+    CHECK_THAT(p.param(bn.var).flat(c), Catch::Matchers::WithinAbs(0.75 * rv0[c] + 0.25 * var * 18 / 17, 1e-14));
+  }
+}
+
+TEST_CASE("batch_norm in an evaluation program uses the running statistics and leaves them alone", "[grad][norm]") {
+  gg::Graph g(gg::f64);
+  Value x = g.input("x", {gg::dyn, 3});
+  Bn bn = batch_norm_on(g, x, 1);
+  gg::CompileOptions eval;
+  eval.training = false;
+  gg::Program p(g, {bn.y, bn.stats}, eval);
+  const std::vector<double> rm = gg::test::values(p.param(bn.mean)), rv = gg::test::values(p.param(bn.var));
+  const gg::Tensor xv = random_tensor({1, 3}, -2.0, 2.0, 5);  // one example: fine in evaluation
+  p.run({{x, xv}});
+  const std::vector<double> y = gg::test::values(p.get(bn.y)), s = gg::test::values(p.get(bn.stats));
+  const std::vector<double> gamma = gg::test::values(p.param(bn.gamma)), beta = gg::test::values(p.param(bn.beta));
+  for (std::size_t c = 0; c < 3; ++c) {
+    const double r = 1 / std::sqrt(rv[c] + 1e-5);
+    CHECK_THAT(y[c], Catch::Matchers::WithinAbs(gamma[c] * (xv.flat(static_cast<std::int64_t>(c)) - rm[c]) * r + beta[c], 1e-14));
+    CHECK(s[c] == rm[c]);
+    CHECK(s[6 + c] == 0.0);
+  }
+  CHECK(gg::test::values(p.param(bn.mean)) == rm);
+  CHECK(gg::test::values(p.param(bn.var)) == rv);
+}
+
+TEST_CASE("batch_norm's gradients in training match finite differences for images, rows and columns", "[grad][norm]") {
+  const BnCase c = GENERATE(from_range(bn_cases()));
+  INFO(describe(c));
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", c.x, gg::uniform(-2.0, 2.0));
+  Bn bn = batch_norm_on(g, x, c.axis);
+  check_op(g, weighted_sum(bn.y) + weighted_sum(bn.y * bn.y, 3), {x, bn.gamma, bn.beta});
+}
+
+TEST_CASE("batch_norm's gradients match finite differences with an open batch dimension", "[grad][norm]") {
+  const int axis = GENERATE(0, 1);
+  INFO("axis " << axis);
+  gg::Graph g(gg::f64);
+  Value x = g.input("x", axis == 1 ? Shape{gg::dyn, 3, 2, 2} : Shape{3, gg::dyn});
+  Bn bn = batch_norm_on(g, x, axis);
+  Value R = g.input("R", x.shape());  // weights of the loss's terms, fed like x
+  const Shape fed = axis == 1 ? Shape{5, 3, 2, 2} : Shape{3, 5};
+  Feeds f;
+  f.add(x, random_tensor(fed, -2.0, 2.0, 23));
+  f.add(R, random_tensor(fed, -1.0, 1.0, 24));
+  check_op(g, gg::sum(bn.y * bn.y * R), {x, bn.gamma, bn.beta}, f);
+}
+
+TEST_CASE("batch_norm's gradients in an evaluation program match finite differences", "[grad][norm]") {
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", {2, 3, 2, 2}, gg::uniform(-2.0, 2.0));
+  Bn bn = batch_norm_on(g, x, 1);
+  gg::GradCheckOptions eval;
+  eval.training = false;
+  check_op(g, weighted_sum(bn.y * bn.y), {x, bn.gamma, bn.beta}, {}, eval);
+}
+
+TEST_CASE("batch_norm's gradient is differentiable again (second derivatives match finite differences)",
+          "[grad][norm][second-order]") {
+  const BnCase c = GENERATE(from_range(bn_cases()));
+  INFO(describe(c));
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", c.x, gg::uniform(-2.0, 2.0));
+  Bn bn = batch_norm_on(g, x, c.axis);
+  const auto grads = gg::gradients(weighted_sum(bn.y * bn.y), {x, bn.gamma});
+  check_op(g, weighted_sum(grads[0], 3) + weighted_sum(grads[1], 4), {x, bn.gamma});
+}
+
+TEST_CASE("batch_norm rejects parameters of the wrong size, a bad axis and statistics that are not states",
+          "[grad][norm]") {
+  gg::Graph g(gg::f32);
+  Value x = g.input("x", {gg::dyn, 4, 5, 5});
+  Value ok = g.param("gamma", {4}), bad = g.param("beta5", {5});
+  Value rm = g.state("rm", {4}), rv = g.state("rv", {4}, gg::constant(1.0));
+  CHECK_THAT(gg::test::message_of<gg::GraphError>([&] { gg::batch_norm(x, bad, ok, rm, rv); }),
+             Catch::Matchers::Contains("gamma must be {4}") && Catch::Matchers::Contains("'beta5' float32 {5}"));
+  CHECK_THAT(gg::test::message_of<gg::GraphError>([&] { gg::batch_norm(x, ok, ok, rm, rv, 4); }),
+             Catch::Matchers::Contains("channel axis 4"));
+  CHECK_THAT(gg::test::message_of<gg::GraphError>([&] { gg::batch_norm(x, ok, ok, ok, rv); }),
+             Catch::Matchers::Contains("running_mean must be a state"));
+}
+
+TEST_CASE("batch_norm refuses to train on one value per channel", "[grad][norm]") {
+  gg::Graph g(gg::f32);
+  Value x = g.input("x", {gg::dyn, 3});
+  Bn bn = batch_norm_on(g, x, 1);
+  gg::Program p(g, {bn.y});
+  CHECK_THAT(gg::test::message_of<std::invalid_argument>([&] { p.run({{x, gg::Tensor::zeros(gg::f32, {1, 3})}}); }),
+             Catch::Matchers::Contains("more than one value per channel"));
 }
 
 // ---- dropout -----------------------------------------------------------------------------------

@@ -265,6 +265,37 @@ TEST_CASE("a small CNN trains on NCHW batches: its loss falls and it classifies 
   CHECK(t.evaluate(test).accuracy >= 0.95);
 }
 
+TEST_CASE("bn layers normalise with batch statistics in training and running ones in evaluation", "[train][nn][cnn]") {
+  const train::Dataset d = fake_data(192), test = fake_data(48, 77);
+  gg::Graph g(gg::f32);
+  const nn::Spec spec = nn::parse("conv4k3p1,bn,relu,pool2,flatten,dense8,bn,relu,dense3");
+  CHECK(spec.text() == "conv4k3p1,bn,relu,pool2,flatten,dense8,bn,relu,dense3");
+  const train::Model m = train::classifier(g, spec, Shape{4, 4}, 3, nn::Layout::nchw);
+  // Per channel for images, per feature after the flatten.
+  CHECK(g.find("bn1/gamma").shape() == Shape{4});
+  CHECK(g.find("bn1/beta").shape() == Shape{4});
+  CHECK(g.find("bn2/gamma").shape() == Shape{8});
+  std::vector<std::string> states;
+  for (const gg::Value& v : g.states()) states.push_back(v.name());
+  CHECK(std::count(states.begin(), states.end(), "bn1/running_mean") == 1);
+  CHECK(std::count(states.begin(), states.end(), "bn2/running_var") == 1);
+  train::Trainer t(g, m, options(train::Optimizer::Kind::adam, 0.02));
+  CHECK(gg::test::values(t.train_program().param("bn1/running_var")) == std::vector<double>(4, 1.0));
+  train::Batches b(d, batch_options(16, nn::Layout::nchw, gg::f32));
+  std::vector<double> losses;
+  train::Callbacks cb;
+  cb.on_step = [&](const train::StepInfo& s) { return losses.push_back(s.loss), true; };
+  t.fit(b, {.epochs = 6}, cb);
+  CHECK(losses.back() < 0.2);
+  // Training moved the running statistics away from their start.
+  CHECK(gg::test::values(t.train_program().param("bn1/running_mean")) != std::vector<double>(4, 0.0));
+  // Evaluation reads them, not the batch's: every example's probabilities are the same whatever
+  // batch it is evaluated in.
+  const train::Evaluation whole = t.evaluate(test, {}, 48), sevens = t.evaluate(test, {}, 7);
+  CHECK(whole.probabilities == sevens.probabilities);
+  CHECK(whole.accuracy >= 0.95);
+}
+
 TEST_CASE("a malformed spec is refused naming the layer", "[train][nn]") {
   CHECK_THAT(message_of<std::invalid_argument>([] { nn::parse("dense64,rleu,dense10"); }), Contains("layer 2 'rleu'"));
   CHECK_THAT(message_of<std::invalid_argument>([] { nn::parse("dense0"); }), Contains("denseN"));

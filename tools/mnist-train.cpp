@@ -121,7 +121,7 @@ std::optional<Options> parse(int argc, char** argv) {
     ("model", po::value(&o.model),
        "the network as a spec (instead of --layers), e.g. dense256,relu,dense128,relu,dense10 or "
        "conv32k3p1,relu,pool2,conv64k3p1,relu,pool2,flatten,dense128,relu,dropout0.25,dense10; "
-       "layers: denseN, convNkKpPsS, poolK, avgpoolK, gap, flatten, dropoutP, relu, tanh, sigmoid; "
+       "layers: denseN, convNkKpPsS, poolK, avgpoolK, gap, flatten, dropoutP, bn (batch norm), relu, tanh, sigmoid; "
        "'cnn' is the reference CNN above")
     ("layout", po::value(&o.layout)->default_value("auto"),
        "columns: X {784, batch}, the notebook's; rows: X {batch, 784}; nchw: X {batch, 1, 28, 28}; "

@@ -15,6 +15,7 @@ struct GradCheckOptions {
   // round-off in near-zero components (about eps |loss| / h) from counting as error.
   double floor = 1e-3;
   std::uint64_t seed = 1;  // for the parameters' initialisers
+  bool training = true;    // check the training program's gradients, or the evaluation program's
 };
 
 struct GradCheckResult {

@@ -52,6 +52,16 @@ struct Conv2dOptions {
 // act(conv2d(x, W, b)) for NCHW x, W {channels, C, kernel, kernel}, b {channels}.
 Value conv2d(Value x, std::int64_t channels, const Conv2dOptions& o = {});
 
+struct BatchNormOptions {
+  Layout layout = Layout::nchw;  // the channel axis: 1 for nchw and rows, 0 for columns
+  double momentum = 0.1, eps = 1e-5;
+  std::string name;  // default bn<k>: parameters bn<k>/gamma (ones), bn<k>/beta (zeros), states
+                     // bn<k>/running_mean (zeros), bn<k>/running_var (ones)
+};
+// gg::batch_norm over every axis but the channels, with its parameters and running statistics:
+// batch statistics in training programs, running ones in evaluation programs.
+Value batch_norm(Value x, const BatchNormOptions& o = {});
+
 // A network as text: comma-separated layers, applied in order.
 //   denseN            a dense layer of N units
 //   convNkKpPsS       a convolution to N channels, kernel K (default 3), padding P (0), stride S (1)
@@ -60,10 +70,11 @@ Value conv2d(Value x, std::int64_t channels, const Conv2dOptions& o = {});
 //   gap               global average pooling: {N, C, H, W} -> {N, C}
 //   flatten           {N, C, H, W} -> {N, C H W}
 //   dropoutP          dropout with probability P (0 <= P < 1), the identity in evaluation
+//   bn                batch normalisation (per channel for images, per feature for dense layers)
 //   relu, tanh, sigmoid
 // The last layer's outputs are the logits.
 struct Layer {
-  enum class Kind : std::uint8_t { dense, activation, conv, max_pool, avg_pool, global_avg_pool, flatten, dropout };
+  enum class Kind : std::uint8_t { dense, activation, conv, max_pool, avg_pool, global_avg_pool, flatten, dropout, batch_norm };
   Kind kind = Kind::dense;
   std::int64_t units = 0;  // dense units, conv channels
   int kernel = 0, stride = 0, padding = 0;

@@ -110,6 +110,31 @@ Value conv2d(Value x, std::int64_t channels, const Conv2dOptions& o) {
   return activate(gg::conv2d(x, W, b, o.stride, o.padding, o.dilation), o.activation);
 }
 
+Value batch_norm(Value x, const BatchNormOptions& o) {
+  if (!x.valid()) throw GraphError("batch_norm layer: empty input value");
+  Graph& g = *x.graph;
+  const Shape s = x.shape();
+  const int axis = o.layout == Layout::columns ? 0 : 1;
+  if (s.rank < 2 || (o.layout == Layout::nchw && s.rank != 4))
+    throw GraphError("batch_norm layer: the input '" + x.name() + "' has shape " + to_string(s) + ", not " +
+                     (o.layout == Layout::nchw ? "NCHW images" : "a rank-2 batch"));
+  std::string name = o.name;
+  if (name.empty()) {
+    static const std::regex gamma("bn[0-9]+/gamma");
+    int k = 1;
+    for (const Value& p : g.params())
+      if (std::regex_match(p.name(), gamma)) ++k;
+    name = "bn" + std::to_string(k);
+  }
+  const Shape c{s[axis]};
+  const DType dt = x.dtype();
+  Value gamma_ = g.param(name + "/gamma", c, constant(1.0), dt);
+  Value beta = g.param(name + "/beta", c, zeros(), dt);
+  Value mean = g.state(name + "/running_mean", c, zeros(), dt);
+  Value var = g.state(name + "/running_var", c, constant(1.0), dt);
+  return gg::batch_norm(x, gamma_, beta, mean, var, axis, o.momentum, o.eps);
+}
+
 std::string Layer::text() const {
   auto num = [](double v) {
     std::ostringstream os;
@@ -134,6 +159,7 @@ std::string Layer::text() const {
     case Kind::global_avg_pool: return "gap";
     case Kind::flatten: return "flatten";
     case Kind::dropout: return "dropout" + num(p);
+    case Kind::batch_norm: return "bn";
   }
   return "?";
 }
@@ -155,7 +181,9 @@ std::int64_t Spec::outputs() const {
 
 bool Spec::convolutional() const {
   for (const Layer& l : layers)
-    if (l.kind != Layer::Kind::dense && l.kind != Layer::Kind::activation && l.kind != Layer::Kind::dropout) return true;
+    if (l.kind != Layer::Kind::dense && l.kind != Layer::Kind::activation && l.kind != Layer::Kind::dropout &&
+        l.kind != Layer::Kind::batch_norm)
+      return true;
   return false;
 }
 
@@ -208,6 +236,8 @@ Spec parse(std::string_view text) {
         l.activation = parse_activation(tok);
       } else if (tok == "flatten") {
         l.kind = Layer::Kind::flatten;
+      } else if (tok == "bn") {
+        l.kind = Layer::Kind::batch_norm;
       } else if (tok == "gap") {
         l.kind = Layer::Kind::global_avg_pool;
       } else if (named("dense")) {
@@ -248,7 +278,7 @@ Spec parse(std::string_view text) {
     } catch (const std::exception&) {
       throw std::invalid_argument(where +
                                   " is not a layer (known: denseN, convNkKpPsS, poolK, poolKsS, avgpoolK, gap, flatten, "
-                                  "dropoutP with 0 <= P < 1, relu, tanh, sigmoid)");
+                                  "dropoutP with 0 <= P < 1, bn, relu, tanh, sigmoid)");
     }
     spec.layers.push_back(l);
     start = end + 1;
@@ -319,6 +349,12 @@ Value build(const Spec& spec, Value x, Layout layout) {
       case Layer::Kind::global_avg_pool: need_images(); y = global_avg_pool(y); break;
       case Layer::Kind::flatten: need_images(); y = flatten(y); break;
       case Layer::Kind::dropout: y = dropout(y, l.p); break;
+      case Layer::Kind::batch_norm: {
+        BatchNormOptions o;
+        o.layout = images ? Layout::nchw : flat;
+        y = batch_norm(y, o);
+        break;
+      }
     }
   }
   return y;
