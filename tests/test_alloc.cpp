@@ -158,3 +158,32 @@ TEST_CASE("training epochs through the library's batches and trainer allocate no
   CHECK(sum > 0);
   CHECK(allocations.load() == 0);
 }
+
+TEST_CASE("a convolutional network's epochs (conv, batch norm, pooling, dropout) allocate nothing after the first") {
+  gg::train::Dataset d;
+  d.name = "fake";
+  d.count = 100;
+  d.example = gg::Shape{12, 12};
+  d.classes = 10;
+  for (std::int64_t i = 0; i < d.count * 144; ++i) d.pixels.push_back(static_cast<std::uint8_t>((i * 7) % 251));
+  for (std::int64_t i = 0; i < d.count; ++i) d.labels.push_back(i % 10);
+  gg::Graph g(gg::f32);
+  const gg::train::Model m =
+      gg::train::classifier(g, gg::nn::parse("conv8k3p1,bn,relu,pool2,conv8k3p1,relu,pool2,flatten,dense16,bn,relu,dropout0.25,dense10"),
+                            d.example, 10, gg::nn::Layout::nchw);
+  gg::train::TrainOptions o;
+  o.optimizer = {.kind = gg::train::Optimizer::Kind::adam, .lr = 1e-3};
+  o.compile.threads = 2;
+  gg::train::Trainer t(g, m, o);
+  gg::train::Batches b(d, {.batch_size = 32, .seed = 3, .layout = gg::nn::Layout::nchw, .threads = 2});
+  double sum = 0;
+  gg::train::Callbacks cb;
+  cb.on_step = [&](const gg::train::StepInfo& s) { return sum += s.loss, true; };
+  t.fit(b, {.epochs = 3, .stop_after_epochs = 1}, cb);  // plans both batch sizes (32 and the last, 4)
+  counting = true;
+  t.fit(b, {.epochs = 3}, cb);
+  counting = false;
+  CHECK(t.steps_done() == 12);
+  CHECK(sum > 0);
+  CHECK(allocations.load() == 0);
+}

@@ -38,7 +38,7 @@ struct DenseOptions {
   Layout layout = Layout::columns;  // columns, or rows (also after a flatten of NCHW images)
   Activation activation = Activation::none;
   Init init = he_normal();  // weights (fan-in from their shape); biases start at zero
-  std::string weight_name, bias_name;  // default W<k>, b<k>
+  std::string weight_name = {}, bias_name = {};  // default W<k>, b<k>
 };
 // columns: act(W x + b), W {units, in}, b {units, 1};  rows: act(x W + b), W {in, units}, b {units}.
 Value dense(Value x, std::int64_t units, const DenseOptions& o = {});
@@ -47,7 +47,7 @@ struct Conv2dOptions {
   int kernel = 3, stride = 1, padding = 0, dilation = 1;
   Activation activation = Activation::none;
   Init init = he_normal();  // fan-in C KH KW from the weights' shape {OC, C, KH, KW}
-  std::string weight_name, bias_name;  // default W<k>, b<k>
+  std::string weight_name = {}, bias_name = {};  // default W<k>, b<k>
 };
 // act(conv2d(x, W, b)) for NCHW x, W {channels, C, kernel, kernel}, b {channels}.
 Value conv2d(Value x, std::int64_t channels, const Conv2dOptions& o = {});
@@ -55,7 +55,7 @@ Value conv2d(Value x, std::int64_t channels, const Conv2dOptions& o = {});
 struct BatchNormOptions {
   Layout layout = Layout::nchw;  // the channel axis: 1 for nchw and rows, 0 for columns
   double momentum = 0.1, eps = 1e-5;
-  std::string name;  // default bn<k>: parameters bn<k>/gamma (ones), bn<k>/beta (zeros), states
+  std::string name = {};  // default bn<k>: parameters bn<k>/gamma (ones), bn<k>/beta (zeros), states
                      // bn<k>/running_mean (zeros), bn<k>/running_var (ones)
 };
 // gg::batch_norm over every axis but the channels, with its parameters and running statistics:

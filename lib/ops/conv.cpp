@@ -18,9 +18,11 @@
 // conv2d_bias (conv2d + bias, then ReLU) exists only as a fusion (rule at the end of the file).
 #include "fusion.hpp"
 #include "kernels.hpp"
+#include "micro_gemm.hpp"
 #include "op_list.hpp"
 
-#include <blis.h>
+#include <array>
+
 
 namespace gg {
 
@@ -110,22 +112,6 @@ Outputs infer_wgrad(const Graph& g, const Node& n) {
 }
 
 // ---- kernels ----------------------------------------------------------------------------------------
-
-// C = A B + beta C with general strides (rows, columns) for each, on `threads` threads.
-template <typename T>
-void gemm(dim_t m, dim_t n, dim_t k, const T* a, inc_t ars, inc_t acs, const T* b, inc_t brs, inc_t bcs, T beta, T* c,
-          inc_t crs, inc_t ccs, int threads) {
-  if (m == 0 || n == 0) return;
-  T one = 1;
-  rntm_t rntm = BLIS_RNTM_INITIALIZER;
-  bli_rntm_set_num_threads(threads, &rntm);
-  if constexpr (std::is_same_v<T, float>)
-    bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &one, const_cast<T*>(a), ars, acs, const_cast<T*>(b), brs,
-                 bcs, &beta, c, crs, ccs, nullptr, &rntm);
-  else
-    bli_dgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &one, const_cast<T*>(a), ars, acs, const_cast<T*>(b), brs,
-                 bcs, &beta, c, crs, ccs, nullptr, &rntm);
-}
 
 // The shapes a kernel works with.
 struct Geometry {
@@ -270,14 +256,14 @@ Geometry geometry(const ConvAttrs& a, std::int64_t n, std::int64_t c, std::int64
   return Geometry{n, c, oc, c * a.kh * a.kw, a.out_h() * a.out_w()};
 }
 
-// The batch is cut into fixed chunks of consecutive images. A chunk owns an im2col buffer {K, P}
-// that it refills image after image, so the buffer stays in cache between im2col and the GEMM
-// that reads it, and every product lands directly in its image's NCHW slice (no permutes). At
-// least as many chunks as threads run in parallel, one single-threaded GEMM at a time; fewer
-// chunks (a small batch) run one after another with BLIS using every thread. The chunks depend
-// only on the batch size, so the weight gradient's summation order (per chunk, then over chunks)
-// does not depend on the thread count; BLIS does not split a product's inner dimension across
-// threads, so nothing else does either.
+// The batch is cut into fixed chunks of consecutive images (about 8, at most 16 images each),
+// which run in parallel, one thread per chunk at a time. A chunk works image by image in
+// buffers of its own that stay in cache: im2col, then the image's product on BLIS's
+// microkernel (micro_gemm.hpp: no BLIS call, so nothing is allocated and the weights are
+// packed once per op, not once per image), written straight into the image's NCHW slice (no
+// permute), then col2im or the bias and ReLU. The chunks depend only on the batch size, so
+// neither does the weight gradient's summation order (images in order within a chunk, then
+// the chunks in order, in double): every kernel gives the same bits for any thread count.
 struct Chunks {
   std::int64_t size, count;
 };
@@ -286,52 +272,102 @@ Chunks chunks(std::int64_t n) {
   return {size, (n + size - 1) / size};
 }
 
-// Runs f(chunk, gemm_threads) for every chunk.
+// Runs f(chunk) for every chunk, the chunks split over the threads.
 template <typename F>
-void for_chunks(const Chunks& ch, const Geometry& g, int threads, F&& f) {
-  if (threads > 1 && ch.count >= threads) {
-    parallel_for(ch.count, threads, ch.size * g.oc * g.k * g.p, [&](std::int64_t lo, std::int64_t hi) {
-      for (std::int64_t c = lo; c < hi; ++c) f(c, 1);
-    });
-  } else {
-    for (std::int64_t c = 0; c < ch.count; ++c) f(c, threads);
-  }
+void for_chunks(const Chunks& ch, std::int64_t work_per_chunk, int threads, F&& f) {
+  parallel_for(ch.count, threads, work_per_chunk, [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t c = lo; c < hi; ++c) f(c);
+  });
 }
 
-// Scratch: one {K, P} buffer per chunk (wgrad adds a partial {OC, K} per chunk), in the output's dtype.
-std::size_t conv_scratch(const Node& n, const Shape* in, int) {
-  const Geometry g = geometry(n.attrs.as<ConvAttrs>(), in[0][0], in[0][1], in[1][0]);
-  return static_cast<std::size_t>(chunks(g.n).count * g.k * g.p) * dtype_size(n.out().dtype);
+// dW {OC, K} this small with a long inner dimension (a first layer: 32 x 9 against P = 784)
+// would run mostly on padding in the microkernel's 32 x 12 tiles, so the kernel takes dot
+// products of g's rows with col's rows instead, which the compiler vectorises.
+constexpr std::int64_t kSmallWgrad = 1024;
+
+// The workspace, in elements of T, each buffer on a 64-byte boundary: `shared` once, then per
+// chunk the (at most 4) buffers `each` lists.
+struct Scratch {
+  std::int64_t shared = 0, per_chunk = 0;
+  std::array<std::int64_t, 4> at{};  // offsets within a chunk's part (no allocation: kernels build it)
+  template <typename T> static std::int64_t round(std::int64_t n) {
+    const std::int64_t per = static_cast<std::int64_t>(64 / sizeof(T));
+    return (n + per - 1) / per * per;
+  }
+  template <typename T> static Scratch make(std::int64_t shared, std::initializer_list<std::int64_t> each) {
+    Scratch s;
+    s.shared = round<T>(shared);
+    std::size_t i = 0;
+    for (std::int64_t e : each) s.at[i++] = s.per_chunk, s.per_chunk += round<T>(e);
+    return s;
+  }
+  template <typename T> T* chunk(void* base, std::int64_t c, int i) const {
+    return static_cast<T*>(base) + shared + c * per_chunk + at[static_cast<std::size_t>(i)];
+  }
+  std::int64_t elements(std::int64_t chunks) const { return shared + chunks * per_chunk; }
+};
+
+// conv2d: shared W^T packed as B {K, OC}; per chunk col {K, P} and col^T packed as A {P, K}.
+template <typename T>
+Scratch conv_layout(const Geometry& g) {
+  const Micro<T>& u = Micro<T>::get();
+  return Scratch::make<T>(u.packed_b(g.k, g.oc), {g.k * g.p, u.packed_a(g.p, g.k)});
 }
-std::size_t conv_bias_scratch(const Node& n, const Shape* in, int) {
-  const Geometry g = geometry(n.attrs.as<ConvAttrs>(), in[0][0], in[0][1], in[1][0]);
-  return static_cast<std::size_t>(chunks(g.n).count * g.k * g.p) * dtype_size(n.out().dtype);
+// dgrad: shared W packed as B {OC, K}; per chunk g[n]^T packed as A {P, OC} and dcol {K, P}.
+template <typename T>
+Scratch dgrad_layout(const Geometry& g) {
+  const Micro<T>& u = Micro<T>::get();
+  return Scratch::make<T>(u.packed_b(g.oc, g.k), {u.packed_a(g.p, g.oc), g.k * g.p});
+}
+// wgrad: per chunk col {K, P}, col packed as A {K, P}, g[n]^T packed as B {P, OC}, and the
+// chunk's partial dW {OC, K}.
+template <typename T>
+Scratch wgrad_layout(const Geometry& g) {
+  const Micro<T>& u = Micro<T>::get();
+  return Scratch::make<T>(0, {g.k * g.p, u.packed_a(g.k, g.p), u.packed_b(g.p, g.oc), g.oc * g.k});
+}
+
+template <typename Layout>
+std::size_t scratch_bytes(const Node& n, const Geometry& g, Layout layout_f32, Layout layout_f64) {
+  const bool f32 = n.out().dtype == DType::f32;
+  const Scratch s = f32 ? layout_f32(g) : layout_f64(g);
+  return static_cast<std::size_t>(s.elements(chunks(g.n).count)) * (f32 ? sizeof(float) : sizeof(double));
+}
+std::size_t conv_scratch(const Node& n, const Shape* in, int) {
+  return scratch_bytes(n, geometry(n.attrs.as<ConvAttrs>(), in[0][0], in[0][1], in[1][0]), conv_layout<float>,
+                       conv_layout<double>);
 }
 std::size_t dgrad_scratch(const Node& n, const Shape* in, int) {
-  const Geometry g = geometry(n.attrs.as<ConvAttrs>(), in[0][0], in[1][1], in[1][0]);
-  return static_cast<std::size_t>(chunks(g.n).count * g.k * g.p) * dtype_size(n.out().dtype);
+  return scratch_bytes(n, geometry(n.attrs.as<ConvAttrs>(), in[0][0], in[1][1], in[1][0]), dgrad_layout<float>,
+                       dgrad_layout<double>);
 }
 std::size_t wgrad_scratch(const Node& n, const Shape* in, int) {
-  const Geometry g = geometry(n.attrs.as<ConvAttrs>(), in[0][0], in[0][1], in[1][1]);
-  return static_cast<std::size_t>(chunks(g.n).count * (g.k * g.p + g.oc * g.k)) * dtype_size(n.out().dtype);
+  return scratch_bytes(n, geometry(n.attrs.as<ConvAttrs>(), in[0][0], in[0][1], in[1][1]), wgrad_layout<float>,
+                       wgrad_layout<double>);
 }
 
-// y[n] = W col[n], then y[n] + b (per row) and ReLU when asked, while y[n] is in cache: the same
-// arithmetic as the add and add_relu kernels, so fusing changes no bit.
+// y[n] = W col[n], as y[n]^T {P, OC} (column-stored, ldc P: y[n]'s NCHW slice) = col^T W^T; then
+// y[n] + b (per row) and ReLU when asked: the add and add_relu kernels' arithmetic, so fusing
+// changes no bit.
 template <typename T>
 void conv_run(const KernelArgs& k, const ConvAttrs& a, const T* bias, bool relu) {
   const Geometry g = geometry(a, k.in[0].shape[0], k.in[0].shape[1], k.in[1].shape[0]);
+  if (g.n == 0) return;
   const T* x = data<T>(k.in[0]);
   const T* w = data<T>(k.in[1]);
   T* y = data<T>(k.out[0]);
+  const Scratch s = conv_layout<T>(g);
+  T* wt = static_cast<T*>(k.workspace);
+  pack_b(w, std::int64_t{1}, g.k, g.k, g.oc, wt);  // B(tap, o) = W[o, tap]
   const Chunks ch = chunks(g.n);
-  for_chunks(ch, g, k.threads, [&](std::int64_t c, int threads) {
-    T* col = static_cast<T*>(k.workspace) + c * g.k * g.p;
+  for_chunks(ch, ch.size * g.oc * g.k * g.p, k.threads, [&](std::int64_t c) {
+    T* col = s.chunk<T>(k.workspace, c, 0);
+    T* packed = s.chunk<T>(k.workspace, c, 1);
     for (std::int64_t n = c * ch.size; n < std::min(g.n, (c + 1) * ch.size); ++n) {
       im2col(x + n * g.c * a.h * a.w, col, a, g);
-      // y[n] {OC, P} = W {OC, K} col {K, P}
+      pack_a(col, std::int64_t{1}, g.p, g.p, g.k, packed);  // A(p, tap) = col[tap, p]
       T* yn = y + n * g.oc * g.p;
-      gemm<T>(g.oc, g.p, g.k, w, g.k, 1, col, g.p, 1, T(0), yn, g.p, 1, threads);
+      micro_gemm(g.p, g.oc, g.k, packed, wt, T(0), yn, g.p);
       if (bias == nullptr) continue;
       for (std::int64_t o = 0; o < g.oc; ++o) {
         T* row = yn + o * g.p;
@@ -339,8 +375,8 @@ void conv_run(const KernelArgs& k, const ConvAttrs& a, const T* bias, bool relu)
         if (relu) {
 #pragma omp simd
           for (std::int64_t i = 0; i < g.p; ++i) {
-            const T s = row[i] + b;
-            row[i] = s > T(0) ? s : T(0);
+            const T v = row[i] + b;
+            row[i] = v > T(0) ? v : T(0);
           }
         } else {
 #pragma omp simd
@@ -362,29 +398,33 @@ void conv_bias_fwd(const KernelArgs& k) {
   conv_run<T>(k, a, data<T>(k.in[2]), a.relu != 0);
 }
 
+// dcol = W^T g[n], as dcol^T {P, K} (column-stored, ldc P: dcol {K, P} row-major) = g[n]^T W;
+// then col2im into dx[n].
 template <typename T>
 void dgrad_fwd(const KernelArgs& k) {
   const ConvAttrs& a = k.attrs<ConvAttrs>();
   const Geometry g = geometry(a, k.in[0].shape[0], k.in[1].shape[1], k.in[1].shape[0]);
+  if (g.n == 0) return;
   const T* gy = data<T>(k.in[0]);
   const T* w = data<T>(k.in[1]);
   T* dx = data<T>(k.out[0]);
+  const Scratch s = dgrad_layout<T>(g);
+  T* wp = static_cast<T*>(k.workspace);
+  pack_b(w, g.k, std::int64_t{1}, g.oc, g.k, wp);  // B(o, tap) = W[o, tap]
   const Chunks ch = chunks(g.n);
-  for_chunks(ch, g, k.threads, [&](std::int64_t c, int threads) {
-    T* col = static_cast<T*>(k.workspace) + c * g.k * g.p;
+  for_chunks(ch, ch.size * g.oc * g.k * g.p, k.threads, [&](std::int64_t c) {
+    T* packed = s.chunk<T>(k.workspace, c, 0);
+    T* col = s.chunk<T>(k.workspace, c, 1);
     for (std::int64_t n = c * ch.size; n < std::min(g.n, (c + 1) * ch.size); ++n) {
-      // dcol {K, P} = W^T {K, OC} (W is {OC, K} row-major: rows stride 1, columns stride K) g[n] {OC, P}
-      gemm<T>(g.k, g.p, g.oc, w, 1, g.k, gy + n * g.oc * g.p, g.p, 1, T(0), col, g.p, 1, threads);
+      pack_a(gy + n * g.oc * g.p, std::int64_t{1}, g.p, g.p, g.oc, packed);  // A(p, o) = g[n, o, p]
+      micro_gemm(g.p, g.k, g.oc, packed, wp, T(0), col, g.p);
       col2im(col, dx + n * g.c * a.h * a.w, a, g);
     }
   });
 }
 
-// dW {OC, K} is small and its inner dimension long (a first layer: 32 x 9 against P = 784): BLIS
-// packs and runs such a product far below its speed, so below this many outputs the kernel
-// takes dot products of g's rows with col's rows instead, which the compiler vectorises.
-constexpr std::int64_t kSmallWgrad = 1024;
-
+// dW = sum over images of g[n] col[n]^T, as dW^T {K, OC} (column-stored, ldc K: dW {OC, K}
+// row-major) = col g[n]^T, accumulated per chunk, then the chunks added in order in double.
 template <typename T>
 void wgrad_fwd(const KernelArgs& k) {
   const ConvAttrs& a = k.attrs<ConvAttrs>();
@@ -392,38 +432,39 @@ void wgrad_fwd(const KernelArgs& k) {
   const T* x = data<T>(k.in[0]);
   const T* gy = data<T>(k.in[1]);
   T* dw = data<T>(k.out[0]);
+  const Scratch s = wgrad_layout<T>(g);
   const Chunks ch = chunks(g.n);
-  T* cols = static_cast<T*>(k.workspace);
-  T* partials = cols + ch.count * g.k * g.p;
-  for_chunks(ch, g, k.threads, [&](std::int64_t c, int threads) {
-    T* col = cols + c * g.k * g.p;
-    T* part = partials + c * g.oc * g.k;
+  const bool small = g.oc * g.k <= kSmallWgrad;
+  for_chunks(ch, ch.size * g.oc * g.k * g.p, k.threads, [&](std::int64_t c) {
+    T* col = s.chunk<T>(k.workspace, c, 0);
+    T* pa = s.chunk<T>(k.workspace, c, 1);
+    T* pb = s.chunk<T>(k.workspace, c, 2);
+    T* part = s.chunk<T>(k.workspace, c, 3);
     for (std::int64_t n = c * ch.size; n < std::min(g.n, (c + 1) * ch.size); ++n) {
+      const bool first = n == c * ch.size;
       im2col(x + n * g.c * a.h * a.w, col, a, g);
       const T* t = gy + n * g.oc * g.p;
-      const bool first = n == c * ch.size;
-      if (g.oc * g.k <= kSmallWgrad) {
+      if (small) {
         for (std::int64_t o = 0; o < g.oc; ++o)
           for (std::int64_t r = 0; r < g.k; ++r) {
             const T* u = t + o * g.p;
             const T* v = col + r * g.p;
-            T acc = 0;
-#pragma omp simd reduction(+ : acc)
-            for (std::int64_t j = 0; j < g.p; ++j) acc += u[j] * v[j];
-            part[o * g.k + r] = first ? acc : part[o * g.k + r] + acc;
+            T dot = 0;
+#pragma omp simd reduction(+ : dot)
+            for (std::int64_t j = 0; j < g.p; ++j) dot += u[j] * v[j];
+            part[o * g.k + r] = first ? dot : part[o * g.k + r] + dot;
           }
-      } else {
-        // part^T {K, OC} (+)= col {K, P} g[n]^T {P, OC}, written through part's strides (rows 1,
-        // columns K): BLIS runs this orientation faster than part = g[n] col^T.
-        gemm<T>(g.k, g.oc, g.p, col, g.p, 1, t, 1, g.p, first ? T(0) : T(1), part, 1, g.k, threads);
+        continue;
       }
+      pack_a(col, g.p, std::int64_t{1}, g.k, g.p, pa);  // A(tap, p) = col[tap, p]
+      pack_b(t, std::int64_t{1}, g.p, g.p, g.oc, pb);    // B(p, o) = g[n, o, p]
+      micro_gemm(g.k, g.oc, g.p, pa, pb, first ? T(0) : T(1), part, g.k);
     }
   });
-  // The chunks' partials, added in chunk order in double.
   parallel_for(g.oc * g.k, k.threads, ch.count, [&](std::int64_t lo, std::int64_t hi) {
     for (std::int64_t i = lo; i < hi; ++i) {
       double sum = 0;
-      for (std::int64_t c = 0; c < ch.count; ++c) sum += static_cast<double>(partials[c * g.oc * g.k + i]);
+      for (std::int64_t c = 0; c < ch.count; ++c) sum += static_cast<double>(s.chunk<T>(k.workspace, c, 3)[i]);
       dw[i] = static_cast<T>(sum);
     }
   });
@@ -477,7 +518,7 @@ GG_OP(conv2d_op) = {.name = "conv2d", .arity = 2, .diff_inputs = 0b11,
                     .workspace = conv_scratch, .vjp = conv_vjp};
 GG_OP(conv2d_bias_op) = {.name = "conv2d_bias", .arity = 3, .flags = kInternal, .diff_inputs = 0b111,
                          .kernels = {.f32 = conv_bias_fwd<float>, .f64 = conv_bias_fwd<double>}, .infer = infer_conv_bias,
-                         .workspace = conv_bias_scratch, .vjp = conv_bias_vjp};
+                         .workspace = conv_scratch, .vjp = conv_bias_vjp};
 GG_OP(conv2d_dgrad_op) = {.name = "conv2d_dgrad", .arity = 2, .flags = kInternal, .diff_inputs = 0b11,
                           .kernels = {.f32 = dgrad_fwd<float>, .f64 = dgrad_fwd<double>}, .infer = infer_dgrad,
                           .workspace = dgrad_scratch, .vjp = dgrad_vjp};
