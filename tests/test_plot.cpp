@@ -138,6 +138,7 @@ TEST_CASE("plotting an empty loss or accuracy series throws invalid_argument and
   CHECK_THROWS_AS(gg::tools::plot_training_curves(path, {}, {50.0}, "t"), std::invalid_argument);
   CHECK_THROWS_AS(gg::tools::plot_training_curves(path, {1.0}, {}, "t"), std::invalid_argument);
   CHECK_THROWS_AS(gg::tools::plot_training_curves(path, {1.0}, {50.0}, "t", {60.0}, -1), std::invalid_argument);
+  CHECK_THROWS_AS(gg::tools::plot_training_curves(path, {1.0, 0.5}, {50, 60}, "t", {60.0, 70.0}, 0, {1.0}), std::invalid_argument);
   CHECK(d.entries() == 0);
 }
 

@@ -275,7 +275,7 @@ int train(const Options& o) {
   auto test_accuracy = [&] { return trainer.evaluate(test, test_norm).accuracy * 100.0; };
 
   std::vector<gg::tools::MetricsRow> rows;
-  std::vector<double> losses, accs, test_accs;
+  std::vector<double> losses, accs, test_accs, test_at;
   gg::tools::Progress bar(total - trainer.steps_done(), o.progress && gg::tools::stderr_is_terminal());
   const std::int64_t first_step = trainer.steps_done();
   gg::train::Callbacks cb;
@@ -284,6 +284,7 @@ int train(const Options& o) {
     if (o.eval_every > 0 && (s.step % o.eval_every == 0 || s.step == total - 1)) {
       row.test_accuracy = test_accuracy();
       test_accs.push_back(*row.test_accuracy);
+      test_at.push_back(static_cast<double>(s.step - first_step + 1));  // where the plot draws this step's loss
     }
     rows.push_back(row);
     losses.push_back(s.loss);
@@ -331,7 +332,7 @@ int train(const Options& o) {
     std::ostringstream title;
     title << "Training Results: " << format("%.2f", accs.back()) << "% (test " << format("%.2f", test_acc)
           << "%), learning rate=" << o.lr;
-    gg::tools::plot_training_curves(o.plot, losses, accs, title.str(), test_accs, static_cast<int>(o.eval_every));
+    gg::tools::plot_training_curves(o.plot, losses, accs, title.str(), test_accs, static_cast<int>(o.eval_every), test_at);
   }
   if (!o.save.empty())
     trainer.save(o.save, &batches, {{"data", o.data}, {"test_accuracy", format("%.2f", test_acc)}});

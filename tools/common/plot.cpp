@@ -342,16 +342,20 @@ cairo_status_t write_to_ostream(void* closure, const unsigned char* data, unsign
 
 void plot_training_curves(const std::string& png_path, const std::vector<double>& loss,
                           const std::vector<double>& accuracy, const std::string& title,
-                          const std::vector<double>& test_accuracy, int test_every) {
+                          const std::vector<double>& test_accuracy, int test_every, const std::vector<double>& test_at) {
   const std::string where = "plot_training_curves: " + png_path + ": ";
   if (loss.empty()) throw std::invalid_argument(where + "the loss series is empty");
   if (accuracy.empty()) throw std::invalid_argument(where + "the accuracy series is empty");
   if (test_every < 0) throw std::invalid_argument(where + "test_every is negative");
+  if (!test_at.empty() && test_at.size() != test_accuracy.size())
+    throw std::invalid_argument(where + std::to_string(test_at.size()) + " test positions for " +
+                                std::to_string(test_accuracy.size()) + " test accuracies");
 
   const Series loss_s = indexed(loss), train_s = indexed(accuracy);
   Series test_s;
   for (std::size_t k = 0; k < test_accuracy.size(); ++k) {
-    double x = test_every > 0 ? static_cast<double>(k + 1) * test_every
+    double x = !test_at.empty() ? test_at[k]
+               : test_every > 0 ? static_cast<double>(k + 1) * test_every
                               : std::round(static_cast<double>(k + 1) * static_cast<double>(accuracy.size()) /
                                            static_cast<double>(test_accuracy.size()));
     test_s.push_back({x, test_accuracy[k]});
