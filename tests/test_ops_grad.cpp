@@ -459,6 +459,23 @@ TEST_CASE("batch_norm's gradient is differentiable again (second derivatives mat
   check_op(g, weighted_sum(grads[0], 3) + weighted_sum(grads[1], 4), {x, bn.gamma});
 }
 
+TEST_CASE("batch_norm_grad built directly has gradients matching finite differences in all four operands",
+          "[grad][norm][second-order]") {
+  const BnCase c = GENERATE(from_range(bn_cases()));
+  INFO(describe(c));
+  gg::Graph g(gg::f64);
+  Value x = g.param("x", c.x, gg::uniform(-2.0, 2.0));
+  Bn bn = batch_norm_on(g, x, c.axis);
+  // The statistics as a free operand: mean, 1 / std and the training flag, all perturbed.
+  Value gy = g.param("g", c.x, gg::uniform(-1.0, 1.0));
+  Value s = g.param("s", {3, c.x[c.axis]}, gg::uniform(0.5, 1.5));
+  Value out = gg::detail::make(*gg::detail::find_op("batch_norm_grad"), {gy, x, bn.gamma, s}, bn.y.node().attrs);
+  Value d{out.graph, out.id, 1};
+  REQUIRE(out.shape() == c.x);
+  REQUIRE(d.shape() == Shape{2, c.x[c.axis]});
+  check_op(g, weighted_sum(out * out) + weighted_sum(d * d, 3), {gy, x, bn.gamma, s});
+}
+
 TEST_CASE("batch_norm rejects parameters of the wrong size, a bad axis and statistics that are not states",
           "[grad][norm]") {
   gg::Graph g(gg::f32);

@@ -8,13 +8,14 @@
 //   evaluation: mu = running_mean,  r = 1 / sqrt(running_var + eps)
 //   y = gamma (x - mu) r + beta
 //
-// Output 1 is s {3, C}: mu, r, and t = 1 in training (0 in evaluation). The VJP is built from
-// graph ops and reads s, so that the kernel's statistics are not recomputed; with xh = (x - mu) r
-// and gh = g gamma (means over the channel's M values):
+// Output 1 is s {3, C}: mu, r, and t = 1 in training (0 in evaluation). The VJP reads s, so that
+// no statistic is recomputed; with xh = (x - mu) r and gh = g gamma (means over the channel's M
+// values):
 //   dgamma = sum(g xh),  dbeta = sum(g),  dx = r (gh - t (mean(gh) + xh mean(gh xh)))
-// (t = 0: in evaluation mu and r are constants). A gradient arriving at s itself (from
-// differentiating that VJP again) adds t (g_mu - g_r r^3 (x - mu)) / M to dx, the derivatives of
-// mu and r with respect to x: second derivatives work.
+// (t = 0: in evaluation mu and r are constants), computed by the internal op batch_norm_grad in
+// two passes per channel; its own VJP is graph ops (below), so second derivatives work. A
+// gradient arriving at s itself (from differentiating that VJP again) adds
+// t (g_mu - g_r r^3 (x - mu)) / M to dx, the derivatives of mu and r with respect to x.
 #include "kernels.hpp"
 #include "op_list.hpp"
 
@@ -182,27 +183,145 @@ Value per_count(Value v, const Shape& x, int axis) {
   return scale_batch(v, 1.0 / count, batch_power);
 }
 
+// ---- batch_norm_grad (internal) --------------------------------------------------------------------
+
+// batch_norm_grad(g, x, gamma, s) = (dx, d), d {2, C} = (dgamma, dbeta): batch_norm's VJP for the
+// gradient g arriving at y, in two passes over each channel (the sums, then dx) where the formula
+// as graph ops takes about fourteen.
+Outputs infer_grad(const Graph& g, const Node& n) {
+  const DType t = require_float(g, n, 0);
+  const Shape& gs = operand(g, n, 0).shape;
+  const NormAttrs& a = n.attrs.as<NormAttrs>();
+  for (int i = 1; i < 4; ++i) require_same_dtype(g, n, 0, i);
+  if (operand(g, n, 1).shape != gs) fail(g, n, "the gradient and the input must have one shape");
+  if (a.axis < 0 || a.axis >= gs.rank) fail(g, n, "the channel axis is not an axis of the input");
+  const std::int64_t c = gs[a.axis];
+  if (operand(g, n, 2).shape != Shape{c} || operand(g, n, 3).shape != Shape{3, c})
+    fail(g, n, "gamma must be {C} and the statistics {3, C}");
+  return Outputs(Port{t, gs}, Port{t, Shape{2, c}});
+}
+
+template <typename T>
+void grad_fwd(const KernelArgs& k) {
+  const NormAttrs& at = k.attrs<NormAttrs>();
+  const Around v = around(k.in[1].shape, at.axis);
+  const std::int64_t m = v.a * v.b;
+  const T* g = data<T>(k.in[0]);
+  const T* x = data<T>(k.in[1]);
+  const T* gamma = data<T>(k.in[2]);
+  const T* s = data<T>(k.in[3]);
+  T* dx = data<T>(k.out[0]);
+  T* d = data<T>(k.out[1]);
+  parallel_for(v.c, k.threads, 3 * m, [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t c = lo; c < hi; ++c) {
+      const T mu = s[c], r = s[v.c + c], t = s[2 * v.c + c], gm = gamma[c];
+      double sg = 0, sgx = 0;
+      for (std::int64_t a = 0; a < v.a; ++a) {
+        const T* gr = g + (a * v.c + c) * v.b;
+        const T* xr = x + (a * v.c + c) * v.b;
+        T acc = 0, accx = 0;
+#pragma omp simd reduction(+ : acc, accx)
+        for (std::int64_t b = 0; b < v.b; ++b) acc += gr[b], accx += gr[b] * ((xr[b] - mu) * r);
+        sg += static_cast<double>(acc), sgx += static_cast<double>(accx);
+      }
+      d[c] = static_cast<T>(sgx);
+      d[v.c + c] = static_cast<T>(sg);
+      if (m == 0) continue;
+      // dx = r gamma (g - t (<g> + xh <g xh>)), the graph-op formula's terms
+      const T mg = static_cast<T>(sg / static_cast<double>(m)), mgx = static_cast<T>(sgx / static_cast<double>(m));
+      for (std::int64_t a = 0; a < v.a; ++a) {
+        const T* gr = g + (a * v.c + c) * v.b;
+        const T* xr = x + (a * v.c + c) * v.b;
+        T* out = dx + (a * v.c + c) * v.b;
+#pragma omp simd
+        for (std::int64_t b = 0; b < v.b; ++b) out[b] = r * gm * (gr[b] - t * (mg + ((xr[b] - mu) * r) * mgx));
+      }
+    }
+  });
+}
+
+// Column i of the {3, 1} identity, to place a per-channel row into a {3, C} cotangent.
+Value unit_column(Graph& g, DType t, int i) {
+  std::vector<double> e(3, 0.0);
+  e[static_cast<std::size_t>(i)] = 1.0;
+  return g.constant(Tensor::copy_of(Tensor::from<double>(Shape{3, 1}, e), t));
+}
+
+// The VJP of batch_norm_grad, for second derivatives. With xh = (x - mu) r, P = g - t (<g> +
+// xh <g xh>) (so dx = r gamma P), and cotangents v (for dx), a and b (for dgamma, dbeta), the
+// partial derivatives (mu, r, t held as the operands they are):
+//   dg     = r gamma (v - t (<v> + xh <v xh>)) + a xh + b          (the map g -> P is symmetric)
+//   d xh   = -t r gamma (v <g xh> + g <v xh>) + a g,   dx = r d xh
+//   dgamma = sum(v r P),  dmu = -sum(dx),  dr = sum(v gamma P) + sum(d xh (x - mu)),
+//   dt     = -sum(v r gamma (<g> + xh <g xh>))
+std::vector<Value> grad_vjp(const VjpArgs& v) {
+  const NormAttrs& at = v.attrs<NormAttrs>();
+  const Value g = v.in(0), x = v.in(1), gamma = v.in(2), s = v.in(3);
+  const Shape xs = x.shape(), cs = per_channel(xs, at.axis);
+  const Shape flat{xs[at.axis]};
+  auto row = [&](Value m, std::int64_t i) { return reshape(slice(m, 0, i, i + 1), cs); };
+  auto total = [&](Value e) { return sum_to(e, cs); };
+  auto mean = [&](Value e) { return channel_mean(e, xs, at.axis); };
+  const Value mu = row(s, 0), r = row(s, 1), t = row(s, 2), gm = reshape(gamma, cs);
+  const Value centred = x - mu, xh = centred * r;
+  const Value mg = mean(g), mgx = mean(g * xh);
+  Value dg, dxh, dgamma, dr, dt;
+  auto add = [](Value& acc, Value e) { acc = acc.valid() ? acc + e : e; };
+  if (v.grad[0].valid()) {
+    const Value w = v.grad[0];
+    const Value p = g - t * (mg + xh * mgx);
+    add(dg, r * gm * (w - t * (mean(w) + xh * mean(w * xh))));
+    add(dxh, -(t * r * gm * (w * mgx + g * mean(w * xh))));
+    add(dgamma, total(w * r * p));
+    add(dr, total(w * gm * p));
+    add(dt, -total(w * r * gm * (mg + xh * mgx)));
+  }
+  if (v.grad[1].valid()) {
+    const Value a = row(v.grad[1], 0), b = row(v.grad[1], 1);
+    add(dg, a * xh + b);
+    add(dxh, a * g);
+  }
+  std::vector<Value> out(4);
+  if (v.wanted[0]) out[0] = dg;
+  if (dxh.valid()) {
+    const Value dx = r * dxh;
+    if (v.wanted[1]) out[1] = dx;
+    add(dr, total(dxh * centred));
+    if (v.wanted[3]) {
+      Value ds = reshape(-total(dx), Shape{1, xs[at.axis]}) * unit_column(v.g, x.dtype(), 0);
+      ds = ds + reshape(dr, Shape{1, xs[at.axis]}) * unit_column(v.g, x.dtype(), 1);
+      if (dt.valid()) ds = ds + reshape(dt, Shape{1, xs[at.axis]}) * unit_column(v.g, x.dtype(), 2);
+      out[3] = ds;
+    }
+  } else if (v.wanted[3] && dt.valid()) {
+    out[3] = reshape(dt, Shape{1, xs[at.axis]}) * unit_column(v.g, x.dtype(), 2);
+  }
+  if (v.wanted[2] && dgamma.valid()) out[2] = reshape(dgamma, flat);
+  return out;
+}
+
+Value batch_norm_grad(Value g, Value x, Value gamma, Value s, const NormAttrs& a);
+
 std::vector<Value> vjp(const VjpArgs& v) {
   const NormAttrs& a = v.attrs<NormAttrs>();
   const Value x = v.in(0), gamma = v.in(1), s = v.out[1];
   const Shape xs = x.shape(), cs = per_channel(xs, a.axis);
   const Shape flat{xs[a.axis]};
   auto row = [&](Value t, std::int64_t i) { return reshape(slice(t, 0, i, i + 1), cs); };
-  const Value mu = row(s, 0), r = row(s, 1), t = row(s, 2);
-  const Value centred = x - mu;
   std::vector<Value> out(5);
   Value dx;
   if (v.dy().valid()) {
-    const Value g = v.dy();
-    const Value xh = centred * r;
-    const Value gh = g * reshape(gamma, cs);
-    if (v.wanted[0]) dx = r * (gh - t * (channel_mean(gh, xs, a.axis) + xh * channel_mean(gh * xh, xs, a.axis)));
-    if (v.wanted[1]) out[1] = reshape(sum_to(g * xh, cs), flat);
-    if (v.wanted[2]) out[2] = reshape(sum_to(g, cs), flat);
+    const Value both = batch_norm_grad(v.dy(), x, gamma, s, a);
+    const Value d{both.graph, both.id, 1};
+    if (v.wanted[0]) dx = both;
+    if (v.wanted[1]) out[1] = reshape(slice(d, 0, 0, 1), flat);
+    if (v.wanted[2]) out[2] = reshape(slice(d, 0, 1, 2), flat);
   }
   if (v.grad[1].valid() && v.wanted[0]) {
+    // mu and r are functions of x in training (t = 1): d mu / dx = 1 / M, d r / dx = -r^3 (x - mu) / M.
+    const Value mu = row(s, 0), r = row(s, 1), t = row(s, 2);
     const Value gmu = row(v.grad[1], 0), gr = row(v.grad[1], 1);
-    const Value via_stats = t * per_count(gmu - gr * (r * r * r) * centred, xs, a.axis);
+    const Value via_stats = t * per_count(gmu - gr * (r * r * r) * (x - mu), xs, a.axis);
     dx = dx.valid() ? dx + via_stats : via_stats;
   }
   out[0] = dx;
@@ -213,6 +332,15 @@ std::vector<Value> vjp(const VjpArgs& v) {
 
 GG_OP(batch_norm_op) = {.name = "batch_norm", .arity = 5, .outputs = 2, .diff_inputs = 0b00111, .writes = 0b11000,
                         .kernels = {.f32 = fwd<float>, .f64 = fwd<double>}, .kernel_key = 0, .infer = infer, .vjp = vjp};
+GG_OP(batch_norm_grad_op) = {.name = "batch_norm_grad", .arity = 4, .outputs = 2, .flags = kInternal, .diff_inputs = 0b1111,
+                             .kernels = {.f32 = grad_fwd<float>, .f64 = grad_fwd<double>}, .infer = infer_grad,
+                             .vjp = grad_vjp};
+
+namespace {
+Value batch_norm_grad(Value g, Value x, Value gamma, Value s, const NormAttrs& a) {
+  return make(batch_norm_grad_op, {g, x, gamma, s}, Attrs(a));
+}
+}  // namespace
 
 }  // namespace detail
 
