@@ -97,6 +97,20 @@ struct Mlp {
 
 }  // namespace
 
+namespace {
+// `count` side x side images of 10 classes, bytes from a fixed pattern.
+gg::train::Dataset fake_images(std::int64_t count, std::int64_t side) {
+  gg::train::Dataset d;
+  d.name = "fake";
+  d.count = count;
+  d.example = gg::Shape{side, side};
+  d.classes = 10;
+  for (std::int64_t i = 0; i < count * side * side; ++i) d.pixels.push_back(static_cast<std::uint8_t>((i * 7) % 251));
+  for (std::int64_t i = 0; i < count; ++i) d.labels.push_back(i % 10);
+  return d;
+}
+}  // namespace
+
 TEST_CASE("a training step allocates nothing after the first run at each batch size") {
   Mlp net;
   gg::CompileOptions opts;
@@ -132,13 +146,7 @@ TEST_CASE("a training step allocates nothing after the first run at each batch s
 }
 
 TEST_CASE("training epochs through the library's batches and trainer allocate nothing after the first epoch") {
-  gg::train::Dataset d;
-  d.name = "fake";
-  d.count = 300;
-  d.example = gg::Shape{28, 28};
-  d.classes = 10;
-  for (std::int64_t i = 0; i < d.count * 784; ++i) d.pixels.push_back(static_cast<std::uint8_t>((i * 7) % 251));
-  for (std::int64_t i = 0; i < d.count; ++i) d.labels.push_back(i % 10);
+  const gg::train::Dataset d = fake_images(300, 28);
   gg::Graph g(gg::f32);
   const gg::train::Model m = gg::train::classifier(g, gg::nn::parse("dense32,relu,dense10"), d.example, 10, gg::nn::Layout::rows);
   gg::train::TrainOptions o;
@@ -160,13 +168,7 @@ TEST_CASE("training epochs through the library's batches and trainer allocate no
 }
 
 TEST_CASE("a convolutional network's epochs (conv, batch norm, pooling, dropout) allocate nothing after the first") {
-  gg::train::Dataset d;
-  d.name = "fake";
-  d.count = 100;
-  d.example = gg::Shape{12, 12};
-  d.classes = 10;
-  for (std::int64_t i = 0; i < d.count * 144; ++i) d.pixels.push_back(static_cast<std::uint8_t>((i * 7) % 251));
-  for (std::int64_t i = 0; i < d.count; ++i) d.labels.push_back(i % 10);
+  const gg::train::Dataset d = fake_images(100, 12);
   gg::Graph g(gg::f32);
   const gg::train::Model m =
       gg::train::classifier(g, gg::nn::parse("conv8k3p1,bn,relu,pool2,conv8k3p1,relu,pool2,flatten,dense16,bn,relu,dropout0.25,dense10"),

@@ -56,60 +56,42 @@ struct Micro {
   std::int64_t packed_b(std::int64_t k, std::int64_t n) const { return (n + nr - 1) / nr * panel(nr, k); }
 };
 
-// Packs A {m, k}, element (i, p) at src[i rs + p cs], into MR-row panels.
+// Packs `rows` x `depth` values, element (i, p) at src[i rs + p cs], into panels of `width`
+// rows: panel q holds, for each p, the `width` values of rows q width .. (zero past `rows`).
 template <typename T>
-void pack_a(const T* src, std::int64_t rs, std::int64_t cs, std::int64_t m, std::int64_t k, T* dst) {
-  const Micro<T>& u = Micro<T>::get();
-  const std::int64_t mr = u.mr;
-  for (std::int64_t r0 = 0; r0 < m; r0 += mr) {
-    T* panel = dst + (r0 / mr) * u.panel(mr, k);
-    const std::int64_t rows = std::min(mr, m - r0);
+void pack_panels(const T* src, std::int64_t rs, std::int64_t cs, std::int64_t rows, std::int64_t depth, std::int64_t width,
+                 std::int64_t panel_size, T* dst) {
+  for (std::int64_t r0 = 0; r0 < rows; r0 += width) {
+    T* panel = dst + (r0 / width) * panel_size;
+    const std::int64_t n = std::min(width, rows - r0);
     if (rs == 1) {  // each p: a contiguous run of rows
-      for (std::int64_t p = 0; p < k; ++p) {
+      for (std::int64_t p = 0; p < depth; ++p) {
         const T* s = src + r0 + p * cs;
-        T* d = panel + p * mr;
-        for (std::int64_t i = 0; i < rows; ++i) d[i] = s[i];
-        for (std::int64_t i = rows; i < mr; ++i) d[i] = T(0);
+        T* d = panel + p * width;
+        for (std::int64_t i = 0; i < n; ++i) d[i] = s[i];
+        for (std::int64_t i = n; i < width; ++i) d[i] = T(0);
       }
-    } else {  // each row contiguous over p (cs == 1): a transposing copy
-      for (std::int64_t i = 0; i < mr; ++i) {
-        if (i >= rows) {
-          for (std::int64_t p = 0; p < k; ++p) panel[p * mr + i] = T(0);
-          continue;
-        }
+    } else {  // each row contiguous over p (cs == 1) or strided: a transposing copy
+      for (std::int64_t i = 0; i < width; ++i) {
         const T* s = src + (r0 + i) * rs;
-        for (std::int64_t p = 0; p < k; ++p) panel[p * mr + i] = s[p * cs];
+        for (std::int64_t p = 0; p < depth; ++p) panel[p * width + i] = i < n ? s[p * cs] : T(0);
       }
     }
   }
 }
 
-// Packs B {k, n}, element (p, j) at src[p rs + j cs], into NR-column panels.
+// Packs A {m, k}, element (i, p) at src[i rs + p cs], into MR-row panels.
+template <typename T>
+void pack_a(const T* src, std::int64_t rs, std::int64_t cs, std::int64_t m, std::int64_t k, T* dst) {
+  const Micro<T>& u = Micro<T>::get();
+  pack_panels(src, rs, cs, m, k, u.mr, u.panel(u.mr, k), dst);
+}
+
+// Packs B {k, n}, element (p, j) at src[p rs + j cs], into NR-column panels: B^T's rows.
 template <typename T>
 void pack_b(const T* src, std::int64_t rs, std::int64_t cs, std::int64_t k, std::int64_t n, T* dst) {
   const Micro<T>& u = Micro<T>::get();
-  const std::int64_t nr = u.nr;
-  for (std::int64_t c0 = 0; c0 < n; c0 += nr) {
-    T* panel = dst + (c0 / nr) * u.panel(nr, k);
-    const std::int64_t cols = std::min(nr, n - c0);
-    if (cs == 1) {
-      for (std::int64_t p = 0; p < k; ++p) {
-        const T* s = src + p * rs + c0;
-        T* d = panel + p * nr;
-        for (std::int64_t j = 0; j < cols; ++j) d[j] = s[j];
-        for (std::int64_t j = cols; j < nr; ++j) d[j] = T(0);
-      }
-    } else {
-      for (std::int64_t j = 0; j < nr; ++j) {
-        if (j >= cols) {
-          for (std::int64_t p = 0; p < k; ++p) panel[p * nr + j] = T(0);
-          continue;
-        }
-        const T* s = src + (c0 + j) * cs;
-        for (std::int64_t p = 0; p < k; ++p) panel[p * nr + j] = s[p * rs];
-      }
-    }
-  }
+  pack_panels(src, cs, rs, n, k, u.nr, u.panel(u.nr, k), dst);
 }
 
 // C = beta C + A B from packed A and B, on the calling thread. The result of each element does

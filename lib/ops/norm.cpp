@@ -153,23 +153,8 @@ Shape per_channel(const Shape& x, int axis) {
   return s;
 }
 
-// mean over each channel's M values of v (x's shape), as the per-channel shape: the sum over
-// the other axes times 1 / M, where M's open part is the batch, resolved when the program is
-// planned.
-Value channel_mean(Value v, const Shape& x, int axis) {
-  double count = 1;
-  int batch_power = 0;
-  for (int d = 0; d < x.rank; ++d) {
-    if (d == axis) continue;
-    if (x[d] == dyn)
-      batch_power = -1;
-    else
-      count *= static_cast<double>(x[d]);
-  }
-  return scale_batch(sum_to(v, per_channel(x, axis)), 1.0 / count, batch_power);
-}
-
-// 1 / M as a factor on a value of x's shape.
+// v / M as a factor on any value, where M's open part is the batch, resolved when the program
+// is planned.
 Value per_count(Value v, const Shape& x, int axis) {
   double count = 1;
   int batch_power = 0;
@@ -182,6 +167,9 @@ Value per_count(Value v, const Shape& x, int axis) {
   }
   return scale_batch(v, 1.0 / count, batch_power);
 }
+
+// The mean over each channel's M values of v (x's shape), as the per-channel shape.
+Value channel_mean(Value v, const Shape& x, int axis) { return per_count(sum_to(v, per_channel(x, axis)), x, axis); }
 
 // ---- batch_norm_grad (internal) --------------------------------------------------------------------
 
