@@ -136,6 +136,65 @@ TEST_CASE("each epoch's batches are a seeded permutation: every example once, re
   CHECK(example_ids(c.next(), d) != example_ids(train::Batches(d, batch_options(5)).next(), d));
 }
 
+TEST_CASE("with a shift, each image is moved by at most that many pixels with a zero background, the same way "
+          "for any thread count and after a seek, and differently each epoch",
+          "[train][batches][augment]") {
+  // 6x6 images whose pixels are all different (1..216 over the set), so each moved image shows
+  // its offset.
+  train::Dataset d;
+  d.name = "distinct";
+  d.count = 6;
+  d.example = Shape{6, 6};
+  d.classes = 2;
+  for (std::int64_t i = 0; i < d.count * 36; ++i) d.pixels.push_back(static_cast<std::uint8_t>(1 + i));
+  for (std::int64_t i = 0; i < d.count; ++i) d.labels.push_back(i % 2);
+  train::BatchOptions o = batch_options(3, nn::Layout::nchw);
+  o.shuffle = false;  // batch row j of step s is image 3 s + j
+  o.shift = 2;
+  train::BatchOptions two = o;
+  two.threads = 2;
+  train::Batches a(d, o), b(d, two);
+  // The offset that moves image `src` to what row j of the batch holds, or none.
+  auto offset = [&](const train::Batch& batch, std::int64_t j, std::int64_t src) {
+    for (std::int64_t dy = -2; dy <= 2; ++dy)
+      for (std::int64_t dx = -2; dx <= 2; ++dx) {
+        bool same = true;
+        for (std::int64_t y = 0; y < 6 && same; ++y)
+          for (std::int64_t x = 0; x < 6 && same; ++x) {
+            const std::int64_t sy = y - dy, sx = x - dx;
+            const double want = sy >= 0 && sy < 6 && sx >= 0 && sx < 6 ? d.pixels[static_cast<std::size_t>(src * 36 + sy * 6 + sx)] : 0;
+            same = std::llround(batch.x.at({j, 0, y, x}) * 255.0) == std::llround(want);
+          }
+        if (same) return dy * 10 + dx;
+      }
+    return std::int64_t{-100};
+  };
+  std::vector<std::int64_t> epochs[2];
+  for (int epoch = 0; epoch < 2; ++epoch)
+    for (int step = 0; step < 2; ++step) {
+      const train::Batch& x = a.next();
+      const train::Batch& y = b.next();
+      for (std::int64_t j = 0; j < 3; ++j) {
+        const std::int64_t src = step * 3 + j, at = offset(x, j, src);
+        INFO("epoch " << epoch << " image " << src);
+        CHECK(at != -100);
+        CHECK(offset(y, j, src) == at);  // two threads: the same offsets
+        CHECK(x.labels.at({j}) == static_cast<double>(src % 2));
+        epochs[epoch].push_back(at);
+      }
+    }
+  CHECK(epochs[0] != epochs[1]);  // a fresh offset per epoch
+  CHECK(std::any_of(epochs[0].begin(), epochs[0].end(), [](std::int64_t v) { return v != 0; }));
+  // A seek to the second epoch's second batch draws what the uninterrupted iterator drew.
+  train::Batches c(d, o);
+  c.seek({1, 1, a.position().rng});
+  const train::Batch& z = c.next();
+  for (std::int64_t j = 0; j < 3; ++j) CHECK(offset(z, j, 3 + j) == epochs[1][static_cast<std::size_t>(3 + j)]);
+  train::BatchOptions big = o;
+  big.shift = 6;
+  CHECK_THROWS_AS(train::Batches(d, big), std::invalid_argument);
+}
+
 TEST_CASE("batches are normalised from bytes in float32 arithmetic, in either layout", "[train][batches]") {
   const train::Dataset d = numbered(4);
   train::BatchOptions o = batch_options(4, nn::Layout::rows, gg::f32);

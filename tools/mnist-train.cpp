@@ -33,7 +33,7 @@ using gg::tools::UsageError;
 
 struct Options {
   std::string data, metrics, plot, save, load, resume, model, layers, activation, optimizer, schedule, layout;
-  std::int64_t hidden = 64, iterations = 500, batch_size = 0, epochs = 0, print_every = 100, eval_every = 0;
+  std::int64_t hidden = 64, iterations = 500, batch_size = 0, epochs = 0, print_every = 100, eval_every = 0, shift = 0;
   std::int64_t warmup = 0, lr_step = 0, stop_after_epochs = 0;
   double lr = 0.1, momentum = 0.9, weight_decay = 0, lr_gamma = 0.1, val_split = 0, test_divisor = 255.0, dropout = 0;
   std::uint64_t seed = 33;
@@ -75,6 +75,7 @@ void check_options(const Options& o) {
   if (o.epochs < 0) bad("epochs", "must be 0 or positive", std::to_string(o.epochs));
   if (o.print_every <= 0) bad("print-every", "must be at least 1", std::to_string(o.print_every));
   if (o.eval_every < 0) bad("eval-every", "must be 0 (off) or positive", std::to_string(o.eval_every));
+  if (o.shift < 0 || o.shift > 8) bad("shift", "must be 0 (off) to 8 pixels", std::to_string(o.shift));
   if (!(o.test_divisor > 0) || !std::isfinite(o.test_divisor))
     bad("test-divisor", "must be a positive number", format("%g", o.test_divisor));
   if (o.threads < 0 || o.threads > 64) bad("threads", "must be 0 (all cores) to 64", std::to_string(o.threads));
@@ -131,6 +132,9 @@ std::optional<Options> parse(int argc, char** argv) {
     ("batch-size", po::value(&o.batch_size)->default_value(0), "examples per step; 0 = the full training set (the notebook)")
     ("epochs", po::value(&o.epochs)->default_value(0), "with --batch-size: train this many passes over the data instead of --iterations")
     ("no-shuffle", "mini-batches in file order instead of a fresh shuffle every epoch")
+    ("shift", po::value(&o.shift)->default_value(0),
+       "augmentation: move each training image by up to N pixels along each axis, a fresh offset per image and epoch "
+       "(0: none; test and validation images are never moved)")
     ("optimizer", po::value(&o.optimizer)->default_value("sgd"), "sgd | momentum | nesterov | adam | adamw")
     ("momentum", po::value(&o.momentum)->default_value(0.9), "momentum coefficient for momentum and nesterov")
     ("weight-decay", po::value(&o.weight_decay)->default_value(0.0), "L2 decay added to the gradient (adamw: decoupled decay)")
@@ -240,6 +244,7 @@ int train(const Options& o) {
   bo.layout = layout;
   bo.dtype = dt;
   bo.threads = trainer.train_program().threads();
+  bo.shift = static_cast<int>(o.shift);
   gg::train::Batches batches(*train_set, bo);
   if (!o.load.empty()) trainer.load(o.load);
   if (!o.resume.empty()) trainer.resume(o.resume, batches);

@@ -72,6 +72,10 @@ struct BatchOptions {
   DType dtype = DType::f32;
   Normalization normalization{};
   int threads = 1;              // for the gather (use the program's count: one OpenMP team)
+  // Augmentation: each image moved by up to `shift` pixels along each spatial axis (the vacated
+  // pixels are byte 0, the background), a fresh offset per image and epoch drawn from (seed,
+  // epoch, image index): the same for any thread count and after a resume. Images only.
+  int shift = 0;
 };
 
 struct Batch {

@@ -11,12 +11,34 @@ namespace gg::train {
 
 namespace {
 
+std::uint64_t splitmix64(std::uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// Where an image's pixels come from when it is shifted by (dy, dx): out(y, x) = in(y - dy, x - dx).
+struct Shift {
+  std::int64_t dy = 0, dx = 0;
+};
+Shift draw_shift(std::uint64_t seed, std::int64_t epoch, std::int64_t image, int shift) {
+  const std::uint64_t h = splitmix64(seed ^ splitmix64(static_cast<std::uint64_t>(epoch) ^ splitmix64(static_cast<std::uint64_t>(image))));
+  const std::uint64_t span = static_cast<std::uint64_t>(2 * shift + 1);
+  return {static_cast<std::int64_t>(h % span) - shift, static_cast<std::int64_t>((h >> 32) % span) - shift};
+}
+
 template <typename T>
 void normalise_rows(const Dataset& d, const std::int64_t* order, std::int64_t count, T* x, std::int64_t* labels,
-                    const Normalization& n, int threads) {
+                    const Normalization& n, int threads, const BatchOptions& o, std::int64_t epoch) {
   const std::int64_t f = d.features();
   const float div = static_cast<float>(n.divisor), mean = static_cast<float>(n.mean), sd = static_cast<float>(n.std);
   const bool plain = n.mean == 0.0 && n.std == 1.0;
+  auto value = [&](std::uint8_t b) {
+    return plain ? static_cast<T>(static_cast<float>(b) / div) : static_cast<T>((static_cast<float>(b) / div - mean) / sd);
+  };
+  const Shape& e = d.example;
+  const std::int64_t h = e.rank >= 2 ? e[e.rank - 2] : 1, w = e.rank >= 2 ? e[e.rank - 1] : 1, planes = f / (h * w);
   // Random rows: memory-latency bound, so split over the program's threads (the same team size as
   // its kernels, so libgomp reuses the team and nothing is allocated).
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -24,10 +46,21 @@ void normalise_rows(const Dataset& d, const std::int64_t* order, std::int64_t co
     const std::int64_t src = order[j];
     const std::uint8_t* p = d.pixels.data() + src * f;
     T* row = x + j * f;
-    if (plain)
-      for (std::int64_t i = 0; i < f; ++i) row[i] = static_cast<T>(static_cast<float>(p[i]) / div);
-    else
-      for (std::int64_t i = 0; i < f; ++i) row[i] = static_cast<T>((static_cast<float>(p[i]) / div - mean) / sd);
+    if (o.shift == 0) {
+      if (plain)
+        for (std::int64_t i = 0; i < f; ++i) row[i] = static_cast<T>(static_cast<float>(p[i]) / div);
+      else
+        for (std::int64_t i = 0; i < f; ++i) row[i] = static_cast<T>((static_cast<float>(p[i]) / div - mean) / sd);
+    } else {
+      const Shift s = draw_shift(o.seed, epoch, src, o.shift);
+      for (std::int64_t c = 0; c < planes; ++c)
+        for (std::int64_t y = 0; y < h; ++y)
+          for (std::int64_t xx = 0; xx < w; ++xx) {
+            const std::int64_t sy = y - s.dy, sx = xx - s.dx;
+            const bool inside = sy >= 0 && sy < h && sx >= 0 && sx < w;
+            row[(c * h + y) * w + xx] = value(inside ? p[(c * h + sy) * w + sx] : std::uint8_t{0});
+          }
+    }
     labels[j] = d.labels[static_cast<std::size_t>(src)];
   }
 }
@@ -39,6 +72,10 @@ Batches::Batches(const Dataset& d, const BatchOptions& o)
   if (d.count <= 0) throw std::invalid_argument(d.name + ": no examples");
   if (!is_float(o.dtype)) throw std::invalid_argument("Batches: the inputs' dtype must be float32 or float64");
   if (o.batch_size < 0) throw std::invalid_argument("Batches: negative batch size");
+  if (o.shift < 0) throw std::invalid_argument("Batches: negative shift");
+  if (o.shift > 0 && (d.example.rank < 2 || o.shift >= std::min(d.example[d.example.rank - 2], d.example[d.example.rank - 1])))
+    throw std::invalid_argument("Batches: a shift of " + std::to_string(o.shift) + " pixels needs images larger than that, not " +
+                                to_string(d.example));
   if (static_cast<std::int64_t>(d.pixels.size()) != d.count * d.features() ||
       static_cast<std::int64_t>(d.labels.size()) != d.count)
     throw std::invalid_argument(d.name + ": pixels or labels do not match the example count");
@@ -60,10 +97,10 @@ void Batches::gather(std::int64_t first, std::int64_t count) {
   const int threads = std::max(1, opts_.threads);
   if (opts_.dtype == DType::f32)
     normalise_rows<float>(*data_, order_.data() + first, count, xbuf_.ptr<float>(), lbuf_.ptr<std::int64_t>(),
-                          opts_.normalization, threads);
+                          opts_.normalization, threads, opts_, epoch_);
   else
     normalise_rows<double>(*data_, order_.data() + first, count, xbuf_.ptr<double>(), lbuf_.ptr<std::int64_t>(),
-                           opts_.normalization, threads);
+                           opts_.normalization, threads, opts_, epoch_);
 }
 
 const Batch& Batches::next() {
@@ -76,7 +113,7 @@ const Batch& Batches::next() {
     ++index_;
   }
   const std::int64_t first = index_ * batch_, count = std::min(batch_, data_->count - first);
-  const bool full = batch_ == data_->count;
+  const bool full = batch_ == data_->count && opts_.shift == 0;  // shifted images change every epoch
   if (!(full && filled_once_)) gather(first, count);  // the full batch is in file order: normalise it once
   filled_once_ = full;
   const std::int64_t f = data_->features();

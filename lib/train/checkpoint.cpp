@@ -108,6 +108,7 @@ void Trainer::save(const std::string& path, const Batches* batches, const std::m
     meta["batch_size"] = std::to_string(batches->batch_size());
     meta["shuffle"] = batches->options().shuffle ? "true" : "false";
     meta["normalization"] = batches->options().normalization.text();
+    meta["shift"] = std::to_string(batches->options().shift);
     meta["next_epoch"] = std::to_string(p.epoch);
     meta["next_batch"] = std::to_string(p.index);
     meta["shuffle_rng"] = p.rng;
@@ -169,6 +170,11 @@ void Trainer::resume(const std::string& path, Batches& batches) {
                                std::to_string(batches.batch_size()));
     if (info.get("shuffle") != (batches.options().shuffle ? "true" : "false"))
       throw std::runtime_error("saved with shuffle=" + info.get("shuffle") + ", resumed without the same setting");
+    // Checkpoints from before augmentation existed have no "shift": they trained without it.
+    const auto saved_shift = info.metadata.find("shift");
+    const std::string shift = saved_shift == info.metadata.end() ? "0" : saved_shift->second;
+    if (shift != std::to_string(batches.options().shift))
+      throw std::runtime_error("saved with shift=" + shift + ", resumed with shift=" + std::to_string(batches.options().shift));
     Batches::Position p;
     p.epoch = to_int(info, "next_epoch");
     p.index = to_int(info, "next_batch");
