@@ -10,5 +10,6 @@
 #include <gradgraph/ops.hpp>
 #include <gradgraph/program.hpp>
 #include <gradgraph/random.hpp>
+#include <gradgraph/sparse.hpp>
 #include <gradgraph/tensor.hpp>
 #include <gradgraph/train.hpp>

@@ -12,6 +12,7 @@
 
 #include <gradgraph/graph.hpp>
 #include <gradgraph/random.hpp>
+#include <gradgraph/sparse.hpp>
 
 #include <cstdint>
 #include <iosfwd>
@@ -23,6 +24,9 @@
 
 namespace gg {
 
+// Below this density a sparse x dense product beats BLIS's dense GEMM (docs/performance.md).
+inline constexpr double kDefaultSparseDensity = 0.3;
+
 struct CompileOptions {
   bool fuse = true;          // run the fusion pass (add+relu, scale into GEMM alpha)
   int threads = 0;           // kernel and BLIS threads; 0 = OpenMP's default (all cores)
@@ -32,6 +36,11 @@ struct CompileOptions {
   // Training or evaluation: ops that behave differently read it (dropout draws a mask in
   // training and is the identity in evaluation; batch norm uses batch or running statistics).
   bool training = true;
+  // Products (matmul) with an operand that is an input fed with its nonzeros (Feed::sparse) use
+  // the sparse kernels when that input's density (nonzeros / elements) is at most this; above
+  // it, or at 0, the dense GEMM. The default is where the two meet on MNIST-sized products
+  // (docs/performance.md says how it was measured).
+  double sparse_density = kDefaultSparseDensity;
 };
 
 namespace detail {
@@ -45,6 +54,10 @@ class Program {
   struct Feed {
     Value input;
     TensorView value;
+    // Optionally the same values stored by their nonzeros (gg::to_sparse), with value's shape
+    // and dtype: products that read this input may then compute from the nonzeros alone. The
+    // caller keeps it alive for the run and in agreement with `value`.
+    const SparseMatrix* sparse = nullptr;
   };
 
   Program(Graph& g, const std::vector<Value>& fetches, const CompileOptions& opts = {});
@@ -92,6 +105,17 @@ class Program {
   void set_profiling(bool on);
   std::vector<StepProfile> profile(std::int64_t batch);
 
+  // Which kernel each product with a sparse-capable operand used in the last run: the sparse
+  // one when that input was fed with its nonzeros at most sparse_density dense.
+  struct ProductChoice {
+    std::string op, name, input;
+    double density = -1;  // of the input's nonzeros; -1: fed without them
+    bool sparse = false;
+  };
+  std::vector<ProductChoice> product_choices() const;
+  void set_sparse_density(double d);
+  double sparse_density() const { return sparse_density_; }
+
   void set_threads(int threads);
   int threads() const { return threads_; }
   bool training() const { return training_; }
@@ -113,6 +137,7 @@ class Program {
   bool training_ = true;
   std::uint64_t seed_ = 0;
   bool profiling_ = false;
+  double sparse_density_ = kDefaultSparseDensity;
 };
 
 }  // namespace gg

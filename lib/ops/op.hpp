@@ -10,6 +10,7 @@
 
 #include <gradgraph/graph.hpp>
 #include <gradgraph/ops.hpp>
+#include <gradgraph/sparse.hpp>
 
 #include <omp.h>
 
@@ -162,6 +163,9 @@ struct KernelArgs {
   int threads = 1;
   bool training = true;    // the program's mode (CompileOptions::training)
   std::uint64_t seed = 0;  // the program's seed (CompileOptions::seed), for ops that draw random numbers
+  // For an op's sparse kernels: operand `sparse_operand` (an input) has the same values as `sparse`.
+  const SparseMatrix* sparse = nullptr;
+  int sparse_operand = -1;
 
   template <typename A> const A& attrs() const { return node->attrs.as<A>(); }
 };
@@ -207,6 +211,9 @@ using ViewFn = bool (*)(const Node& n, const Layout& in, const Shape& out_shape,
 
 // Scratch bytes a kernel needs for the resolved shapes of its operands (im2col, say).
 using WorkspaceFn = std::size_t (*)(const Node& n, const Shape* in_shapes, int n_in);
+// The same for the sparse kernels, with operand `sparse_operand` the sparse one and its nonzeros
+// grouped along its axis `major`.
+using SparseWorkspaceFn = std::size_t (*)(const Node& n, const Shape* in_shapes, int n_in, int sparse_operand, int major);
 
 // What a VJP sees: the node, its outputs, the gradient arriving at each output (invalid where
 // none arrives), and which operands want a gradient. It returns one Value per operand (invalid
@@ -261,6 +268,13 @@ struct OpDef {
   InferFn infer = nullptr;
   WorkspaceFn workspace = nullptr;
   VjpFn vjp = nullptr;
+  // Kernels for when an operand that is a program input is fed with its nonzeros too
+  // (Program::Feed::sparse) and is at most CompileOptions::sparse_density dense; bit i of
+  // `sparse_operands`: operand i may be the sparse one. The planner reserves their workspace
+  // where an input is such an operand; each run picks these or `kernels` from the feed.
+  Kernels sparse_kernels = {};
+  std::uint32_t sparse_operands = 0;
+  SparseWorkspaceFn sparse_workspace = nullptr;
 
   bool is_leaf() const { return storage != Storage::computed; }
   bool is_pure_view() const { return alias >= 0 && !kernels.any(); }

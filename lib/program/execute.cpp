@@ -33,6 +33,10 @@ std::int64_t batch_of(const Compiled& c, const Graph& g, const Program::Feed* fe
       throw std::invalid_argument("run: input '" + x.node.name + "' is " + dtype_name(want.dtype) + ", fed " +
                                   dtype_name(f->value.dtype) + " data");
     if (!f->value.data && got.numel() > 0) throw std::invalid_argument("run: input '" + x.node.name + "' fed a null pointer");
+    if (f->sparse && (f->sparse->dtype != f->value.dtype || f->sparse->shape != got))
+      throw std::invalid_argument("run: input '" + x.node.name + "' is fed " + dtype_name(f->value.dtype) + " " + to_string(got) +
+                                  " with nonzeros of a " + dtype_name(f->sparse->dtype) + " " + to_string(f->sparse->shape) +
+                                  " matrix");
     bool ok = want.shape.rank == got.rank;
     for (int d = 0; ok && d < want.shape.rank; ++d) {
       if (want.shape[d] == dyn) {
@@ -63,7 +67,7 @@ std::int64_t batch_of(const Compiled& c, const Graph& g, const Program::Feed* fe
 }
 
 void execute(Plan& p, const Compiled& c, const Graph& g, const Program::Feed* feeds, std::size_t nf, int threads,
-             bool training, std::uint64_t seed, bool profiling) {
+             bool training, std::uint64_t seed, bool profiling, double sparse_density) {
   for (const Binding& b : p.bindings) {
     TensorView& v = p.slots[static_cast<std::size_t>(b.slot)];
     if (b.source < 0) {
@@ -102,12 +106,31 @@ void execute(Plan& p, const Compiled& c, const Graph& g, const Program::Feed* fe
     a.node = s.node;
     a.workspace = s.ws_bytes ? p.arena + s.ws_offset : nullptr;
     a.workspace_bytes = s.ws_bytes;
+    KernelFn fn = s.fn;
+    a.sparse = nullptr;
+    a.sparse_operand = -1;
+    s.last_input = 0;
+    s.last_density = -1;
+    s.last_sparse = false;
+    for (int q = 0; q < s.n_sparse; ++q) {
+      const Program::Feed* f = feed_for(g, c.ir[static_cast<std::size_t>(s.sparse_input[q])].graph_id, feeds, nf);
+      if (!f || !f->sparse) continue;
+      s.last_input = q;
+      s.last_density = f->sparse->density();
+      s.last_sparse = sparse_density > 0 && s.last_density <= sparse_density;
+      if (s.last_sparse) {
+        fn = s.sparse_fn;
+        a.sparse = f->sparse;
+        a.sparse_operand = s.sparse_operand[q];
+        break;
+      }
+    }
     if (!profiling) {
-      s.fn(a);
+      fn(a);
       continue;
     }
     const double t0 = omp_get_wtime();
-    s.fn(a);
+    fn(a);
     s.seconds += omp_get_wtime() - t0;
     ++s.calls;
   }

@@ -13,6 +13,8 @@
 //                the bytes and dtype agree
 //   kOnce        the kernel runs here, once; its output is pinned
 //   workspace    scratch bytes, live during the op's step only
+//   sparse_kernels  where a sparse-capable operand is an input, the step also records the sparse
+//                kernel (and reserves its workspace); each run picks one from the feed's density
 // Buffers live from their producer to their last reader (or for the producer's step alone, an
 // output nobody reads); fetched values and staging buffers of feeds are pinned (live for the
 // whole run). Offsets come from plan_offsets.
@@ -253,10 +255,24 @@ std::unique_ptr<Plan> make_plan(const Compiled& c, const ParamStore& params, std
       for (int j = 0; j < st.n_in; ++j) st.in[j] = s[static_cast<std::size_t>(slot_of(x.node.inputs[static_cast<std::size_t>(j)]))].read;
       st.n_out = x.node.num_outputs;
       for (int q = 0; q < st.n_out; ++q) st.out[q] = v0 + q;
-      if (d.workspace) {
-        Shape shapes[kMaxInputs];
-        for (int j = 0; j < st.n_in; ++j) shapes[j] = s[static_cast<std::size_t>(st.in[j])].shape;
-        st.ws_bytes = d.workspace(x.node, shapes, st.n_in);
+      Shape shapes[kMaxInputs];
+      for (int j = 0; j < st.n_in; ++j) shapes[j] = s[static_cast<std::size_t>(st.in[j])].shape;
+      if (d.workspace) st.ws_bytes = d.workspace(x.node, shapes, st.n_in);
+      // A sparse-capable operand that is an input: the run may pick the sparse kernel, so its
+      // workspace is reserved too (the step's scratch is the larger of the two).
+      for (int j = 0; j < st.n_in && d.sparse_kernels.any(); ++j) {
+        const int src = x.node.inputs[static_cast<std::size_t>(j)].node;
+        if (!(d.sparse_operands >> j & 1u) || c.ir[static_cast<std::size_t>(src)].node.op->storage != Storage::external) continue;
+        st.sparse_fn = d.sparse_kernels.for_dtype(key);
+        if (!st.sparse_fn || st.n_sparse == 2) continue;
+        st.sparse_operand[st.n_sparse] = j;
+        st.sparse_input[st.n_sparse++] = src;
+        // Planned for nonzeros grouped along the input's open (batch) axis, else its axis 0.
+        const Shape& declared = c.ir[static_cast<std::size_t>(src)].node.out().shape;
+        int major = 0;
+        for (int a = 0; a < declared.rank; ++a)
+          if (declared[a] == dyn) major = a;
+        if (d.sparse_workspace) st.ws_bytes = std::max(st.ws_bytes, d.sparse_workspace(x.node, shapes, st.n_in, j, major));
       }
       if (d.flags & kOnce) {
         once.push_back(st);

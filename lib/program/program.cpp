@@ -26,6 +26,7 @@ Program::Program(Graph& g, const std::vector<Value>& fetches, const CompileOptio
     params_->init(rng);
   }
   set_threads(opts.threads);
+  set_sparse_density(opts.sparse_density);
   training_ = opts.training;
   seed_ = opts.seed;
 }
@@ -47,7 +48,7 @@ void Program::run(const std::vector<Feed>& feeds) { run_impl(feeds.data(), feeds
 void Program::run_impl(const Feed* feeds, std::size_t n) {
   Plan& p = plan_for(detail::batch_of(*code_, *graph_, feeds, n));
   current_ = &p;
-  detail::execute(p, *code_, *graph_, feeds, n, threads_, training_, seed_, profiling_);
+  detail::execute(p, *code_, *graph_, feeds, n, threads_, training_, seed_, profiling_, sparse_density_);
 }
 
 int Program::slot_of(Value v) const {
@@ -134,6 +135,21 @@ void Program::write_dot(std::ostream& os) const {
   for (std::size_t i = 0; i < ir.size(); ++i)
     for (const Operand& o : ir[i].node.inputs) boost::add_edge(static_cast<std::size_t>(o.node), i, st);
   detail::write_dot(os, st, [&](std::size_t i) -> const Node& { return ir[i].node; }, "program");
+}
+
+std::vector<Program::ProductChoice> Program::product_choices() const {
+  std::vector<ProductChoice> out;
+  if (!current_) return out;
+  for (const detail::Step& s : current_->steps)
+    if (s.sparse_fn)
+      out.push_back({s.node->op_name(), s.node->name, code_->ir[static_cast<std::size_t>(s.sparse_input[s.last_input])].node.name,
+                     s.last_density, s.last_sparse});
+  return out;
+}
+
+void Program::set_sparse_density(double d) {
+  if (!(d >= 0 && d <= 1)) throw std::invalid_argument("sparse_density must be in [0, 1], got " + std::to_string(d));
+  sparse_density_ = d;
 }
 
 void Program::set_threads(int threads) {

@@ -80,6 +80,15 @@ struct Step {
   std::size_t ws_offset = 0, ws_bytes = 0;
   double seconds = 0;  // accumulated while profiling
   std::int64_t calls = 0;
+  // Operands that are inputs may come with their nonzeros: then sparse_fn may run instead,
+  // with the first of them fed sparse enough.
+  KernelFn sparse_fn = nullptr;
+  int n_sparse = 0;
+  int sparse_operand[2] = {-1, -1};
+  int sparse_input[2] = {-1, -1};  // the inputs' IR indices
+  int last_input = 0;              // which candidate the last run reports
+  double last_density = -1;        // its density in the last run (-1: no nonzeros fed)
+  bool last_sparse = false;
 };
 
 // What a run does before its steps, in schedule order: bind an input's feed, or re-derive a view
@@ -123,7 +132,7 @@ std::unique_ptr<Plan> make_plan(const Compiled& c, const ParamStore& params, std
 // dtype and static shape, and that all open dimensions agree.
 std::int64_t batch_of(const Compiled& c, const Graph& g, const Program::Feed* feeds, std::size_t n);
 void execute(Plan& p, const Compiled& c, const Graph& g, const Program::Feed* feeds, std::size_t n, int threads,
-             bool training, std::uint64_t seed, bool profiling);
+             bool training, std::uint64_t seed, bool profiling, double sparse_density);
 
 // ---- Graphviz ----------------------------------------------------------------------------------------
 

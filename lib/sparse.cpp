@@ -1,0 +1,89 @@
+// Sparse matrices: building the grouped nonzeros from a dense view, and back.
+#include <gradgraph/sparse.hpp>
+
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+namespace gg {
+
+double SparseMatrix::density() const {
+  if (shape.rank != 2) return 0;
+  const double n = static_cast<double>(shape[0]) * static_cast<double>(shape[1]);
+  return n > 0 ? static_cast<double>(nnz()) / n : 0;
+}
+
+namespace {
+
+template <typename T>
+void fill(const TensorView& d, int major, SparseMatrix& s, std::vector<T>& values) {
+  const std::int64_t groups = d.shape[major], len = d.shape[1 - major];
+  const std::int64_t gs = d.strides[major], ms = d.strides[1 - major];
+  const T* x = static_cast<const T*>(d.data);
+  // Count first: the arrays grow to the exact size once, then are refilled in place.
+  std::int64_t nnz = 0;
+  for (std::int64_t g = 0; g < groups; ++g)
+    for (std::int64_t i = 0; i < len; ++i) nnz += x[g * gs + i * ms] != T(0);
+  s.ptr.resize(static_cast<std::size_t>(groups + 1));
+  s.index.resize(static_cast<std::size_t>(nnz));
+  values.resize(static_cast<std::size_t>(nnz));
+  std::int64_t at = 0;
+  s.ptr[0] = 0;
+  for (std::int64_t g = 0; g < groups; ++g) {
+    for (std::int64_t i = 0; i < len; ++i) {
+      const T v = x[g * gs + i * ms];
+      if (v == T(0)) continue;  // -0.0 too: it adds nothing to a product
+      s.index[static_cast<std::size_t>(at)] = static_cast<std::int32_t>(i);
+      values[static_cast<std::size_t>(at++)] = v;
+    }
+    s.ptr[static_cast<std::size_t>(g + 1)] = at;
+  }
+}
+
+}  // namespace
+
+void to_sparse(const TensorView& dense, int major, SparseMatrix& out) {
+  if (dense.shape.rank != 2) throw std::invalid_argument("to_sparse: the matrix must be rank 2, got " + to_string(dense.shape));
+  if (!is_float(dense.dtype)) throw std::invalid_argument(std::string("to_sparse: the matrix must be float, got ") + dtype_name(dense.dtype));
+  if (major != 0 && major != 1) throw std::invalid_argument("to_sparse: major must be 0 (rows) or 1 (columns), got " + std::to_string(major));
+  if (dense.shape[1 - major] > std::numeric_limits<std::int32_t>::max())
+    throw std::invalid_argument("to_sparse: " + to_string(dense.shape) + " has more than 2^31 - 1 entries per group");
+  out.dtype = dense.dtype;
+  out.shape = dense.shape;
+  out.major = major;
+  if (dense.dtype == DType::f32) {
+    out.values_f64.clear();
+    fill<float>(dense, major, out, out.values_f32);
+  } else {
+    out.values_f32.clear();
+    fill<double>(dense, major, out, out.values_f64);
+  }
+}
+
+SparseMatrix to_sparse(const TensorView& dense, int major) {
+  SparseMatrix s;
+  to_sparse(dense, major, s);
+  return s;
+}
+
+namespace {
+template <typename T>
+void scatter(const SparseMatrix& s, const std::vector<T>& values, Tensor& t) {
+  T* y = static_cast<T*>(t.data());
+  const std::int64_t gs = s.major == 0 ? s.shape[1] : 1, ms = s.major == 0 ? 1 : s.shape[1];
+  for (std::int64_t g = 0; g < s.groups(); ++g)
+    for (std::int64_t p = s.ptr[static_cast<std::size_t>(g)]; p < s.ptr[static_cast<std::size_t>(g + 1)]; ++p)
+      y[g * gs + s.index[static_cast<std::size_t>(p)] * ms] = values[static_cast<std::size_t>(p)];
+}
+}  // namespace
+
+Tensor to_dense(const SparseMatrix& s) {
+  Tensor t = Tensor::zeros(s.dtype, s.shape);
+  if (s.dtype == DType::f32)
+    scatter<float>(s, s.values_f32, t);
+  else
+    scatter<double>(s, s.values_f64, t);
+  return t;
+}
+
+}  // namespace gg
