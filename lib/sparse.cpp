@@ -1,6 +1,7 @@
 // Sparse matrices: building the grouped nonzeros from a dense view, and back.
 #include <gradgraph/sparse.hpp>
 
+#include <algorithm>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -16,33 +17,53 @@ double SparseMatrix::density() const {
 namespace {
 
 template <typename T>
-void fill(const TensorView& d, int major, SparseMatrix& s, std::vector<T>& values) {
+void fill(const TensorView& d, int major, SparseMatrix& s, std::vector<T>& values, int threads) {
   const std::int64_t groups = d.shape[major], len = d.shape[1 - major];
   const std::int64_t gs = d.strides[major], ms = d.strides[1 - major];
   const T* x = static_cast<const T*>(d.data);
-  // Count first: the arrays grow to the exact size once, then are refilled in place.
-  std::int64_t nnz = 0;
-  for (std::int64_t g = 0; g < groups; ++g)
-    for (std::int64_t i = 0; i < len; ++i) nnz += x[g * gs + i * ms] != T(0);
+  // Count first (the arrays grow to the exact size once, then are refilled in place), then fill
+  // each group at its offset: both passes split over groups, so any thread count gives the same.
   s.ptr.resize(static_cast<std::size_t>(groups + 1));
-  s.index.resize(static_cast<std::size_t>(nnz));
-  values.resize(static_cast<std::size_t>(nnz));
-  std::int64_t at = 0;
-  s.ptr[0] = 0;
-  for (std::int64_t g = 0; g < groups; ++g) {
+  std::int64_t* ptr = s.ptr.data();
+  ptr[0] = 0;
+  const int t = groups * len >= (1 << 16) ? std::max(1, threads) : 1;
+  auto count = [&](std::int64_t g) {
+    std::int64_t c = 0;
+    for (std::int64_t i = 0; i < len; ++i) c += x[g * gs + i * ms] != T(0);
+    ptr[g + 1] = c;
+  };
+  // No parallel region for one thread: libgomp allocates a team of one afresh every time.
+  if (t == 1) {
+    for (std::int64_t g = 0; g < groups; ++g) count(g);
+  } else {
+#pragma omp parallel for num_threads(t) schedule(static)
+    for (std::int64_t g = 0; g < groups; ++g) count(g);
+  }
+  for (std::int64_t g = 0; g < groups; ++g) ptr[g + 1] += ptr[g];
+  s.index.resize(static_cast<std::size_t>(ptr[groups]));
+  values.resize(static_cast<std::size_t>(ptr[groups]));
+  std::int32_t* index = s.index.data();
+  T* value = values.data();
+  auto copy = [&](std::int64_t g) {
+    std::int64_t at = ptr[g];
     for (std::int64_t i = 0; i < len; ++i) {
       const T v = x[g * gs + i * ms];
       if (v == T(0)) continue;  // -0.0 too: it adds nothing to a product
-      s.index[static_cast<std::size_t>(at)] = static_cast<std::int32_t>(i);
-      values[static_cast<std::size_t>(at++)] = v;
+      index[at] = static_cast<std::int32_t>(i);
+      value[at++] = v;
     }
-    s.ptr[static_cast<std::size_t>(g + 1)] = at;
+  };
+  if (t == 1) {
+    for (std::int64_t g = 0; g < groups; ++g) copy(g);
+  } else {
+#pragma omp parallel for num_threads(t) schedule(static)
+    for (std::int64_t g = 0; g < groups; ++g) copy(g);
   }
 }
 
 }  // namespace
 
-void to_sparse(const TensorView& dense, int major, SparseMatrix& out) {
+void to_sparse(const TensorView& dense, int major, SparseMatrix& out, int threads) {
   if (dense.shape.rank != 2) throw std::invalid_argument("to_sparse: the matrix must be rank 2, got " + to_string(dense.shape));
   if (!is_float(dense.dtype)) throw std::invalid_argument(std::string("to_sparse: the matrix must be float, got ") + dtype_name(dense.dtype));
   if (major != 0 && major != 1) throw std::invalid_argument("to_sparse: major must be 0 (rows) or 1 (columns), got " + std::to_string(major));
@@ -53,16 +74,16 @@ void to_sparse(const TensorView& dense, int major, SparseMatrix& out) {
   out.major = major;
   if (dense.dtype == DType::f32) {
     out.values_f64.clear();
-    fill<float>(dense, major, out, out.values_f32);
+    fill<float>(dense, major, out, out.values_f32, threads);
   } else {
     out.values_f32.clear();
-    fill<double>(dense, major, out, out.values_f64);
+    fill<double>(dense, major, out, out.values_f64, threads);
   }
 }
 
-SparseMatrix to_sparse(const TensorView& dense, int major) {
+SparseMatrix to_sparse(const TensorView& dense, int major, int threads) {
   SparseMatrix s;
-  to_sparse(dense, major, s);
+  to_sparse(dense, major, s, threads);
   return s;
 }
 

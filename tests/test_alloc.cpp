@@ -167,6 +167,35 @@ TEST_CASE("training epochs through the library's batches and trainer allocate no
   CHECK(allocations.load() == 0);
 }
 
+TEST_CASE("epochs on sparse images (the products from the nonzeros) allocate nothing after the first epoch") {
+  gg::train::Dataset d = fake_images(300, 28);
+  for (std::size_t i = 0; i < d.pixels.size(); ++i)
+    if ((i * 2654435761u) % 5 != 0) d.pixels[i] = 0;  // about a fifth nonzero, unevenly per image
+  for (gg::nn::Layout layout : {gg::nn::Layout::columns, gg::nn::Layout::rows}) {
+    gg::Graph g(gg::f32);
+    const gg::train::Model m = gg::train::classifier(g, gg::nn::parse("dense32,relu,dense10"), d.example, 10, layout);
+    gg::train::TrainOptions o;
+    o.optimizer = {.kind = gg::train::Optimizer::Kind::momentum, .lr = 0.05};
+    o.compile.threads = 2;
+    gg::train::Trainer t(g, m, o);
+    gg::train::Batches b(d, {.batch_size = 32, .seed = 3, .layout = layout, .threads = 2});
+    REQUIRE(b.density() < 0.3);
+    double sum = 0;
+    gg::train::Callbacks cb;
+    cb.on_step = [&](const gg::train::StepInfo& s) { return sum += s.loss, true; };
+    t.fit(b, {.epochs = 3, .stop_after_epochs = 1}, cb);
+    const auto choices = t.train_program().product_choices();
+    REQUIRE(choices.size() == 2);  // the first layer's product and its weight gradient
+    for (const auto& c : choices) CHECK(c.sparse);
+    allocations = 0;
+    counting = true;
+    t.fit(b, {.epochs = 3}, cb);
+    counting = false;
+    CHECK(sum > 0);
+    CHECK(allocations.load() == 0);
+  }
+}
+
 TEST_CASE("a convolutional network's epochs (conv, batch norm, pooling, dropout) allocate nothing after the first") {
   const gg::train::Dataset d = fake_images(100, 12);
   gg::Graph g(gg::f32);

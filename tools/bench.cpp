@@ -374,16 +374,25 @@ struct Net {
   gg::Graph g{gg::f32};
   gg::train::Model model;
   std::unique_ptr<gg::train::Trainer> trainer;
-  Net(gg::train::Optimizer opt, int threads) {
+  Net(gg::train::Optimizer opt, int threads, double sparse_density = gg::kDefaultSparseDensity) {
     model = gg::train::classifier(g, gg::nn::parse("dense64,relu,dense10"), gg::Shape{28, 28}, kOut, gg::nn::Layout::columns);
     gg::train::TrainOptions o;
     o.optimizer = opt;
     o.compile.threads = threads;
     o.compile.seed = 1;
+    o.compile.sparse_density = sparse_density;
     trainer = std::make_unique<gg::train::Trainer>(g, model, o);
   }
   gg::Program& program() { return trainer->train_program(); }
-  std::vector<gg::Program::Feed> feeds(const gg::train::Batch& b) const { return {{model.x, b.x}, {model.labels, b.labels}}; }
+  std::vector<gg::Program::Feed> feeds(const gg::train::Batch& b) const {
+    return {{model.x, b.x, b.sparse}, {model.labels, b.labels}};
+  }
+  // "sparse" or "dense" per product that reads X, as the last run chose.
+  std::string choices() {
+    std::string out;
+    for (const auto& c : program().product_choices()) out += (out.empty() ? "" : ", ") + c.name + (c.sparse ? " sparse" : " dense");
+    return out;
+  }
 };
 
 gg::train::BatchOptions batch_options(std::int64_t size, int threads, std::uint64_t seed) {
@@ -475,7 +484,7 @@ void print_profile(gg::Program& p, std::int64_t batch, int runs, double quiet, R
 
 struct Options {
   int threads = 2, reps = 20, warmup = 3, steps = 2000, epochs = 3, cnn_steps = 30;
-  double wait_quiet = 0;
+  double wait_quiet = 0, sparse_density = gg::kDefaultSparseDensity;
   std::string data, only = "all";
   bool arch_sweep = false, sweep_child = false, profile = true, ftz = false;
 };
@@ -559,7 +568,10 @@ std::optional<Options> parse(int argc, char** argv) {
        "timed mini-batch epochs (469 shuffled batches each) after one warm-up epoch")
     ("data", po::value(&o.data)->default_value(gg::data::default_data_dir()),
        "MNIST directory (raw or gzipped IDX files)")
-    ("only", po::value(&o.only)->default_value("all"), "fullbatch, minibatch, cnn, all, or gemm (raw GEMMs only)")
+    ("only", po::value(&o.only)->default_value("all"),
+       "fullbatch, minibatch, cnn, all, gemm (raw GEMMs only) or density (sparse against dense products by density)")
+    ("sparse-density", po::value(&o.sparse_density)->default_value(gg::kDefaultSparseDensity),
+       "the programs' CompileOptions::sparse_density (0: dense GEMMs only)")
     ("cnn-steps", po::value(&o.cnn_steps)->default_value(30), "timed steps of the reference CNN (batch 128)")
     ("wait-quiet", po::value(&o.wait_quiet)->default_value(0),
        "before each timed phase, wait up to this many seconds for the machine to be idle")
@@ -586,8 +598,10 @@ std::optional<Options> parse(int argc, char** argv) {
   if (o.threads < 1) throw std::invalid_argument("--threads must be at least 1");
   if (o.reps < 1 || o.steps < 1 || o.epochs < 1 || o.warmup < 0)
     throw std::invalid_argument("--reps, --steps and --epochs must be at least 1, --warmup at least 0");
-  if (o.only != "all" && o.only != "fullbatch" && o.only != "minibatch" && o.only != "cnn" && o.only != "gemm")
-    throw std::invalid_argument("--only must be fullbatch, minibatch, cnn, all or gemm (got " + o.only + ")");
+  if (o.only != "all" && o.only != "fullbatch" && o.only != "minibatch" && o.only != "cnn" && o.only != "gemm" &&
+      o.only != "density")
+    throw std::invalid_argument("--only must be fullbatch, minibatch, cnn, all, gemm or density (got " + o.only + ")");
+  if (!(o.sparse_density >= 0 && o.sparse_density <= 1)) throw std::invalid_argument("--sparse-density must be in [0, 1]");
   if (o.cnn_steps < 1) throw std::invalid_argument("--cnn-steps must be at least 1");
   return o;
 }
@@ -752,6 +766,50 @@ Row bench_cnn(const gg::train::Dataset& train, const Options& o) {
 
 // ---- the benchmark -----------------------------------------------------------------------------
 
+// ---- the density threshold -----------------------------------------------------------------------
+
+// The two products of the notebook's first layer that read X (Z1 = W1 X and dW1 = G X^T, X {784, m}
+// over example-major rows, as mnist-train feeds it) from the nonzeros and as dense GEMMs, over a
+// range of densities, uniformly random nonzeros (no locality: MNIST's pixels, clustered in the
+// middle of the image, are kinder). Where the sparse time crosses the dense one is the default
+// of CompileOptions::sparse_density.
+void bench_density(const Options& o) {
+  std::printf("\n[sparse against dense products by density: Z1 = W1 X and dW1 = G X^T, W1 {64, 784}, uniformly random nonzeros]\n");
+  std::printf("  %8s %8s %12s %12s %8s\n", "m", "density", "sparse", "dense", "ratio");
+  for (std::int64_t m : {std::int64_t{60000}, std::int64_t{128}}) {
+    gg::Graph g(gg::f32);
+    const gg::Value x = g.input("X", {kIn, gg::dyn}), gz = g.input("G", {kHidden, gg::dyn});
+    const gg::Value w = g.param("W1", {kHidden, kIn});
+    const gg::Value z = gg::matmul(w, x), dw = gg::matmul(gz, x, false, true);
+    gg::Program sp(g, {z, dw}, {.threads = o.threads, .sparse_density = 1.0});
+    gg::Program dp(g, {z, dw}, {.threads = o.threads, .sparse_density = 0.0});
+    gg::Tensor rows(gg::f32, {m, kIn}), gv(gg::f32, {kHidden, m});
+    gg::Generator rng(gg::RngKind::standard, 5);
+    for (std::int64_t i = 0; i < kHidden * m; ++i) static_cast<float*>(gv.data())[i] = static_cast<float>(rng.uniform() - 0.5);
+    const int reps = m > 1000 ? std::max(3, o.reps / 4) : 400;
+    for (double d : {0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6}) {
+      float* xr = static_cast<float*>(rows.data());
+      for (std::int64_t i = 0; i < m * kIn; ++i) xr[i] = rng.uniform() < d ? static_cast<float>(rng.uniform()) : 0.0f;
+      const gg::TensorView xv = rows.view().transposed();
+      const gg::SparseMatrix nz = gg::to_sparse(xv, 1);
+      auto time = [&](gg::Program& p) {
+        p.run({{x, xv, &nz}, {gz, gv.view()}});
+        std::vector<double> t;
+        for (int r = 0; r < reps; ++r) {
+          auto t0 = Clock::now();
+          p.run({{x, xv, &nz}, {gz, gv.view()}});
+          t.push_back(seconds_since(t0));
+        }
+        return median(t);
+      };
+      wait_quiet(o.wait_quiet / 10);
+      const double ts = time(sp), td = time(dp);
+      std::printf("  %8lld %7.1f%% %12s %12s %7.2fx\n", static_cast<long long>(m), nz.density() * 100, fmt_time(ts).c_str(),
+                  fmt_time(td).c_str(), ts / td);
+    }
+  }
+}
+
 int run(const Options& o, const char* self) {
   if (o.arch_sweep) return arch_sweep(o, self);
   // Threads created later (libgomp's pool) inherit the floating-point environment.
@@ -831,18 +889,23 @@ int run(const Options& o, const char* self) {
     // Memory first, with nothing else allocated: the program's peak RSS over the training data.
     const bool phase_peak = reset_peak_rss();
     const std::int64_t rss_before = current_rss();
-    Net net({.kind = gg::train::Optimizer::Kind::sgd, .lr = 0.1}, o.threads);
+    Net net({.kind = gg::train::Optimizer::Kind::sgd, .lr = 0.1}, o.threads, o.sparse_density);
     gg::Program& p = net.program();
     const double planned = static_cast<double>(p.planned_bytes(n));
     const std::vector<gg::Program::Feed> feeds = net.feeds(all);
     for (int r = 0; r < o.warmup; ++r) p.run(feeds);
     const double peak = static_cast<double>(peak_rss());
+    // The same step with dense GEMMs only, timed in the same loop.
+    Net dense_net({.kind = gg::train::Optimizer::Kind::sgd, .lr = 0.1}, o.threads, 0.0);
+    gg::Program& pd = dense_net.program();
+    const std::vector<gg::Program::Feed> dense_feeds = dense_net.feeds(all);
+    for (int r = 0; r < o.warmup; ++r) pd.run(dense_feeds);
 
     // Then the step and the raw GEMMs, interleaved rep by rep (same machine state for both).
     GemmTimer gt(n, images, o.threads);
     gt.rep(false);
     double loss = 0, acc = 0;
-    std::vector<double> t;
+    std::vector<double> t, td;
     ThreadWatch w;
     wait_quiet(o.wait_quiet);
     w.start();
@@ -853,25 +916,39 @@ int run(const Options& o, const char* self) {
       loss = p.scalar(net.trainer->loss());
       acc = p.scalar(net.trainer->accuracy());
       t.push_back(seconds_since(t0));
+      t0 = Clock::now();
+      pd.run(dense_feeds);
+      (void)pd.scalar(dense_net.trainer->loss());
+      td.push_back(seconds_since(t0));
     }
     const std::string threads_seen = w.report();
     const GemmTimes g = gt.result();
-    const double step = median(t);
+    const double step = median(t), dense_step = median(td);
     print_gemms(g);
     std::printf("  gradgraph step: median %s over %d steps (min %s, max %s), %d kernels, loss %.4f, accuracy %.2f%%\n",
                 fmt_time(step).c_str(), o.reps, fmt_time(*std::min_element(t.begin(), t.end())).c_str(),
                 fmt_time(*std::max_element(t.begin(), t.end())).c_str(), p.num_steps(n), loss, acc * 100);
+    std::printf("    products that read X: %s (images %.1f%% nonzero, sparse at most %.0f%%)\n", net.choices().c_str(),
+                whole.density() * 100, o.sparse_density * 100);
+    std::printf("  gradgraph step, dense GEMMs only: median %s (min %s, max %s)\n", fmt_time(dense_step).c_str(),
+                fmt_time(*std::min_element(td.begin(), td.end())).c_str(), fmt_time(*std::max_element(td.begin(), td.end())).c_str());
     std::printf("    threads during the steps and raw GEMMs: %s\n", threads_seen.c_str());
-    const double data_bytes = train_bytes + byte_bytes;
-    std::printf("  memory: training set f32 %s + bytes %s + planned arena %s (unshared %s) + parameters %s\n",
-                mb(train_bytes).c_str(), mb(byte_bytes).c_str(), mb(planned).c_str(),
+    const double sparse_bytes =
+        all.sparse ? static_cast<double>(all.sparse->nnz() * 8 + (all.sparse->groups() + 1) * 8) : 0.0;
+    const double data_bytes = train_bytes + byte_bytes + sparse_bytes;
+    std::printf("  memory: training set f32 %s + bytes %s + nonzeros %s + planned arena %s (unshared %s) + parameters %s\n",
+                mb(train_bytes).c_str(), mb(byte_bytes).c_str(), mb(sparse_bytes).c_str(), mb(planned).c_str(),
                 mb(static_cast<double>(p.unshared_bytes(n))).c_str(), mb(static_cast<double>(p.param_bytes())).c_str());
     std::printf("    peak RSS %s%s (RSS before compiling %s); peak / (data + planned) = %.3f (target <= 1.25)%s\n",
                 mb(peak).c_str(), phase_peak ? " while compiling and running the program" : " of the process",
                 mb(static_cast<double>(rss_before)).c_str(), peak / (data_bytes + planned),
                 peak / (data_bytes + planned) > 1.25 ? "  MISSED" : "");
     if (o.profile) print_profile(p, n, std::max(5, o.reps / 2), o.wait_quiet, [&] { p.run(feeds); });
-    rows.push_back({"full-batch step (SGD)", n, step, g.floor, step_flops(n), 1.10, planned, peak, w.others});
+    rows.push_back({net.choices().find("sparse") != std::string::npos ? "full-batch step (SGD, sparse X)" : "full-batch step (SGD)",
+                    n, step, g.floor, step_flops(n), net.choices().find("sparse") != std::string::npos ? 0.6 : 1.10, planned,
+                    peak, w.others});
+    rows.push_back({"full-batch step (SGD, dense)", n, dense_step, g.floor, step_flops(n), 1.10, std::nullopt, std::nullopt,
+                    w.others});
   }
 
   // -- mini-batch --------------------------------------------------------------------------------
@@ -882,7 +959,7 @@ int run(const Options& o, const char* self) {
     reset_peak_rss();
     // The library's batch iterator: a fresh seeded shuffle per epoch, each batch gathered and
     // normalised from bytes into buffers allocated once, split over the program's threads.
-    Net net({.kind = gg::train::Optimizer::Kind::momentum, .lr = 0.05, .momentum = 0.9}, o.threads);
+    Net net({.kind = gg::train::Optimizer::Kind::momentum, .lr = 0.05, .momentum = 0.9}, o.threads, o.sparse_density);
     gg::Program& p = net.program();
     const double planned = static_cast<double>(p.planned_bytes(kBatch));
     gg::train::Batches batches(train, batch_options(kBatch, p.threads(), 7));
@@ -989,14 +1066,16 @@ int run(const Options& o, const char* self) {
     std::printf("  memory: planned arena %s at m = 128, peak RSS %s\n", mb(planned).c_str(), mb(peak).c_str());
     rows.push_back(
         {"mini-batch step (momentum)", kBatch, step, f128.floor, step_flops(kBatch), 0, planned, peak, step_noise});
+    std::printf("  products that read X: %s\n", net.choices().c_str());
     rows.push_back(
-        {"mini-batch epoch (469 steps)", n, epoch, epoch_floor, epoch_flops, 1.5, planned, peak, epoch_noise});
+        {"mini-batch epoch (469 steps)", n, epoch, epoch_floor, epoch_flops, 1.2, planned, peak, epoch_noise});
     rows.push_back({"  of which gather", n, gath, 0, 0, 0, std::nullopt, std::nullopt, epoch_noise});
     rows.push_back({"  epoch without gather", n, epoch - gath, epoch_floor, epoch_flops, 0, std::nullopt, std::nullopt,
                     epoch_noise});
   }
 
   if (cnn) rows.push_back(bench_cnn(train, o));
+  if (o.only == "density") bench_density(o);
 
   print_table(rows);
   std::printf("peak RSS of the process: %s\n", mb(static_cast<double>(peak_rss())).c_str());

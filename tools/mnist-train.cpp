@@ -36,6 +36,7 @@ struct Options {
   std::int64_t hidden = 64, iterations = 500, batch_size = 0, epochs = 0, print_every = 100, eval_every = 0, shift = 0;
   std::int64_t warmup = 0, lr_step = 0, stop_after_epochs = 0;
   double lr = 0.1, momentum = 0.9, weight_decay = 0, lr_gamma = 0.1, val_split = 0, test_divisor = 255.0, dropout = 0;
+  double sparse_density = gg::kDefaultSparseDensity;
   std::uint64_t seed = 33;
   std::string init = "numpy", dtype = "float32";
   int threads = 0;
@@ -79,6 +80,8 @@ void check_options(const Options& o) {
   if (!(o.test_divisor > 0) || !std::isfinite(o.test_divisor))
     bad("test-divisor", "must be a positive number", format("%g", o.test_divisor));
   if (o.threads < 0 || o.threads > 64) bad("threads", "must be 0 (all cores) to 64", std::to_string(o.threads));
+  if (!(o.sparse_density >= 0 && o.sparse_density <= 1))
+    bad("sparse-density", "must be in [0, 1] (0: always dense products)", format("%g", o.sparse_density));
   if (!(o.momentum >= 0 && o.momentum < 1)) bad("momentum", "must be in [0, 1)", format("%g", o.momentum));
   if (!(o.weight_decay >= 0) || !std::isfinite(o.weight_decay)) bad("weight-decay", "must be 0 or positive", format("%g", o.weight_decay));
   if (!(o.val_split >= 0) || !std::isfinite(o.val_split) || (o.val_split >= 1 && o.val_split != std::floor(o.val_split)))
@@ -163,6 +166,9 @@ std::optional<Options> parse(int argc, char** argv) {
     ("stop-after-epochs", po::value(&o.stop_after_epochs)->default_value(0),
        "end this invocation after so many epochs (checkpoint with --save, continue with --resume)")
     ("threads", po::value(&o.threads)->default_value(0), "threads for GEMMs and kernels (0: all cores)")
+    ("sparse-density", po::value(&o.sparse_density)->default_value(gg::kDefaultSparseDensity, format("%g", gg::kDefaultSparseDensity)),
+       "products that read the images use their nonzeros when the images are at most this dense (MNIST: 0.19); "
+       "0: always the dense GEMM (--verbose says which ran)")
     ("no-progress", "no progress bar even on a terminal")
     ("verbose,v", "print the plan (buffer bytes, schedule length) and timings on stderr");
   // clang-format on
@@ -233,6 +239,7 @@ int train(const Options& o) {
   to.schedule.step_size = o.lr_step;
   to.schedule.gamma = o.lr_gamma;
   to.compile.threads = o.threads;
+  to.compile.sparse_density = o.sparse_density;
   to.compile.seed = o.seed;
   to.compile.rng = o.init == "numpy" ? gg::RngKind::numpy : gg::RngKind::standard;
   gg::train::Trainer trainer(g, model, to);
@@ -290,6 +297,14 @@ int train(const Options& o) {
       row.test_accuracy = test_accuracy();
       test_accs.push_back(*row.test_accuracy);
       test_at.push_back(static_cast<double>(s.step - first_step + 1));  // where the plot draws this step's loss
+    }
+    if (o.verbose && s.step == first_step) {
+      bar.clear();
+      for (const gg::Program::ProductChoice& c : step_program.product_choices())
+        std::fprintf(stderr, "# %s '%s': %s (input '%s' %s)\n", c.op.c_str(), c.name.c_str(), c.sparse ? "sparse" : "dense GEMM",
+                     c.input.c_str(),
+                     c.density < 0 ? "fed without its nonzeros"
+                                   : format("%.3f dense, sparse at most %g", c.density, o.sparse_density).c_str());
     }
     rows.push_back(row);
     losses.push_back(s.loss);

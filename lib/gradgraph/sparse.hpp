@@ -36,10 +36,10 @@ template <> inline const float* SparseMatrix::values<float>() const { return val
 template <> inline const double* SparseMatrix::values<double>() const { return values_f64.data(); }
 
 // The nonzeros of a rank-2 float view (any strides), grouped along `major`. The second form
-// reuses `out`'s storage: refilled for a batch of the same or a smaller size it allocates
-// nothing (the batch iterator calls it every step).
-SparseMatrix to_sparse(const TensorView& dense, int major);
-void to_sparse(const TensorView& dense, int major, SparseMatrix& out);
+// reuses `out`'s storage: refilled with no more nonzeros than it held, it allocates nothing
+// (the batch iterator calls it every step). `threads` split the groups (OpenMP).
+SparseMatrix to_sparse(const TensorView& dense, int major, int threads = 1);
+void to_sparse(const TensorView& dense, int major, SparseMatrix& out, int threads = 1);
 // Back to a dense, contiguous tensor (for tests and inspection).
 Tensor to_dense(const SparseMatrix& s);
 

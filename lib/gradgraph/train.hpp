@@ -76,7 +76,14 @@ struct BatchOptions {
   // pixels are byte 0, the background), a fresh offset per image and epoch drawn from (seed,
   // epoch, image index): the same for any thread count and after a resume. Images only.
   int shift = 0;
+  // Also keep each batch's nonzeros (Batch::sparse, grouped per example) when the normalised data
+  // are at most kSparseData dense, so that programs may compute the products that read X from
+  // them (CompileOptions::sparse_density decides per product). Columns and rows layouts only.
+  bool sparse = true;
 };
+
+// Above this density the nonzeros are not worth building (BatchOptions::sparse).
+inline constexpr double kSparseData = 0.5;
 
 struct Batch {
   TensorView x;       // {features, size} (columns, strided over example-major memory), {size, features}
@@ -86,6 +93,7 @@ struct Batch {
   std::int64_t epoch = 0;  // 0-based epoch this batch belongs to
   std::int64_t index = 0;  // 0-based batch within the epoch
   bool last = false;       // the epoch's last batch (possibly partial)
+  const SparseMatrix* sparse = nullptr;  // x's nonzeros, grouped per example (BatchOptions::sparse)
 };
 
 // Iterates over a data set in batches, epoch after epoch. The buffers are allocated once; each
@@ -99,6 +107,8 @@ class Batches {
   std::int64_t batch_size() const { return batch_; }
   const Dataset& data() const { return *data_; }
   const BatchOptions& options() const { return opts_; }
+  // Nonzeros / values of the whole normalised data set (measured once, from the bytes).
+  double density() const { return density_; }
 
   // Where the iterator is, for checkpoints: the epoch of the next batch, the batch within it, and
   // the shuffling generator's state at that epoch's start (the permutation is drawn again).
@@ -124,6 +134,9 @@ class Batches {
   bool filled_once_ = false;
   Tensor xbuf_, lbuf_;
   Batch batch_view_;
+  bool sparse_ = false;    // build the nonzeros of each batch
+  double density_ = 1;     // of the normalised data set
+  SparseMatrix nonzeros_;  // its storage reserved for the densest possible batch
 };
 
 // ---- optimizers and schedules ----------------------------------------------------------------------------

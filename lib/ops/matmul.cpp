@@ -83,18 +83,21 @@ void forward(const KernelArgs& k) {
 // computed from them. Written as C = D B with the sparse factor B {K, N} on the right (a sparse
 // A becomes C^T = op(B)^T op(A)^T: a transposed view of C, no copy), two cases by how B's
 // nonzeros are grouped:
-//   gather  (grouped by column n):  C[:, n] = alpha sum_k B[k, n] D[:, k]. D^T is packed once
-//           ({K, Mp}, Mp = M rounded up to whole vectors), and a panel of up to four vectors of
-//           C[:, n] stays in registers over the column's nonzeros: per nonzero, a broadcast and
-//           four fused multiply-adds from one contiguous row of D^T (the notebook's Z1 = W1 X).
-//   scatter (grouped by row k):     C[:, n] += alpha B[k, n] D[:, k]. The column D[:, k] is held
-//           in registers (packed per 64 rows of B into a small tile) and added into C^T's row n,
-//           accumulated in the workspace ({N, Mp}, L2-sized for a weight gradient) and written
-//           out transposed at the end (the notebook's dW1 = dZ1 X^T).
-// Threads take columns (gather) or panels of C's rows (scatter), never a split of a sum: every
-// element is summed over its nonzeros in their stored order, the same bits for any thread count.
-// A naive scatter with the accumulators in memory on both sides is slower than dense BLIS; the
-// register-held operand is what makes these kernels beat the GEMM (MNIST: about 2.4x at 19%).
+//   gather  (grouped by column n):  C[:, n] = alpha sum_k B[k, n] D[:, k]. A panel of up to four
+//           vectors of C[:, n] stays in registers over the column's nonzeros: per nonzero, a
+//           broadcast and fused multiply-adds from one contiguous row of D^T, packed once per
+//           call (the notebook's Z1 = W1 X).
+//   scatter (grouped by row k):     C[:, n] += alpha B[k, n] D[:, k]. The panel of D[:, k] is held
+//           in registers and added into row n of an accumulator C^T {N, panel}, L2-sized for a
+//           weight gradient, written out transposed at the end (the notebook's dW1 = dZ1 X^T).
+// Threads split C's rows into panels of whole vectors, never a sum: every element is summed over
+// its nonzeros in their stored order (two interleaved partial sums in the gather, so that the
+// fused multiply-adds do not wait on each other), the same bits for any thread count. Each
+// thread packs and accumulates in its own contiguous part of the workspace, the same part in
+// both kernels: on this 2-core VM, a workspace written by one core and read by the other in the
+// next step costed more than the products. A naive scatter with the accumulators in memory on
+// both sides is slower than dense BLIS; the register-held operand is what makes these kernels
+// beat the GEMM (MNIST: about 2.4x at 19%).
 // One 512-bit vector (two 256-bit ones on AVX2), GCC's vector extension.
 template <typename T> struct VecOf;
 template <> struct VecOf<float> { typedef float type __attribute__((vector_size(64), aligned(4))); };
@@ -102,7 +105,7 @@ template <> struct VecOf<double> { typedef double type __attribute__((vector_siz
 template <typename T> using Vec = typename VecOf<T>::type;
 template <typename T>
 constexpr std::int64_t kLanes = 64 / sizeof(T);
-constexpr int kPanel = 4;  // vectors of C held in registers by the gather kernel
+constexpr std::int64_t kMaxPanel = 4;  // vectors of C per panel (registers: 2 x 4 accumulators)
 
 template <typename T> std::int64_t padded(std::int64_t m) { return (m + kLanes<T> - 1) / kLanes<T> * kLanes<T>; }
 
@@ -131,55 +134,78 @@ SparseProduct sparse_product(const MatMulAttrs& at, const TensorView& a, const T
   return p;
 }
 
+// Panel-major scratch: panel q (rows q * width ..) holds {K or N, its vectors} contiguously.
 template <typename T>
 std::size_t sparse_bytes(const SparseProduct& p) {
   return static_cast<std::size_t>((p.gather ? p.k : p.n) * padded<T>(p.m)) * sizeof(T) + 64;
 }
 
+// dst[r * drs + c * dcs] = scale * src[r * rs + c * cs] for r < rows, c < cols, in 16 x 16 tiles
+// that stay in L1: a transpose walked along either side alone misses a cache line per element
+// on the other.
+template <typename T>
+void transpose_block(const T* src, std::int64_t rs, std::int64_t cs, std::int64_t rows, std::int64_t cols, T* dst,
+                     std::int64_t drs, std::int64_t dcs, T scale) {
+  constexpr std::int64_t kB = 16;
+  for (std::int64_t a = 0; a < rows; a += kB)
+    for (std::int64_t b = 0; b < cols; b += kB) {
+      const std::int64_t ae = std::min(a + kB, rows), be = std::min(b + kB, cols);
+      for (std::int64_t c = b; c < be; ++c)
+        for (std::int64_t r = a; r < ae; ++r) dst[r * drs + c * dcs] = scale * src[r * rs + c * cs];
+    }
+}
+
+// One panel of C's rows [row0, row0 + rows), NV vectors wide, for every column n: dt is the
+// panel's D^T {K, NV lanes}.
 template <typename T, int NV>
-void gather_columns(const SparseProduct& p, const SparseMatrix& s, const T* dt, std::int64_t mp, std::int64_t row0,
-                    std::int64_t n0, std::int64_t n1, T alpha) {
+void gather_panel(const SparseProduct& p, const SparseMatrix& s, const T* dt, std::int64_t row0, std::int64_t rows, T alpha) {
+  constexpr std::int64_t w = NV * kLanes<T>;
   const std::int64_t* ptr = s.ptr.data();
   const std::int32_t* idx = s.index.data();
   const T* val = s.values<T>();
   T* c = data<T>(p.c);
   const std::int64_t rs = p.c.strides[0], cs = p.c.strides[1];
-  const std::int64_t rows = std::min<std::int64_t>(NV * kLanes<T>, p.m - row0);
-  for (std::int64_t n = n0; n < n1; ++n) {
-    Vec<T> acc[NV] = {};
-    for (std::int64_t q = ptr[n]; q < ptr[n + 1]; ++q) {
-      const Vec<T>* col = reinterpret_cast<const Vec<T>*>(dt + idx[q] * mp + row0);
-      const T v = val[q];
-      for (int u = 0; u < NV; ++u) acc[u] += v * col[u];
+  for (std::int64_t n = 0; n < p.n; ++n) {
+    Vec<T> even[NV] = {}, odd[NV] = {};
+    std::int64_t q = ptr[n];
+    const std::int64_t end = ptr[n + 1];
+    for (; q + 1 < end; q += 2) {
+      const Vec<T>* a = reinterpret_cast<const Vec<T>*>(dt + idx[q] * w);
+      const Vec<T>* b = reinterpret_cast<const Vec<T>*>(dt + idx[q + 1] * w);
+      const T va = val[q], vb = val[q + 1];
+      for (int u = 0; u < NV; ++u) even[u] += va * a[u], odd[u] += vb * b[u];
     }
-    alignas(64) T out[NV * kLanes<T>];
-    for (int u = 0; u < NV; ++u) reinterpret_cast<Vec<T>*>(out)[u] = acc[u];
+    if (q < end) {
+      const Vec<T>* a = reinterpret_cast<const Vec<T>*>(dt + idx[q] * w);
+      for (int u = 0; u < NV; ++u) even[u] += val[q] * a[u];
+    }
+    alignas(64) T out[w];
+    for (int u = 0; u < NV; ++u) reinterpret_cast<Vec<T>*>(out)[u] = even[u] + odd[u];
     for (std::int64_t i = 0; i < rows; ++i) c[(row0 + i) * rs + n * cs] = alpha * out[i];
   }
 }
 
+// One panel of C's rows, accumulated into acc {N, NV lanes} (zeroed here).
 template <typename T, int NV>
-void scatter_rows(const SparseProduct& p, const SparseMatrix& s, T* acc, std::int64_t mp, std::int64_t row0) {
+void scatter_panel(const SparseProduct& p, const SparseMatrix& s, T* acc, std::int64_t row0, std::int64_t rows) {
+  constexpr std::int64_t w = NV * kLanes<T>;
   constexpr std::int64_t kTile = 64;  // rows of B (columns of D) packed at a time
   const std::int64_t* ptr = s.ptr.data();
   const std::int32_t* idx = s.index.data();
   const T* val = s.values<T>();
   const T* d = data<T>(p.d);
   const std::int64_t rs = p.d.strides[0], cs = p.d.strides[1];
-  const std::int64_t rows = std::min<std::int64_t>(NV * kLanes<T>, p.m - row0);
-  alignas(64) T tile[kTile * NV * kLanes<T>];
+  std::fill(acc, acc + p.n * w, T(0));
+  alignas(64) T tile[kTile * w];
   for (std::int64_t k0 = 0; k0 < p.k; k0 += kTile) {
     const std::int64_t kn = std::min(kTile, p.k - k0);
-    for (std::int64_t kk = 0; kk < kn; ++kk) {
-      T* t = tile + kk * NV * kLanes<T>;
-      for (std::int64_t i = 0; i < rows; ++i) t[i] = d[(row0 + i) * rs + (k0 + kk) * cs];
-      for (std::int64_t i = rows; i < NV * kLanes<T>; ++i) t[i] = 0;
-    }
+    if (rows < w) std::fill(tile, tile + kn * w, T(0));
+    transpose_block<T>(d + row0 * rs + k0 * cs, rs, cs, rows, kn, tile, 1, w, T(1));
     for (std::int64_t kk = 0; kk < kn; ++kk) {
       Vec<T> col[NV];
-      for (int u = 0; u < NV; ++u) col[u] = reinterpret_cast<const Vec<T>*>(tile + kk * NV * kLanes<T>)[u];
+      for (int u = 0; u < NV; ++u) col[u] = reinterpret_cast<const Vec<T>*>(tile + kk * w)[u];
       for (std::int64_t q = ptr[k0 + kk]; q < ptr[k0 + kk + 1]; ++q) {
-        Vec<T>* out = reinterpret_cast<Vec<T>*>(acc + idx[q] * mp + row0);
+        Vec<T>* out = reinterpret_cast<Vec<T>*>(acc + idx[q] * w);
         const T v = val[q];
         for (int u = 0; u < NV; ++u) out[u] += v * col[u];
       }
@@ -199,50 +225,47 @@ void sparse_forward(const KernelArgs& k) {
   // other grouping that needs more takes the dense path (correct, only slower).
   if (p.m == 0 || p.n == 0 || sparse_bytes<T>(p) > k.workspace_bytes) return forward<T>(k);
   const T alpha = static_cast<T>(batch_factor(at.alpha, at.batch_power, k.batch));
-  const std::int64_t mp = padded<T>(p.m);
+  const std::int64_t vectors = padded<T>(p.m) / kLanes<T>;
+  // Panels: one per thread when the work pays for a parallel region, at most kMaxPanel vectors.
+  const int threads = s.nnz() * vectors >= (1 << 16) ? k.threads : 1;
+  const std::int64_t width = std::min(kMaxPanel, (vectors + threads - 1) / threads);
+  const std::int64_t panels = (vectors + width - 1) / width;
   T* ws = reinterpret_cast<T*>((reinterpret_cast<std::uintptr_t>(k.workspace) + 63) / 64 * 64);
-  if (p.gather) {
-    // D^T packed {K, Mp}, zero past M: every load below is a whole aligned vector.
-    const T* d = data<T>(p.d);
-    for (std::int64_t kk = 0; kk < p.k; ++kk) {
-      for (std::int64_t i = 0; i < p.m; ++i) ws[kk * mp + i] = d[i * p.d.strides[0] + kk * p.d.strides[1]];
-      for (std::int64_t i = p.m; i < mp; ++i) ws[kk * mp + i] = 0;
-    }
-    const std::int64_t per_column = std::max<std::int64_t>(1, s.nnz() / std::max<std::int64_t>(1, p.n)) * mp;
-    parallel_for(p.n, k.threads, per_column, [&](std::int64_t n0, std::int64_t n1) {
-      for (std::int64_t r = 0; r < mp; r += kPanel * kLanes<T>) {
-        switch (std::min<std::int64_t>(kPanel, (mp - r) / kLanes<T>)) {
-          case 4: gather_columns<T, 4>(p, s, ws, mp, r, n0, n1, alpha); break;
-          case 3: gather_columns<T, 3>(p, s, ws, mp, r, n0, n1, alpha); break;
-          case 2: gather_columns<T, 2>(p, s, ws, mp, r, n0, n1, alpha); break;
-          default: gather_columns<T, 1>(p, s, ws, mp, r, n0, n1, alpha); break;
-        }
+  const std::int64_t len = p.gather ? p.k : p.n;  // rows of a panel's scratch
+  auto panel = [&](std::int64_t q) {
+    const std::int64_t row0 = q * width * kLanes<T>;
+    const std::int64_t nv = std::min(width, vectors - q * width), w = nv * kLanes<T>;
+    const std::int64_t rows = std::min(w, p.m - row0);
+    T* part = ws + len * row0;  // this panel's scratch: {len, w}
+    if (p.gather) {
+      // The panel's D^T {K, w}, zero past M: every load is a whole aligned vector.
+      if (rows < w) std::fill(part, part + p.k * w, T(0));
+      transpose_block<T>(data<T>(p.d) + row0 * p.d.strides[0], p.d.strides[0], p.d.strides[1], rows, p.k, part, 1, w, T(1));
+      switch (nv) {
+        case 4: gather_panel<T, 4>(p, s, part, row0, rows, alpha); break;
+        case 3: gather_panel<T, 3>(p, s, part, row0, rows, alpha); break;
+        case 2: gather_panel<T, 2>(p, s, part, row0, rows, alpha); break;
+        default: gather_panel<T, 1>(p, s, part, row0, rows, alpha); break;
       }
-    });
+    } else {
+      switch (nv) {
+        case 4: scatter_panel<T, 4>(p, s, part, row0, rows); break;
+        case 3: scatter_panel<T, 3>(p, s, part, row0, rows); break;
+        case 2: scatter_panel<T, 2>(p, s, part, row0, rows); break;
+        default: scatter_panel<T, 1>(p, s, part, row0, rows); break;
+      }
+      // C[row0.., :] = alpha acc^T.
+      transpose_block<T>(part, w, 1, p.n, rows, data<T>(p.c) + row0 * p.c.strides[0], p.c.strides[1], p.c.strides[0], alpha);
+    }
+  };
+  // No parallel region for one thread: libgomp allocates a team of one afresh every time.
+  const int team = static_cast<int>(std::min<std::int64_t>(threads, panels));
+  if (team <= 1) {
+    for (std::int64_t q = 0; q < panels; ++q) panel(q);
     return;
   }
-  // Scatter: threads take panels of whole vectors of C's rows (whole cache lines of the
-  // accumulator: no false sharing), two vectors each when there are enough.
-  const std::int64_t vectors = mp / kLanes<T>;
-  const std::int64_t width = vectors >= 2 * k.threads ? 2 : 1;
-  const std::int64_t panels = (vectors + width - 1) / width;
-  parallel_for(panels, k.threads, s.nnz() * width * kLanes<T>, [&](std::int64_t q0, std::int64_t q1) {
-    for (std::int64_t q = q0; q < q1; ++q) {
-      const std::int64_t row0 = q * width * kLanes<T>;
-      const std::int64_t w = std::min(width, vectors - q * width);
-      for (std::int64_t nn = 0; nn < p.n; ++nn)
-        for (std::int64_t i = 0; i < w * kLanes<T>; ++i) ws[nn * mp + row0 + i] = 0;
-      if (w == 2)
-        scatter_rows<T, 2>(p, s, ws, mp, row0);
-      else
-        scatter_rows<T, 1>(p, s, ws, mp, row0);
-      T* c = data<T>(p.c);
-      const std::int64_t rows = std::min(w * kLanes<T>, p.m - row0);
-      for (std::int64_t i = 0; i < rows; ++i)
-        for (std::int64_t nn = 0; nn < p.n; ++nn)
-          c[(row0 + i) * p.c.strides[0] + nn * p.c.strides[1]] = alpha * ws[nn * mp + row0 + i];
-    }
-  });
+#pragma omp parallel for num_threads(team) schedule(static)
+  for (std::int64_t q = 0; q < panels; ++q) panel(q);
 }
 
 // Workspace for the sparse kernels, planned for nonzeros grouped along the input's open (batch)

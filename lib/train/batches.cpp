@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <functional>
 #include <numeric>
 
 namespace gg::train {
@@ -85,6 +86,44 @@ Batches::Batches(const Dataset& d, const BatchOptions& o)
   std::iota(order_.begin(), order_.end(), std::int64_t{0});
   xbuf_ = Tensor(o.dtype, {batch_, d.features()});
   lbuf_ = Tensor(DType::i64, {batch_});
+  if (o.layout == nn::Layout::nchw) return;
+
+  // The density of the normalised data, from the bytes: which byte values normalise to zero is a
+  // table of 256 (the same arithmetic as the gather), and per example the nonzeros are counted,
+  // so the storage of a batch's nonzeros is reserved once for the densest possible batch (a
+  // shift only moves pixels out). Steps then never allocate.
+  const Normalization& n = o.normalization;
+  const bool plain = n.mean == 0.0 && n.std == 1.0;
+  const float div = static_cast<float>(n.divisor), mean = static_cast<float>(n.mean), sd = static_cast<float>(n.std);
+  bool nonzero[256];
+  for (int b = 0; b < 256; ++b) {
+    const float v = static_cast<float>(b) / div;
+    nonzero[b] = (plain ? v : (v - mean) / sd) != 0.0f;
+  }
+  const std::int64_t f = d.features();
+  std::vector<std::int64_t> per_example(static_cast<std::size_t>(d.count));
+  std::int64_t total = 0;
+  for (std::int64_t j = 0; j < d.count; ++j) {
+    const std::uint8_t* p = d.pixels.data() + j * f;
+    std::int64_t c = 0;
+    for (std::int64_t i = 0; i < f; ++i) c += nonzero[p[i]];
+    per_example[static_cast<std::size_t>(j)] = c;
+    total += c;
+  }
+  density_ = f > 0 ? static_cast<double>(total) / static_cast<double>(d.count * f) : 1;
+  sparse_ = o.sparse && density_ <= kSparseData;
+  if (!sparse_) return;
+  std::int64_t most = total;
+  if (batch_ < d.count) {
+    std::nth_element(per_example.begin(), per_example.begin() + batch_, per_example.end(), std::greater<>());
+    most = std::accumulate(per_example.begin(), per_example.begin() + batch_, std::int64_t{0});
+  }
+  nonzeros_.ptr.reserve(static_cast<std::size_t>(batch_ + 1));
+  nonzeros_.index.reserve(static_cast<std::size_t>(most));
+  if (o.dtype == DType::f32)
+    nonzeros_.values_f32.reserve(static_cast<std::size_t>(most));
+  else
+    nonzeros_.values_f64.reserve(static_cast<std::size_t>(most));
 }
 
 void Batches::start_epoch() {
@@ -114,7 +153,8 @@ const Batch& Batches::next() {
   }
   const std::int64_t first = index_ * batch_, count = std::min(batch_, data_->count - first);
   const bool full = batch_ == data_->count && opts_.shift == 0;  // shifted images change every epoch
-  if (!(full && filled_once_)) gather(first, count);  // the full batch is in file order: normalise it once
+  const bool fresh = !(full && filled_once_);
+  if (fresh) gather(first, count);  // the full batch is in file order: normalise it once
   filled_once_ = full;
   const std::int64_t f = data_->features();
   Batch& b = batch_view_;
@@ -129,6 +169,8 @@ const Batch& Batches::next() {
   } else {
     b.x = TensorView(xbuf_.data(), opts_.dtype, image_shape(data_->example, count));
   }
+  if (sparse_ && fresh) to_sparse(b.x, opts_.layout == nn::Layout::columns ? 1 : 0, nonzeros_, std::max(1, opts_.threads));
+  b.sparse = sparse_ ? &nonzeros_ : nullptr;
   b.labels = TensorView(lbuf_.data(), DType::i64, Shape{count});
   b.size = count;
   b.epoch = epoch_;

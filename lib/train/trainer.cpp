@@ -74,7 +74,7 @@ FitResult Trainer::fit(Batches& batches, const FitOptions& fo, const Callbacks& 
       train_->set_learning_rate(want);
       lr = want;
     }
-    train_->run({{model_.x, b.x}, {model_.labels, b.labels}});
+    train_->run({{model_.x, b.x, b.sparse}, {model_.labels, b.labels}});
     StepInfo s;
     s.step = step_;
     s.epoch = b.epoch;
@@ -150,7 +150,7 @@ Evaluation Trainer::evaluate(const Dataset& d, const Normalization& norm, std::i
   std::int64_t at = 0;
   for (std::int64_t s = 0; s < batches.steps_per_epoch(); ++s) {
     const Batch& b = batches.next();
-    eval_->run({{model_.x, b.x}, {model_.labels, b.labels}});
+    eval_->run({{model_.x, b.x, b.sparse}, {model_.labels, b.labels}});
     loss += eval_->scalar(loss_) * static_cast<double>(b.size);
     const TensorView pred = eval_->get(predictions_), prob = eval_->get(probabilities_);
     const std::int64_t* p = pred.ptr<std::int64_t>();
