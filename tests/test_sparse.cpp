@@ -147,6 +147,29 @@ TEST_CASE("Sparse products equal the dense GEMM for examples as columns or rows,
           }
 }
 
+TEST_CASE("Sparse products over a whole data set (threads split the examples) equal the dense GEMM, any thread count") {
+  // 9000 examples: past the size from which threads split the nonzeros' groups, not C's rows.
+  for (DType t : {f32, f64})
+    for (bool columns : {true, false}) {
+      const std::int64_t m = 40, k = 30, batch = 9000;
+      CAPTURE(dtype_name(t), columns);
+      Layer l(t, m, k, columns, false);
+      const Tensor x = random_sparse(t, columns ? Shape{k, batch} : Shape{batch, k}, 0.2, 41);
+      const Tensor gz = random_dense(t, columns ? Shape{m, batch} : Shape{batch, m}, 42);
+      const Tensor w = random_dense(t, l.w.shape(), 43);
+      const SparseMatrix s = to_sparse(x.view(), l.major(), 2);
+      const Outputs dense = run_layer(l, x, gz, w, nullptr, 2);
+      const Outputs one = run_layer(l, x, gz, w, &s, 1, 1.0);
+      CHECK(rel_diff(one.z.view(), dense.z.view()) <= tolerance(t));
+      CHECK(rel_diff(one.dw.view(), dense.dw.view()) <= tolerance(t));
+      for (int threads : {2, 3}) {
+        const Outputs more = run_layer(l, x, gz, w, &s, threads, 1.0);
+        CHECK(bitwise_equal(more.z.view(), one.z.view()));
+        CHECK(bitwise_equal(more.dw.view(), one.dw.view()));
+      }
+    }
+}
+
 TEST_CASE("A sparse product is chosen from the fed density, reported, and off at sparse_density 0") {
   Layer l(f32, 64, 100, true, false);
   const Tensor x = random_sparse(f32, {100, 50}, 0.2, 5), gz = random_dense(f32, {64, 50}, 6);

@@ -134,10 +134,21 @@ SparseProduct sparse_product(const MatMulAttrs& at, const TensorView& a, const T
   return p;
 }
 
-// Panel-major scratch: panel q (rows q * width ..) holds {K or N, its vectors} contiguously.
+// From this many groups of nonzeros on (a full data set), threads split the groups rather than
+// C's rows: each nonzero is then read from memory once, not once per thread. The scatter's
+// groups go to kChunks fixed chunks, each with its own accumulator, added in chunk order: the
+// same bits for any thread count. Both depend on the shapes only.
+constexpr std::int64_t kWide = 8192;
+constexpr std::int64_t kChunks = 8;
+
+bool wide(const SparseProduct& p) { return (p.gather ? p.n : p.k) >= kWide; }
+
+// Panel-major scratch: panel q (rows q * width ..) holds {K or N, its vectors} contiguously; a
+// wide scatter has one such accumulator per chunk.
 template <typename T>
 std::size_t sparse_bytes(const SparseProduct& p) {
-  return static_cast<std::size_t>((p.gather ? p.k : p.n) * padded<T>(p.m)) * sizeof(T) + 64;
+  const std::int64_t copies = !p.gather && wide(p) ? kChunks : 1;
+  return static_cast<std::size_t>(copies * (p.gather ? p.k : p.n) * padded<T>(p.m)) * sizeof(T) + 64;
 }
 
 // dst[r * drs + c * dcs] = scale * src[r * rs + c * cs] for r < rows, c < cols, in 16 x 16 tiles
@@ -158,14 +169,15 @@ void transpose_block(const T* src, std::int64_t rs, std::int64_t cs, std::int64_
 // One panel of C's rows [row0, row0 + rows), NV vectors wide, for every column n: dt is the
 // panel's D^T {K, NV lanes}.
 template <typename T, int NV>
-void gather_panel(const SparseProduct& p, const SparseMatrix& s, const T* dt, std::int64_t row0, std::int64_t rows, T alpha) {
+void gather_panel(const SparseProduct& p, const SparseMatrix& s, const T* dt, std::int64_t row0, std::int64_t rows,
+                  std::int64_t n0, std::int64_t n1, T alpha) {
   constexpr std::int64_t w = NV * kLanes<T>;
   const std::int64_t* ptr = s.ptr.data();
   const std::int32_t* idx = s.index.data();
   const T* val = s.values<T>();
   T* c = data<T>(p.c);
   const std::int64_t rs = p.c.strides[0], cs = p.c.strides[1];
-  for (std::int64_t n = 0; n < p.n; ++n) {
+  for (std::int64_t n = n0; n < n1; ++n) {
     Vec<T> even[NV] = {}, odd[NV] = {};
     std::int64_t q = ptr[n];
     const std::int64_t end = ptr[n + 1];
@@ -185,9 +197,10 @@ void gather_panel(const SparseProduct& p, const SparseMatrix& s, const T* dt, st
   }
 }
 
-// One panel of C's rows, accumulated into acc {N, NV lanes} (zeroed here).
+// One panel of C's rows over B's rows [kb, ke), accumulated into acc {N, NV lanes} (zeroed here).
 template <typename T, int NV>
-void scatter_panel(const SparseProduct& p, const SparseMatrix& s, T* acc, std::int64_t row0, std::int64_t rows) {
+void scatter_panel(const SparseProduct& p, const SparseMatrix& s, T* acc, std::int64_t row0, std::int64_t rows,
+                   std::int64_t kb, std::int64_t ke) {
   constexpr std::int64_t w = NV * kLanes<T>;
   constexpr std::int64_t kTile = 64;  // rows of B (columns of D) packed at a time
   const std::int64_t* ptr = s.ptr.data();
@@ -197,8 +210,8 @@ void scatter_panel(const SparseProduct& p, const SparseMatrix& s, T* acc, std::i
   const std::int64_t rs = p.d.strides[0], cs = p.d.strides[1];
   std::fill(acc, acc + p.n * w, T(0));
   alignas(64) T tile[kTile * w];
-  for (std::int64_t k0 = 0; k0 < p.k; k0 += kTile) {
-    const std::int64_t kn = std::min(kTile, p.k - k0);
+  for (std::int64_t k0 = kb; k0 < ke; k0 += kTile) {
+    const std::int64_t kn = std::min(kTile, ke - k0);
     if (rows < w) std::fill(tile, tile + kn * w, T(0));
     transpose_block<T>(d + row0 * rs + k0 * cs, rs, cs, rows, kn, tile, 1, w, T(1));
     for (std::int64_t kk = 0; kk < kn; ++kk) {
@@ -216,6 +229,82 @@ void scatter_panel(const SparseProduct& p, const SparseMatrix& s, T* acc, std::i
 template <typename T>
 void forward(const KernelArgs& k);
 
+template <typename T, typename F>
+void for_panels(std::int64_t vectors, F&& f) {
+  for (std::int64_t q = 0; q * kMaxPanel < vectors; ++q) {
+    const std::int64_t nv = std::min(kMaxPanel, vectors - q * kMaxPanel);
+    f(q * kMaxPanel * kLanes<T>, nv);
+  }
+}
+
+// Many groups (a full data set): threads split them; C's rows in panels of kMaxPanel vectors.
+template <typename T>
+void sparse_wide(const KernelArgs& k, const SparseProduct& p, const SparseMatrix& s, T alpha) {
+  const std::int64_t mp = padded<T>(p.m), vectors = mp / kLanes<T>;
+  T* ws = reinterpret_cast<T*>((reinterpret_cast<std::uintptr_t>(k.workspace) + 63) / 64 * 64);
+  const T* d = data<T>(p.d);
+  T* c = data<T>(p.c);
+  const int threads = std::max(1, k.threads);
+  if (p.gather) {
+    // D^T packed once per panel ({K, w} at ws + K row0), shared: each thread packs a share of K.
+#pragma omp parallel num_threads(threads)
+    {
+      const int id = omp_get_thread_num(), nt = omp_get_num_threads();
+      const std::int64_t k0 = p.k * id / nt, k1 = p.k * (id + 1) / nt;
+      for_panels<T>(vectors, [&](std::int64_t row0, std::int64_t nv) {
+        const std::int64_t w = nv * kLanes<T>, rows = std::min(w, p.m - row0);
+        T* part = ws + p.k * row0;
+        if (rows < w) std::fill(part + k0 * w, part + k1 * w, T(0));
+        transpose_block<T>(d + row0 * p.d.strides[0] + k0 * p.d.strides[1], p.d.strides[0], p.d.strides[1], rows, k1 - k0,
+                           part + k0 * w, 1, w, T(1));
+      });
+#pragma omp barrier
+      const std::int64_t n0 = p.n * id / nt, n1 = p.n * (id + 1) / nt;
+      for_panels<T>(vectors, [&](std::int64_t row0, std::int64_t nv) {
+        const std::int64_t rows = std::min(nv * kLanes<T>, p.m - row0);
+        const T* part = ws + p.k * row0;
+        switch (nv) {
+          case 4: gather_panel<T, 4>(p, s, part, row0, rows, n0, n1, alpha); break;
+          case 3: gather_panel<T, 3>(p, s, part, row0, rows, n0, n1, alpha); break;
+          case 2: gather_panel<T, 2>(p, s, part, row0, rows, n0, n1, alpha); break;
+          default: gather_panel<T, 1>(p, s, part, row0, rows, n0, n1, alpha); break;
+        }
+      });
+    }
+    return;
+  }
+  // Scatter: chunk ch accumulates B's rows [p.k ch / kChunks, ..) at ws + ch N Mp (panel-major),
+  // then every element of C is the sum of the chunks' values in chunk order.
+  const std::int64_t per_chunk = p.n * mp;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (std::int64_t ch = 0; ch < kChunks; ++ch) {
+      const std::int64_t kb = p.k * ch / kChunks, ke = p.k * (ch + 1) / kChunks;
+      for_panels<T>(vectors, [&](std::int64_t row0, std::int64_t nv) {
+        const std::int64_t rows = std::min(nv * kLanes<T>, p.m - row0);
+        T* part = ws + ch * per_chunk + p.n * row0;
+        switch (nv) {
+          case 4: scatter_panel<T, 4>(p, s, part, row0, rows, kb, ke); break;
+          case 3: scatter_panel<T, 3>(p, s, part, row0, rows, kb, ke); break;
+          case 2: scatter_panel<T, 2>(p, s, part, row0, rows, kb, ke); break;
+          default: scatter_panel<T, 1>(p, s, part, row0, rows, kb, ke); break;
+        }
+      });
+    }
+#pragma omp for schedule(static)
+    for (std::int64_t n = 0; n < p.n; ++n)
+      for_panels<T>(vectors, [&](std::int64_t row0, std::int64_t nv) {
+        const std::int64_t w = nv * kLanes<T>, rows = std::min(w, p.m - row0);
+        for (std::int64_t i = 0; i < rows; ++i) {
+          T sum = 0;
+          for (std::int64_t ch = 0; ch < kChunks; ++ch) sum += ws[ch * per_chunk + p.n * row0 + n * w + i];
+          c[(row0 + i) * p.c.strides[0] + n * p.c.strides[1]] = alpha * sum;
+        }
+      });
+  }
+}
+
 template <typename T>
 void sparse_forward(const KernelArgs& k) {
   const MatMulAttrs& at = k.attrs<MatMulAttrs>();
@@ -226,6 +315,7 @@ void sparse_forward(const KernelArgs& k) {
   if (p.m == 0 || p.n == 0 || sparse_bytes<T>(p) > k.workspace_bytes) return forward<T>(k);
   const T alpha = static_cast<T>(batch_factor(at.alpha, at.batch_power, k.batch));
   const std::int64_t vectors = padded<T>(p.m) / kLanes<T>;
+  if (wide(p)) return sparse_wide<T>(k, p, s, alpha);
   // Panels: one per thread when the work pays for a parallel region, at most kMaxPanel vectors.
   const int threads = s.nnz() * vectors >= (1 << 16) ? k.threads : 1;
   const std::int64_t width = std::min(kMaxPanel, (vectors + threads - 1) / threads);
@@ -242,17 +332,17 @@ void sparse_forward(const KernelArgs& k) {
       if (rows < w) std::fill(part, part + p.k * w, T(0));
       transpose_block<T>(data<T>(p.d) + row0 * p.d.strides[0], p.d.strides[0], p.d.strides[1], rows, p.k, part, 1, w, T(1));
       switch (nv) {
-        case 4: gather_panel<T, 4>(p, s, part, row0, rows, alpha); break;
-        case 3: gather_panel<T, 3>(p, s, part, row0, rows, alpha); break;
-        case 2: gather_panel<T, 2>(p, s, part, row0, rows, alpha); break;
-        default: gather_panel<T, 1>(p, s, part, row0, rows, alpha); break;
+        case 4: gather_panel<T, 4>(p, s, part, row0, rows, 0, p.n, alpha); break;
+        case 3: gather_panel<T, 3>(p, s, part, row0, rows, 0, p.n, alpha); break;
+        case 2: gather_panel<T, 2>(p, s, part, row0, rows, 0, p.n, alpha); break;
+        default: gather_panel<T, 1>(p, s, part, row0, rows, 0, p.n, alpha); break;
       }
     } else {
       switch (nv) {
-        case 4: scatter_panel<T, 4>(p, s, part, row0, rows); break;
-        case 3: scatter_panel<T, 3>(p, s, part, row0, rows); break;
-        case 2: scatter_panel<T, 2>(p, s, part, row0, rows); break;
-        default: scatter_panel<T, 1>(p, s, part, row0, rows); break;
+        case 4: scatter_panel<T, 4>(p, s, part, row0, rows, 0, p.k); break;
+        case 3: scatter_panel<T, 3>(p, s, part, row0, rows, 0, p.k); break;
+        case 2: scatter_panel<T, 2>(p, s, part, row0, rows, 0, p.k); break;
+        default: scatter_panel<T, 1>(p, s, part, row0, rows, 0, p.k); break;
       }
       // C[row0.., :] = alpha acc^T.
       transpose_block<T>(part, w, 1, p.n, rows, data<T>(p.c) + row0 * p.c.strides[0], p.c.strides[1], p.c.strides[0], alpha);
