@@ -240,3 +240,84 @@ TEST_CASE("Nonzeros that do not match the fed matrix are rejected by run") {
                     Catch::Contains("input 'X'") && Catch::Contains("{10, 5}"));
   CHECK_THROWS_WITH(p.run({{l.x, x.view(), &wrong_dtype}, {l.gz, gz.view()}}), Catch::Contains("float64"));
 }
+
+namespace {
+
+// A two-layer network trained with plain SGD, examples as columns: both weight gradients are
+// GEMMs read only by their updates, so the fusion pass folds each update into its GEMM.
+struct SgdNet {
+  Graph g;
+  Value x, w1, w2, loss;
+  std::vector<Value> grads, updates;
+  explicit SgdNet(DType t, double weight_decay = 0) : g(t) {
+    x = g.input("X", {30, dyn});
+    w1 = g.param("W1", {16, 30}, uniform(-0.5, 0.5));
+    w2 = g.param("W2", {5, 16}, uniform(-0.5, 0.5));
+    const Value z2 = matmul(w2, relu(matmul(w1, x)));
+    loss = mean(z2 * z2) * 0.5;
+    grads = gradients(loss, {w1, w2});
+    updates = sgd({w1, w2}, grads, {.lr = 0.1, .weight_decay = weight_decay});
+  }
+  std::vector<Value> fetches() const {
+    std::vector<Value> f = updates;
+    f.push_back(loss);
+    return f;
+  }
+};
+
+int count_op(Program& p, std::int64_t batch, const std::string& op) {
+  int n = 0;
+  for (const std::string& s : p.schedule(batch)) n += s.rfind(op + " ", 0) == 0;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("A plain SGD update is folded into its weight gradient's GEMM, dense or sparse, and trains the same") {
+  for (DType t : {f32, f64})
+    for (bool sparse : {false, true}) {
+      CAPTURE(dtype_name(t), sparse);
+      SgdNet net(t);
+      Program folded(net.g, net.fetches(), {.threads = 2, .seed = 4});
+      Program plain(net.g, net.fetches(), {.fuse = false, .threads = 2, .seed = 4});
+      const Tensor x = random_sparse(t, {30, 50}, 0.2, 8);
+      const SparseMatrix s = to_sparse(x.view(), 1);
+      for (int step = 0; step < 3; ++step) {
+        folded.run({{net.x, x.view(), sparse ? &s : nullptr}});
+        plain.run({{net.x, x.view()}});
+        CHECK(folded.scalar(net.loss) == Approx(plain.scalar(net.loss)).epsilon(tolerance(t) * 10));
+      }
+      CHECK(count_op(folded, 50, "gemm_sgd_update") == 2);
+      CHECK(count_op(folded, 50, "sgd_update") == 0);
+      if (sparse) CHECK(folded.product_choices().size() == 2);  // the forward product and W1's folded update
+      for (const char* w : {"W1", "W2"}) {
+        CAPTURE(w);
+        CHECK(rel_diff(folded.param(w), plain.param(w)) <= tolerance(t));
+      }
+    }
+}
+
+TEST_CASE("An SGD update with weight decay, or whose gradient is fetched, is not folded") {
+  SgdNet decayed(f32, 1e-3);
+  Program p(decayed.g, decayed.fetches());
+  CHECK(count_op(p, 8, "gemm_sgd_update") == 0);
+  SgdNet fetched(f32);
+  std::vector<Value> f = fetched.fetches();
+  f.push_back(fetched.grads[0]);
+  Program q(fetched.g, f);
+  CHECK(count_op(q, 8, "gemm_sgd_update") == 1);  // W2's only
+}
+
+TEST_CASE("A folded update follows the learning rate set by a schedule") {
+  SgdNet net(f64);
+  Program folded(net.g, net.fetches(), {.threads = 1, .seed = 4});
+  Program plain(net.g, net.fetches(), {.fuse = false, .threads = 1, .seed = 4});
+  const Tensor x = random_sparse(f64, {30, 20}, 0.5, 9);
+  for (double lr : {0.3, 0.01}) {
+    CHECK(folded.set_learning_rate(lr) == 2);
+    plain.set_learning_rate(lr);
+    folded.run({{net.x, x.view()}});
+    plain.run({{net.x, x.view()}});
+  }
+  CHECK(rel_diff(folded.param("W1"), plain.param("W1")) <= 1e-12);
+}

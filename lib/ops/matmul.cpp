@@ -50,17 +50,16 @@ Outputs infer(const Graph& g, const Node& n) {
 // op(X) as a view: the transpose is a stride swap.
 TensorView op_view(const TensorView& v, bool trans) { return trans ? v.transposed() : v; }
 
+// C = alpha op(A) op(B) + beta C through BLIS's typed gemm (beta 0 or 1).
 template <typename T>
-void forward(const KernelArgs& k) {
-  const MatMulAttrs& at = k.attrs<MatMulAttrs>();
-  TensorView a = op_view(k.in[0], at.trans_a), b = op_view(k.in[1], at.trans_b);
-  const TensorView& c = k.out[0];
+void gemm_into(const TensorView& a0, const TensorView& b0, const TensorView& c, const MatMulAttrs& at, T alpha, T beta,
+               int threads) {
+  TensorView a = op_view(a0, at.trans_a), b = op_view(b0, at.trans_b);
   const dim_t m = a.shape[0], kk = a.shape[1], n = b.shape[1];
-  T alpha = static_cast<T>(batch_factor(at.alpha, at.batch_power, k.batch)), beta = 0;
   if (m == 0 || n == 0) return;
   if (kk == 0) {  // BLIS would scale C by beta; an empty sum is zero
     for (dim_t i = 0; i < m; ++i)
-      for (dim_t j = 0; j < n; ++j) data<T>(c)[i * c.strides[0] + j * c.strides[1]] = 0;
+      for (dim_t j = 0; j < n; ++j) data<T>(c)[i * c.strides[0] + j * c.strides[1]] *= beta;
     return;
   }
   // Threads per call (not BLIS's global setting). Every call of a program uses the program's
@@ -68,13 +67,20 @@ void forward(const KernelArgs& k) {
   // next one asks for the same size, so steady-state steps allocate nothing (a team of one is
   // never cached, so single-threaded programs do allocate one per GEMM, inside libgomp).
   rntm_t rntm = BLIS_RNTM_INITIALIZER;
-  bli_rntm_set_num_threads(k.threads, &rntm);
+  bli_rntm_set_num_threads(threads, &rntm);
   if constexpr (std::is_same_v<T, float>)
     bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, kk, &alpha, data<T>(a), a.strides[0], a.strides[1],
                  data<T>(b), b.strides[0], b.strides[1], &beta, data<T>(c), c.strides[0], c.strides[1], nullptr, &rntm);
   else
     bli_dgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, kk, &alpha, data<T>(a), a.strides[0], a.strides[1],
                  data<T>(b), b.strides[0], b.strides[1], &beta, data<T>(c), c.strides[0], c.strides[1], nullptr, &rntm);
+}
+
+template <typename T>
+void forward(const KernelArgs& k) {
+  const MatMulAttrs& at = k.attrs<MatMulAttrs>();
+  gemm_into<T>(k.in[0], k.in[1], k.out[0], at, static_cast<T>(batch_factor(at.alpha, at.batch_power, k.batch)), T(0),
+               k.threads);
 }
 
 // ---- sparse x dense -----------------------------------------------------------------------------
@@ -156,13 +162,17 @@ std::size_t sparse_bytes(const SparseProduct& p) {
 // on the other.
 template <typename T>
 void transpose_block(const T* src, std::int64_t rs, std::int64_t cs, std::int64_t rows, std::int64_t cols, T* dst,
-                     std::int64_t drs, std::int64_t dcs, T scale) {
+                     std::int64_t drs, std::int64_t dcs, T scale, bool accumulate = false) {
   constexpr std::int64_t kB = 16;
   for (std::int64_t a = 0; a < rows; a += kB)
     for (std::int64_t b = 0; b < cols; b += kB) {
       const std::int64_t ae = std::min(a + kB, rows), be = std::min(b + kB, cols);
-      for (std::int64_t c = b; c < be; ++c)
-        for (std::int64_t r = a; r < ae; ++r) dst[r * drs + c * dcs] = scale * src[r * rs + c * cs];
+      if (accumulate)
+        for (std::int64_t c = b; c < be; ++c)
+          for (std::int64_t r = a; r < ae; ++r) dst[r * drs + c * dcs] += scale * src[r * rs + c * cs];
+      else
+        for (std::int64_t c = b; c < be; ++c)
+          for (std::int64_t r = a; r < ae; ++r) dst[r * drs + c * dcs] = scale * src[r * rs + c * cs];
     }
 }
 
@@ -170,7 +180,7 @@ void transpose_block(const T* src, std::int64_t rs, std::int64_t cs, std::int64_
 // panel's D^T {K, NV lanes}.
 template <typename T, int NV>
 void gather_panel(const SparseProduct& p, const SparseMatrix& s, const T* dt, std::int64_t row0, std::int64_t rows,
-                  std::int64_t n0, std::int64_t n1, T alpha) {
+                  std::int64_t n0, std::int64_t n1, T alpha, bool accumulate) {
   constexpr std::int64_t w = NV * kLanes<T>;
   const std::int64_t* ptr = s.ptr.data();
   const std::int32_t* idx = s.index.data();
@@ -193,7 +203,10 @@ void gather_panel(const SparseProduct& p, const SparseMatrix& s, const T* dt, st
     }
     alignas(64) T out[w];
     for (int u = 0; u < NV; ++u) reinterpret_cast<Vec<T>*>(out)[u] = even[u] + odd[u];
-    for (std::int64_t i = 0; i < rows; ++i) c[(row0 + i) * rs + n * cs] = alpha * out[i];
+    if (accumulate)
+      for (std::int64_t i = 0; i < rows; ++i) c[(row0 + i) * rs + n * cs] += alpha * out[i];
+    else
+      for (std::int64_t i = 0; i < rows; ++i) c[(row0 + i) * rs + n * cs] = alpha * out[i];
   }
 }
 
@@ -239,7 +252,7 @@ void for_panels(std::int64_t vectors, F&& f) {
 
 // Many groups (a full data set): threads split them; C's rows in panels of kMaxPanel vectors.
 template <typename T>
-void sparse_wide(const KernelArgs& k, const SparseProduct& p, const SparseMatrix& s, T alpha) {
+void sparse_wide(const KernelArgs& k, const SparseProduct& p, const SparseMatrix& s, T alpha, bool accumulate) {
   const std::int64_t mp = padded<T>(p.m), vectors = mp / kLanes<T>;
   T* ws = reinterpret_cast<T*>((reinterpret_cast<std::uintptr_t>(k.workspace) + 63) / 64 * 64);
   const T* d = data<T>(p.d);
@@ -264,10 +277,10 @@ void sparse_wide(const KernelArgs& k, const SparseProduct& p, const SparseMatrix
         const std::int64_t rows = std::min(nv * kLanes<T>, p.m - row0);
         const T* part = ws + p.k * row0;
         switch (nv) {
-          case 4: gather_panel<T, 4>(p, s, part, row0, rows, n0, n1, alpha); break;
-          case 3: gather_panel<T, 3>(p, s, part, row0, rows, n0, n1, alpha); break;
-          case 2: gather_panel<T, 2>(p, s, part, row0, rows, n0, n1, alpha); break;
-          default: gather_panel<T, 1>(p, s, part, row0, rows, n0, n1, alpha); break;
+          case 4: gather_panel<T, 4>(p, s, part, row0, rows, n0, n1, alpha, accumulate); break;
+          case 3: gather_panel<T, 3>(p, s, part, row0, rows, n0, n1, alpha, accumulate); break;
+          case 2: gather_panel<T, 2>(p, s, part, row0, rows, n0, n1, alpha, accumulate); break;
+          default: gather_panel<T, 1>(p, s, part, row0, rows, n0, n1, alpha, accumulate); break;
         }
       });
     }
@@ -299,23 +312,28 @@ void sparse_wide(const KernelArgs& k, const SparseProduct& p, const SparseMatrix
         for (std::int64_t i = 0; i < rows; ++i) {
           T sum = 0;
           for (std::int64_t ch = 0; ch < kChunks; ++ch) sum += ws[ch * per_chunk + p.n * row0 + n * w + i];
-          c[(row0 + i) * p.c.strides[0] + n * p.c.strides[1]] = alpha * sum;
+          T& out = c[(row0 + i) * p.c.strides[0] + n * p.c.strides[1]];
+          out = accumulate ? out + alpha * sum : alpha * sum;
         }
       });
   }
 }
 
+// C = alpha op(A) op(B) (+ C when accumulating) with operand `sparse_operand` (0: A, 1: B) given
+// by k.sparse. False when the workspace was planned for the other grouping and is too small: the
+// caller then takes the dense path (correct, only slower).
 template <typename T>
-void sparse_forward(const KernelArgs& k) {
-  const MatMulAttrs& at = k.attrs<MatMulAttrs>();
+bool run_sparse(const KernelArgs& k, const TensorView& a, const TensorView& b, const TensorView& c, const MatMulAttrs& at,
+                int sparse_operand, T alpha, bool accumulate) {
   const SparseMatrix& s = *k.sparse;
-  const SparseProduct p = sparse_product(at, k.in[0], k.in[1], k.out[0], k.sparse_operand, s.major);
-  // The planner reserved the workspace for nonzeros grouped along the input's batch axis; any
-  // other grouping that needs more takes the dense path (correct, only slower).
-  if (p.m == 0 || p.n == 0 || sparse_bytes<T>(p) > k.workspace_bytes) return forward<T>(k);
-  const T alpha = static_cast<T>(batch_factor(at.alpha, at.batch_power, k.batch));
+  const SparseProduct p = sparse_product(at, a, b, c, sparse_operand, s.major);
+  if (sparse_bytes<T>(p) > k.workspace_bytes) return false;
+  if (p.m == 0 || p.n == 0) return true;
   const std::int64_t vectors = padded<T>(p.m) / kLanes<T>;
-  if (wide(p)) return sparse_wide<T>(k, p, s, alpha);
+  if (wide(p)) {
+    sparse_wide<T>(k, p, s, alpha, accumulate);
+    return true;
+  }
   // Panels: one per thread when the work pays for a parallel region, at most kMaxPanel vectors.
   const int threads = s.nnz() * vectors >= (1 << 16) ? k.threads : 1;
   const std::int64_t width = std::min(kMaxPanel, (vectors + threads - 1) / threads);
@@ -332,10 +350,10 @@ void sparse_forward(const KernelArgs& k) {
       if (rows < w) std::fill(part, part + p.k * w, T(0));
       transpose_block<T>(data<T>(p.d) + row0 * p.d.strides[0], p.d.strides[0], p.d.strides[1], rows, p.k, part, 1, w, T(1));
       switch (nv) {
-        case 4: gather_panel<T, 4>(p, s, part, row0, rows, 0, p.n, alpha); break;
-        case 3: gather_panel<T, 3>(p, s, part, row0, rows, 0, p.n, alpha); break;
-        case 2: gather_panel<T, 2>(p, s, part, row0, rows, 0, p.n, alpha); break;
-        default: gather_panel<T, 1>(p, s, part, row0, rows, 0, p.n, alpha); break;
+        case 4: gather_panel<T, 4>(p, s, part, row0, rows, 0, p.n, alpha, accumulate); break;
+        case 3: gather_panel<T, 3>(p, s, part, row0, rows, 0, p.n, alpha, accumulate); break;
+        case 2: gather_panel<T, 2>(p, s, part, row0, rows, 0, p.n, alpha, accumulate); break;
+        default: gather_panel<T, 1>(p, s, part, row0, rows, 0, p.n, alpha, accumulate); break;
       }
     } else {
       switch (nv) {
@@ -345,28 +363,40 @@ void sparse_forward(const KernelArgs& k) {
         default: scatter_panel<T, 1>(p, s, part, row0, rows, 0, p.k); break;
       }
       // C[row0.., :] = alpha acc^T.
-      transpose_block<T>(part, w, 1, p.n, rows, data<T>(p.c) + row0 * p.c.strides[0], p.c.strides[1], p.c.strides[0], alpha);
+      transpose_block<T>(part, w, 1, p.n, rows, data<T>(p.c) + row0 * p.c.strides[0], p.c.strides[1], p.c.strides[0], alpha,
+                         accumulate);
     }
   };
   // No parallel region for one thread: libgomp allocates a team of one afresh every time.
   const int team = static_cast<int>(std::min<std::int64_t>(threads, panels));
   if (team <= 1) {
     for (std::int64_t q = 0; q < panels; ++q) panel(q);
-    return;
+    return true;
   }
 #pragma omp parallel for num_threads(team) schedule(static)
   for (std::int64_t q = 0; q < panels; ++q) panel(q);
+  return true;
+}
+
+template <typename T>
+void sparse_forward(const KernelArgs& k) {
+  const MatMulAttrs& at = k.attrs<MatMulAttrs>();
+  const T alpha = static_cast<T>(batch_factor(at.alpha, at.batch_power, k.batch));
+  if (!run_sparse<T>(k, k.in[0], k.in[1], k.out[0], at, k.sparse_operand, alpha, false)) forward<T>(k);
 }
 
 // Workspace for the sparse kernels, planned for nonzeros grouped along the input's open (batch)
 // axis, else along its axis 0 (what the batch iterator and gg::to_sparse of a data set give).
-std::size_t sparse_scratch(const Node& n, const Shape* in, int, int sparse_operand, int major) {
-  const MatMulAttrs& at = n.attrs.as<MatMulAttrs>();
-  const TensorView a(nullptr, n.out().dtype, in[0]), b(nullptr, n.out().dtype, in[1]);
-  const std::int64_t m = at.trans_a ? in[0][1] : in[0][0], nn = at.trans_b ? in[1][0] : in[1][1];
-  const TensorView c(nullptr, n.out().dtype, Shape{m, nn});
+std::size_t sparse_scratch_of(const MatMulAttrs& at, DType t, const Shape& sa, const Shape& sb, int sparse_operand, int major) {
+  const TensorView a(nullptr, t, sa), b(nullptr, t, sb);
+  const std::int64_t m = at.trans_a ? sa[1] : sa[0], nn = at.trans_b ? sb[0] : sb[1];
+  const TensorView c(nullptr, t, Shape{m, nn});
   const SparseProduct p = sparse_product(at, a, b, c, sparse_operand, major);
-  return n.out().dtype == DType::f32 ? sparse_bytes<float>(p) : sparse_bytes<double>(p);
+  return t == DType::f32 ? sparse_bytes<float>(p) : sparse_bytes<double>(p);
+}
+
+std::size_t sparse_scratch(const Node& n, const Shape* in, int, int sparse_operand, int major) {
+  return sparse_scratch_of(n.attrs.as<MatMulAttrs>(), n.out().dtype, in[0], in[1], sparse_operand, major);
 }
 
 Value gemm(Value x, Value y, MatMulAttrs at);
@@ -444,6 +474,82 @@ bool fold_scale_of_gemm(Rewriter& r, int i) {
 
 GG_FUSION(fold_scale_into_gemms_rule) = {"fold_scale_into_gemms", 0, fold_scale_into_readers};
 GG_FUSION(fold_scale_of_gemm_rule) = {"fold_scale_of_gemm", 0, fold_scale_of_gemm};
+
+// ---- plain SGD folded into the weight gradient's GEMM ------------------------------------------------
+//
+// gemm_sgd_update(P, A, B): P -= lr alpha op(A) op(B). An SGD update without weight decay whose
+// gradient is a GEMM read by nothing else becomes one GEMM with beta = 1 (the sparse kernels add
+// into P the same way): the gradient is never stored, and P is read and written once. Made only
+// by the rule below (the updates, and the rule, run after everything else).
+namespace {
+
+struct GemmSgdAttrs {
+  bool trans_a = false, trans_b = false;
+  double alpha = 1;
+  int batch_power = 0;
+  double lr = 0;  // what Program::set_learning_rate sets
+  template <typename F> void visit(F&& f) {
+    f("trans_a", trans_a), f("trans_b", trans_b), f("alpha", alpha), f("batch_power", batch_power), f("lr", lr);
+  }
+  MatMulAttrs gemm() const { return {trans_a, trans_b, alpha, batch_power}; }
+};
+
+Outputs infer_gemm_sgd(const Graph& g, const Node& n) { return operand(g, n, 0); }
+
+template <typename T>
+T sgd_alpha(const KernelArgs& k) {
+  const GemmSgdAttrs& at = k.attrs<GemmSgdAttrs>();
+  return static_cast<T>(-at.lr * batch_factor(at.alpha, at.batch_power, k.batch));
+}
+
+template <typename T>
+void gemm_sgd_fwd(const KernelArgs& k) {
+  gemm_into<T>(k.in[1], k.in[2], k.in[0], k.attrs<GemmSgdAttrs>().gemm(), sgd_alpha<T>(k), T(1), k.threads);
+}
+
+template <typename T>
+void gemm_sgd_sparse(const KernelArgs& k) {
+  if (!run_sparse<T>(k, k.in[1], k.in[2], k.in[0], k.attrs<GemmSgdAttrs>().gemm(), k.sparse_operand - 1, sgd_alpha<T>(k), true))
+    gemm_sgd_fwd<T>(k);
+}
+
+std::size_t gemm_sgd_scratch(const Node& n, const Shape* in, int, int sparse_operand, int major) {
+  return sparse_scratch_of(n.attrs.as<GemmSgdAttrs>().gemm(), n.out().dtype, in[1], in[2], sparse_operand - 1, major);
+}
+
+}  // namespace
+
+GG_OP(gemm_sgd_update_op) = {.name = "gemm_sgd_update", .arity = 3, .flags = kInternal | kNonDifferentiable | kStrided,
+                             .writes = 0b1, .alias = 0, .kernels = {.f32 = gemm_sgd_fwd<float>, .f64 = gemm_sgd_fwd<double>},
+                             .infer = infer_gemm_sgd,
+                             .sparse_kernels = {.f32 = gemm_sgd_sparse<float>, .f64 = gemm_sgd_sparse<double>},
+                             .sparse_operands = 0b110, .sparse_workspace = gemm_sgd_scratch};
+
+namespace {
+
+bool fold_sgd_into_gemm(Rewriter& r, int i) {
+  IrNode& u = r.at(i);
+  if (u.node.op != &sgd_update_op) return false;
+  const SgdAttrs& sa = u.node.attrs.as<SgdAttrs>();
+  if (sa.weight_decay != 0) return false;
+  const int g = u.node.inputs[1].node;
+  if (r.op(g) != &matmul_op || r.fetched(g) || r.readers(g).size() != 1) return false;
+  const Node& mm = r.at(g).node;
+  for (const Operand& o : mm.inputs)
+    if (o.node == u.node.inputs[0].node) return false;  // the product reads the parameter it would overwrite
+  const MatMulAttrs& ma = mm.attrs.as<MatMulAttrs>();
+  const GemmSgdAttrs at{ma.trans_a, ma.trans_b, ma.alpha, ma.batch_power, sa.lr};
+  u.node.inputs = {u.node.inputs[0], mm.inputs[0], mm.inputs[1]};
+  u.node.op = &gemm_sgd_update_op;
+  u.node.attrs = Attrs(at);
+  u.node.fused = true;
+  r.kill(g);
+  return true;
+}
+
+}  // namespace
+
+GG_FUSION(fold_sgd_into_gemm_rule) = {"fold_sgd_into_gemm", 2, fold_sgd_into_gemm};
 
 }  // namespace detail
 

@@ -119,6 +119,16 @@ struct ScaleAttrs {
   template <typename F> void visit(F&& f) { f("factor", factor), f("batch_power", batch_power); }
 };
 
+// sgd_update and momentum_update (update.cpp); the GEMM family folds a plain SGD update into the
+// weight gradient's GEMM (matmul.cpp). Every "lr" field is what Program::set_learning_rate sets.
+struct SgdAttrs {
+  double lr = 0, momentum = 0, weight_decay = 0;
+  bool nesterov = false;
+  template <typename F> void visit(F&& f) {
+    f("lr", lr), f("momentum", momentum), f("weight_decay", weight_decay), f("nesterov", nesterov);
+  }
+};
+
 }  // namespace gg::detail
 
 namespace gg {

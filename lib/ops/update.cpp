@@ -41,14 +41,6 @@ std::vector<Value> adam(const std::vector<Value>& params, const std::vector<Valu
 namespace detail {
 namespace {
 
-// sgd_update and momentum_update. Every "lr" field is what Program::set_learning_rate sets.
-struct SgdAttrs {
-  double lr = 0, momentum = 0, weight_decay = 0;
-  bool nesterov = false;
-  template <typename F> void visit(F&& f) {
-    f("lr", lr), f("momentum", momentum), f("weight_decay", weight_decay), f("nesterov", nesterov);
-  }
-};
 
 struct AdamAttrs {
   double lr = 0, beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0, l2 = 0;
