@@ -569,7 +569,8 @@ std::optional<Options> parse(int argc, char** argv) {
     ("data", po::value(&o.data)->default_value(gg::data::default_data_dir()),
        "MNIST directory (raw or gzipped IDX files)")
     ("only", po::value(&o.only)->default_value("all"),
-       "fullbatch, minibatch, cnn, all, gemm (raw GEMMs only) or density (sparse against dense products by density)")
+       "fullbatch, minibatch, cnn, all, gemm (raw GEMMs only), density (sparse against dense products by density) "
+       "or roofline (memory bandwidth and GEMM peak)")
     ("sparse-density", po::value(&o.sparse_density)->default_value(gg::kDefaultSparseDensity),
        "the programs' CompileOptions::sparse_density (0: dense GEMMs only)")
     ("cnn-steps", po::value(&o.cnn_steps)->default_value(30), "timed steps of the reference CNN (batch 128)")
@@ -599,8 +600,8 @@ std::optional<Options> parse(int argc, char** argv) {
   if (o.reps < 1 || o.steps < 1 || o.epochs < 1 || o.warmup < 0)
     throw std::invalid_argument("--reps, --steps and --epochs must be at least 1, --warmup at least 0");
   if (o.only != "all" && o.only != "fullbatch" && o.only != "minibatch" && o.only != "cnn" && o.only != "gemm" &&
-      o.only != "density")
-    throw std::invalid_argument("--only must be fullbatch, minibatch, cnn, all, gemm or density (got " + o.only + ")");
+      o.only != "density" && o.only != "roofline")
+    throw std::invalid_argument("--only must be fullbatch, minibatch, cnn, all, gemm, density or roofline (got " + o.only + ")");
   if (!(o.sparse_density >= 0 && o.sparse_density <= 1)) throw std::invalid_argument("--sparse-density must be in [0, 1]");
   if (o.cnn_steps < 1) throw std::invalid_argument("--cnn-steps must be at least 1");
   return o;
@@ -808,6 +809,40 @@ void bench_density(const Options& o) {
                   fmt_time(td).c_str(), ts / td);
     }
   }
+}
+
+// ---- the machine's limits ------------------------------------------------------------------------
+
+// What a roofline needs: memory bandwidth (a STREAM-like triad a = b + s c over three 128 MB
+// float32 arrays, each thread its share, counting 12 bytes moved per element) and the GEMM peak
+// (a square 2048 sgemm, the best of a few), both on the benchmark's thread count.
+void bench_roofline(const Options& o) {
+  std::printf("\n[the machine's limits: memory bandwidth and GEMM peak, %d threads]\n", o.threads);
+  const std::int64_t n = std::int64_t{32} << 20;
+  std::vector<float> a(static_cast<std::size_t>(n), 0.0f), b(static_cast<std::size_t>(n), 1.0f), c(static_cast<std::size_t>(n), 2.0f);
+  wait_quiet(o.wait_quiet);
+  std::vector<double> t;
+  for (int r = 0; r < 10; ++r) {
+    auto t0 = Clock::now();
+#pragma omp parallel for num_threads(o.threads) schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) a[static_cast<std::size_t>(i)] = b[static_cast<std::size_t>(i)] + 0.5f * c[static_cast<std::size_t>(i)];
+    t.push_back(seconds_since(t0));
+  }
+  const double best = *std::min_element(t.begin(), t.end());
+  std::printf("  triad a = b + s c, 3 x %s: best %s, %.1f GB/s (median %.1f GB/s)\n", mb(static_cast<double>(n) * 4).c_str(),
+              fmt_time(best).c_str(), 12.0 * static_cast<double>(n) / best / 1e9, 12.0 * static_cast<double>(n) / median(t) / 1e9);
+  const dim_t s = 2048;
+  std::vector<float> x(static_cast<std::size_t>(s * s), 0.5f), y(static_cast<std::size_t>(s * s), 0.25f), z(static_cast<std::size_t>(s * s));
+  rntm_t rntm = BLIS_RNTM_INITIALIZER;
+  bli_rntm_set_num_threads(o.threads, &rntm);
+  float one = 1, zero = 0;
+  double gbest = 1e30;
+  for (int r = 0; r < 6; ++r) {
+    auto t0 = Clock::now();
+    bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, s, s, s, &one, x.data(), s, 1, y.data(), s, 1, &zero, z.data(), s, 1, nullptr, &rntm);
+    gbest = std::min(gbest, seconds_since(t0));
+  }
+  std::printf("  sgemm 2048^3: best %s, %.1f GFLOP/s\n", fmt_time(gbest).c_str(), 2.0 * s * s * s / gbest / 1e9);
 }
 
 int run(const Options& o, const char* self) {
@@ -1076,6 +1111,7 @@ int run(const Options& o, const char* self) {
 
   if (cnn) rows.push_back(bench_cnn(train, o));
   if (o.only == "density") bench_density(o);
+  if (o.only == "roofline") bench_roofline(o);
 
   print_table(rows);
   std::printf("peak RSS of the process: %s\n", mb(static_cast<double>(peak_rss())).c_str());
