@@ -224,6 +224,65 @@ TEST_CASE("a full batch is gathered once and reused", "[train][batches]") {
   CHECK(example_ids(b.next(), d) == std::vector<std::int64_t>{0, 1, 2, 3, 4, 5});  // file order
 }
 
+namespace {
+// Sparse 6x6 images: a bright square at a position that depends on the example.
+train::Dataset sparse_images(std::int64_t n) {
+  train::Dataset d;
+  d.name = "sparse";
+  d.count = n;
+  d.example = Shape{6, 6};
+  d.classes = 2;
+  for (std::int64_t i = 0; i < n; ++i) {
+    d.labels.push_back(i % 2);
+    for (int p = 0; p < 36; ++p) {
+      const int y = p / 6, x = p % 6;
+      const bool on = y >= i % 4 && y < i % 4 + 2 && x >= i % 3 && x < i % 3 + 2 + i % 2;
+      d.pixels.push_back(on ? static_cast<std::uint8_t>(40 + (p * 7 + i) % 200) : std::uint8_t{0});
+    }
+  }
+  return d;
+}
+}  // namespace
+
+TEST_CASE("each batch carries its nonzeros, equal to the gathered values, in either layout, shifted or not",
+          "[train][batches][sparse]") {
+  const train::Dataset d = sparse_images(23);
+  for (nn::Layout layout : {nn::Layout::columns, nn::Layout::rows})
+    for (int shift : {0, 1})
+      for (std::int64_t size : {std::int64_t{5}, std::int64_t{0}}) {
+        CAPTURE(nn::layout_name(layout), shift, size);
+        train::BatchOptions o = batch_options(size);
+        o.layout = layout;
+        o.shift = shift;
+        o.threads = 2;
+        train::Batches b(d, o);
+        CHECK(b.density() < 0.2);
+        for (int s = 0; s < 12; ++s) {  // more than two epochs: the last batches are partial
+          const train::Batch& batch = b.next();
+          REQUIRE(batch.sparse);
+          CHECK(batch.sparse->shape == batch.x.shape);
+          CHECK(batch.sparse->major == (layout == nn::Layout::columns ? 1 : 0));
+          CHECK(values(gg::to_dense(*batch.sparse).view()) == values(batch.x));
+        }
+      }
+}
+
+TEST_CASE("no nonzeros are kept for dense data, images, or when switched off", "[train][batches][sparse]") {
+  train::BatchOptions o = batch_options(4);
+  o.layout = nn::Layout::rows;
+  CHECK_FALSE(train::Batches(fake_data(12), o).next().sparse);  // noisy pixels: dense
+  const train::Dataset d = sparse_images(12);
+  CHECK(train::Batches(d, o).next().sparse);
+  o.sparse = false;
+  CHECK_FALSE(train::Batches(d, o).next().sparse);
+  o.sparse = true;
+  o.normalization.mean = 0.5;  // byte 0 is no longer 0
+  CHECK_FALSE(train::Batches(d, o).next().sparse);
+  o.normalization.mean = 0;
+  o.layout = nn::Layout::nchw;
+  CHECK_FALSE(train::Batches(d, o).next().sparse);
+}
+
 TEST_CASE("a batch iterator sought to a saved position continues the same sequence", "[train][batches]") {
   const train::Dataset d = numbered(17);
   train::Batches a(d, batch_options(4));

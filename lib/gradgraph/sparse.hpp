@@ -24,7 +24,7 @@ struct SparseMatrix {
   std::vector<std::int64_t> ptr{0};     // group g's nonzeros are [ptr[g], ptr[g + 1])
   std::vector<std::int32_t> index;      // each nonzero's index along the other axis
   std::vector<float> values_f32;        // each nonzero's value (the one of the dtype)
-  std::vector<double> values_f64;
+  std::vector<double> values_f64;       // (index and values may hold more than nnz(): spare room)
 
   std::int64_t groups() const { return shape.rank == 2 ? shape[major] : 0; }
   std::int64_t nnz() const { return ptr.empty() ? 0 : ptr.back(); }

@@ -19,6 +19,7 @@
 #include <gradgraph/nn.hpp>
 #include <gradgraph/program.hpp>
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -134,9 +135,13 @@ class Batches {
   bool filled_once_ = false;
   Tensor xbuf_, lbuf_;
   Batch batch_view_;
+  std::int64_t shifted_nonzeros(std::int64_t example) const;
+
   bool sparse_ = false;    // build the nonzeros of each batch
   double density_ = 1;     // of the normalised data set
-  SparseMatrix nonzeros_;  // its storage reserved for the densest possible batch
+  SparseMatrix nonzeros_;  // sized once for the densest possible batch
+  std::vector<std::int64_t> nonzeros_of_;  // per example, unmoved
+  std::array<bool, 256> zero_byte_{};      // the bytes the normalisation maps to 0
 };
 
 // ---- optimizers and schedules ----------------------------------------------------------------------------

@@ -29,9 +29,18 @@ Shift draw_shift(std::uint64_t seed, std::int64_t epoch, std::int64_t image, int
   return {static_cast<std::int64_t>(h % span) - shift, static_cast<std::int64_t>((h >> 32) % span) - shift};
 }
 
+// The batch's nonzeros, written by the gather while each row is in cache: example j's go to
+// [ptr[j], ptr[j + 1]) (ptr computed before from the bytes).
+template <typename T>
+struct NonzeroOut {
+  const std::int64_t* ptr = nullptr;
+  std::int32_t* index = nullptr;
+  T* values = nullptr;
+};
+
 template <typename T>
 void normalise_rows(const Dataset& d, const std::int64_t* order, std::int64_t count, T* x, std::int64_t* labels,
-                    const Normalization& n, int threads, const BatchOptions& o, std::int64_t epoch) {
+                    const Normalization& n, int threads, const BatchOptions& o, std::int64_t epoch, NonzeroOut<T> nz) {
   const std::int64_t f = d.features();
   const float div = static_cast<float>(n.divisor), mean = static_cast<float>(n.mean), sd = static_cast<float>(n.std);
   const bool plain = n.mean == 0.0 && n.std == 1.0;
@@ -61,6 +70,14 @@ void normalise_rows(const Dataset& d, const std::int64_t* order, std::int64_t co
             const bool inside = sy >= 0 && sy < h && sx >= 0 && sx < w;
             row[(c * h + y) * w + xx] = value(inside ? p[(c * h + sy) * w + sx] : std::uint8_t{0});
           }
+    }
+    if (nz.ptr) {
+      std::int64_t at = nz.ptr[j];
+      for (std::int64_t i = 0; i < f; ++i) {
+        if (row[i] == T(0)) continue;
+        nz.index[at] = static_cast<std::int32_t>(i);
+        nz.values[at++] = row[i];
+      }
     }
     labels[j] = d.labels[static_cast<std::size_t>(src)];
   }
@@ -99,6 +116,7 @@ Batches::Batches(const Dataset& d, const BatchOptions& o)
   for (int b = 0; b < 256; ++b) {
     const float v = static_cast<float>(b) / div;
     nonzero[b] = (plain ? v : (v - mean) / sd) != 0.0f;
+    zero_byte_[static_cast<std::size_t>(b)] = !nonzero[b];
   }
   const std::int64_t f = d.features();
   std::vector<std::int64_t> per_example(static_cast<std::size_t>(d.count));
@@ -111,19 +129,21 @@ Batches::Batches(const Dataset& d, const BatchOptions& o)
     total += c;
   }
   density_ = f > 0 ? static_cast<double>(total) / static_cast<double>(d.count * f) : 1;
-  sparse_ = o.sparse && density_ <= kSparseData;
+  sparse_ = o.sparse && density_ <= kSparseData && !nonzero[0];
   if (!sparse_) return;
+  nonzeros_of_.assign(per_example.begin(), per_example.end());
   std::int64_t most = total;
   if (batch_ < d.count) {
     std::nth_element(per_example.begin(), per_example.begin() + batch_, per_example.end(), std::greater<>());
     most = std::accumulate(per_example.begin(), per_example.begin() + batch_, std::int64_t{0});
   }
+  nonzeros_.dtype = o.dtype;
   nonzeros_.ptr.reserve(static_cast<std::size_t>(batch_ + 1));
-  nonzeros_.index.reserve(static_cast<std::size_t>(most));
+  nonzeros_.index.resize(static_cast<std::size_t>(most));
   if (o.dtype == DType::f32)
-    nonzeros_.values_f32.reserve(static_cast<std::size_t>(most));
+    nonzeros_.values_f32.resize(static_cast<std::size_t>(most));
   else
-    nonzeros_.values_f64.reserve(static_cast<std::size_t>(most));
+    nonzeros_.values_f64.resize(static_cast<std::size_t>(most));
 }
 
 void Batches::start_epoch() {
@@ -134,12 +154,44 @@ void Batches::start_epoch() {
 
 void Batches::gather(std::int64_t first, std::int64_t count) {
   const int threads = std::max(1, opts_.threads);
-  if (opts_.dtype == DType::f32)
-    normalise_rows<float>(*data_, order_.data() + first, count, xbuf_.ptr<float>(), lbuf_.ptr<std::int64_t>(),
-                          opts_.normalization, threads, opts_, epoch_);
-  else
-    normalise_rows<double>(*data_, order_.data() + first, count, xbuf_.ptr<double>(), lbuf_.ptr<std::int64_t>(),
-                           opts_.normalization, threads, opts_, epoch_);
+  const std::int64_t* order = order_.data() + first;
+  if (sparse_) {
+    // Where each example's nonzeros go: counted from the bytes (once, at construction, when the
+    // images are not moved), so the gather writes them in parallel while each row is in cache.
+    nonzeros_.ptr.resize(static_cast<std::size_t>(count + 1));
+    std::int64_t* ptr = nonzeros_.ptr.data();
+    ptr[0] = 0;
+    for (std::int64_t j = 0; j < count; ++j)
+      ptr[j + 1] = ptr[j] + (opts_.shift == 0 ? nonzeros_of_[static_cast<std::size_t>(order[j])] : shifted_nonzeros(order[j]));
+  }
+  if (opts_.dtype == DType::f32) {
+    NonzeroOut<float> nz;
+    if (sparse_) nz = {nonzeros_.ptr.data(), nonzeros_.index.data(), nonzeros_.values_f32.data()};
+    normalise_rows<float>(*data_, order, count, xbuf_.ptr<float>(), lbuf_.ptr<std::int64_t>(), opts_.normalization, threads,
+                          opts_, epoch_, nz);
+  } else {
+    NonzeroOut<double> nz;
+    if (sparse_) nz = {nonzeros_.ptr.data(), nonzeros_.index.data(), nonzeros_.values_f64.data()};
+    normalise_rows<double>(*data_, order, count, xbuf_.ptr<double>(), lbuf_.ptr<std::int64_t>(), opts_.normalization, threads,
+                           opts_, epoch_, nz);
+  }
+}
+
+std::int64_t Batches::shifted_nonzeros(std::int64_t src) const {
+  const Dataset& d = *data_;
+  const std::int64_t f = d.features();
+  const Shape& e = d.example;
+  const std::int64_t h = e[e.rank - 2], w = e[e.rank - 1], planes = f / (h * w);
+  const Shift s = draw_shift(opts_.seed, epoch_, src, opts_.shift);
+  const std::uint8_t* p = d.pixels.data() + src * f;
+  std::int64_t c = 0;
+  for (std::int64_t pl = 0; pl < planes; ++pl)
+    for (std::int64_t y = std::max<std::int64_t>(0, s.dy); y < std::min(h, h + s.dy); ++y)
+      for (std::int64_t xx = std::max<std::int64_t>(0, s.dx); xx < std::min(w, w + s.dx); ++xx)
+        c += zero_byte_[p[(pl * h + y - s.dy) * w + xx - s.dx]] ? 0 : 1;
+  // The vacated pixels are byte 0: nonzero only if the normalisation maps 0 elsewhere (then the
+  // data are too dense for nonzeros to be kept at all).
+  return c;
 }
 
 const Batch& Batches::next() {
@@ -154,7 +206,7 @@ const Batch& Batches::next() {
   const std::int64_t first = index_ * batch_, count = std::min(batch_, data_->count - first);
   const bool full = batch_ == data_->count && opts_.shift == 0;  // shifted images change every epoch
   const bool fresh = !(full && filled_once_);
-  if (fresh) gather(first, count);  // the full batch is in file order: normalise it once
+  if (fresh) gather(first, count);  // the full batch is in file order: normalise it once (and its nonzeros)
   filled_once_ = full;
   const std::int64_t f = data_->features();
   Batch& b = batch_view_;
@@ -169,7 +221,10 @@ const Batch& Batches::next() {
   } else {
     b.x = TensorView(xbuf_.data(), opts_.dtype, image_shape(data_->example, count));
   }
-  if (sparse_ && fresh) to_sparse(b.x, opts_.layout == nn::Layout::columns ? 1 : 0, nonzeros_, std::max(1, opts_.threads));
+  if (sparse_) {
+    nonzeros_.shape = b.x.shape;
+    nonzeros_.major = opts_.layout == nn::Layout::columns ? 1 : 0;
+  }
   b.sparse = sparse_ ? &nonzeros_ : nullptr;
   b.labels = TensorView(lbuf_.data(), DType::i64, Shape{count});
   b.size = count;
