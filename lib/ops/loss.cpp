@@ -18,7 +18,9 @@
 #include "op_list.hpp"
 #include "softmax.hpp"
 
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 namespace gg {
@@ -73,17 +75,28 @@ std::int64_t examples(const Shape& s, int axis) { return s.numel() / std::max<st
 
 // sum_k Y_k (Z_k - logsumexp(Z)) over a block of slices, from exp_sums' max and sums. Zero
 // targets are skipped: an impossible class (log p = -inf) then costs nothing, not 0 * inf.
+// Accumulated per slice in double, then the slices' sums in order. The skip is a mask on the
+// term's bits rather than a branch or a ?: (GCC moves the term's arithmetic under a ?: and
+// then cannot if-convert it, as it may trap), so the loop over adjacent slices vectorises.
 template <typename T>
 double block_log_likelihood(const T* zb, const T* yb, std::int64_t n, std::int64_t stride, std::int64_t w, const T* mx,
                             const T* se) {
-  double lse[kSliceBlock];
-  for (std::int64_t j = 0; j < w; ++j) lse[j] = static_cast<double>(mx[j]) + std::log(static_cast<double>(se[j]));
-  double acc = 0;
-  for (std::int64_t c = 0; c < n; ++c)
+  double lse[kSliceBlock], ll[kSliceBlock];
+#pragma omp simd
+  for (std::int64_t j = 0; j < w; ++j) lse[j] = static_cast<double>(mx[j]) + log_vec(static_cast<double>(se[j]));
+  for (std::int64_t j = 0; j < w; ++j) ll[j] = 0;
+  for (std::int64_t c = 0; c < n; ++c) {
+    const T* __restrict zr = zb + c * stride;
+    const T* __restrict yr = yb + c * stride;
+#pragma omp simd
     for (std::int64_t j = 0; j < w; ++j) {
-      const T t = yb[c * stride + j];
-      if (t != T(0)) acc += static_cast<double>(t) * (static_cast<double>(zb[c * stride + j]) - lse[j]);
+      const double term = static_cast<double>(yr[j]) * (static_cast<double>(zr[j]) - lse[j]);
+      const std::uint64_t keep = yr[j] != T(0) ? ~std::uint64_t{0} : 0;  // zero target: +0
+      ll[j] += std::bit_cast<double>(std::bit_cast<std::uint64_t>(term) & keep);
     }
+  }
+  double acc = 0;
+  for (std::int64_t j = 0; j < w; ++j) acc += ll[j];
   return acc;
 }
 
@@ -118,11 +131,12 @@ void fwd(const KernelArgs& k) {
   const T* z = data<T>(k.in[0]);
   const T* y = data<T>(k.in[1]);
   Partials ll;
-  for_each_slice<T>(k.in[0], axis, k.threads, [&](std::int64_t off, std::int64_t n, std::int64_t stride, std::int64_t w) {
+  const auto block = [&](const auto& in, const auto&, Len n, Len stride, Len w) {
     T mx[kSliceBlock], se[kSliceBlock];
-    exp_sums<T>(z + off, nullptr, n, stride, w, mx, se);
-    ll.add(block_log_likelihood(z + off, y + off, n, stride, w, mx, se));
-  });
+    exp_sums<T>(in[0], nullptr, n, stride, w, mx, se);
+    ll.add(block_log_likelihood(in[0], in[1], n, stride, w, mx, se));
+  };
+  for_each_block<T, 2, 0>(k.in[0].shape, axis, k.threads, {z, y}, {}, block);
   data<T>(k.out[0])[0] = static_cast<T>(-ll.total() / static_cast<double>(examples(k.in[0].shape, axis)));
 }
 
@@ -133,10 +147,11 @@ void grad_fwd(const KernelArgs& k) {
   const T* y = data<T>(k.in[1]);
   const T c = static_cast<T>(static_cast<double>(data<T>(k.in[2])[0]) / static_cast<double>(examples(k.in[0].shape, axis)));
   T* out = data<T>(k.out[0]);
-  for_each_slice<T>(k.in[0], axis, k.threads, [&](std::int64_t off, std::int64_t n, std::int64_t stride, std::int64_t w) {
-    softmax_block<T>(z + off, out + off, n, stride, w, false);
-    block_grad_from_softmax(out + off, y + off, n, stride, w, c);
-  });
+  const auto block = [&](const auto& in, const auto& o, Len n, Len stride, Len w) {
+    softmax_block<T>(in[0], o[0], n, stride, w, false);
+    block_grad_from_softmax(o[0], in[1], n, stride, w, c);
+  };
+  for_each_block<T, 2, 1>(k.in[0].shape, axis, k.threads, {z, y}, {out}, block);
 }
 
 // softmax_cross_entropy_fused(Z, Y, g): made by the fusion pass when a program computes both
@@ -153,13 +168,14 @@ void fused_fwd(const KernelArgs& k) {
   const T c = static_cast<T>(static_cast<double>(data<T>(k.in[2])[0]) / m);
   T* out = data<T>(k.out[0]);
   Partials ll;
-  for_each_slice<T>(k.in[0], axis, k.threads, [&](std::int64_t off, std::int64_t n, std::int64_t stride, std::int64_t w) {
+  const auto block = [&](const auto& in, const auto& o, Len n, Len stride, Len w) {
     T mx[kSliceBlock], se[kSliceBlock];
-    exp_sums<T>(z + off, out + off, n, stride, w, mx, se);
-    ll.add(block_log_likelihood(z + off, y + off, n, stride, w, mx, se));
-    normalize_exps(out + off, n, stride, w, se);
-    block_grad_from_softmax(out + off, y + off, n, stride, w, c);
-  });
+    exp_sums<T>(in[0], o[0], n, stride, w, mx, se);
+    ll.add(block_log_likelihood(in[0], in[1], n, stride, w, mx, se));
+    normalize_exps(o[0], n, stride, w, se);
+    block_grad_from_softmax(o[0], in[1], n, stride, w, c);
+  };
+  for_each_block<T, 2, 1>(k.in[0].shape, axis, k.threads, {z, y}, {out}, block);
   data<T>(k.out[1])[0] = static_cast<T>(-ll.total() / m);
 }
 

@@ -29,7 +29,8 @@ void softmax_block(const T* x, T* y, std::int64_t n, std::int64_t stride, std::i
     normalize_exps(y, n, stride, w, sum);
     return;
   }
-  for (std::int64_t j = 0; j < w; ++j) sum[j] = std::log(sum[j]);
+#pragma omp simd
+  for (std::int64_t j = 0; j < w; ++j) sum[j] = static_cast<T>(log_vec(static_cast<double>(sum[j])));
   for (std::int64_t k = 0; k < n; ++k)
     for (std::int64_t j = 0; j < w; ++j) y[k * stride + j] = static_cast<T>((x[k * stride + j] - mx[j]) - sum[j]);
 }
@@ -57,9 +58,10 @@ void fwd(const KernelArgs& k) {
   const int axis = a < 0 ? a + k.out[0].shape.rank : a;
   const T* x = data<T>(k.in[0]);
   T* y = data<T>(k.out[0]);
-  for_each_slice<T>(k.out[0], axis, k.threads, [&](std::int64_t off, std::int64_t n, std::int64_t stride, std::int64_t w) {
-    softmax_block<T>(x + off, y + off, n, stride, w, Log);
-  });
+  const auto block = [&](const auto& in, const auto& out, Len n, Len stride, Len w) {
+    softmax_block<T>(in[0], out[0], n, stride, w, Log);
+  };
+  for_each_block<T, 1, 1>(k.out[0].shape, axis, k.threads, {x}, {y}, block);
 }
 
 std::vector<Value> softmax_vjp(const VjpArgs& a) {
