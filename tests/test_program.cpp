@@ -474,6 +474,75 @@ TEST_CASE("fusion makes add_relu and one softmax-cross-entropy kernel for loss a
   CHECK(fetched(fused, net.fetches()) == fetched(plain, net.fetches()));
 }
 
+namespace {
+int count_steps(const std::vector<std::string>& schedule, const std::string& op) {
+  return static_cast<int>(std::count_if(schedule.begin(), schedule.end(),
+                                        [&](const std::string& s) { return s.rfind(op + " ", 0) == 0; }));
+}
+// The value of the graph's only node of op `op` (output 0).
+Value only_node(gg::Graph& g, const std::string& op) {
+  int id = -1;
+  for (int i = 0; i < g.size(); ++i)
+    if (g.node(i).op_name() == op) {
+      REQUIRE(id < 0);
+      id = i;
+    }
+  REQUIRE(id >= 0);
+  return Value{&g, id, 0};
+}
+}  // namespace
+
+// The ReLU mask and db1 in one pass: relu_grad_sum_to sums in sum_to's order (each row in blocks
+// of 256 in T, the block sums in double), so both outputs are bitwise the unfused pair's, and
+// (one thread per sum) independent of the thread count.
+TEST_CASE("fusion makes the ReLU mask and the bias gradient summed from it one kernel (relu_grad_sum_to), bitwise equal",
+          "[program][fuse]") {
+  const gg::DType dt = GENERATE(gg::f32, gg::f64);
+  const std::int64_t m = GENERATE(1, 37, 5000);  // 1: nothing left to sum (a copy); 5000: both threads work
+  INFO(gg::dtype_name(dt) << ", batch " << m);
+  Mlp net(dt, 20, 64, 6);
+  const Value dZ1 = only_node(net.g, "relu_grad");
+  for (const bool fetch_dz1 : {false, true}) {  // fetched, dZ1 cannot be computed in place of its operand
+    INFO((fetch_dz1 ? "dZ1 fetched" : "dZ1 not fetched"));
+    std::vector<Value> fetches = net.fetches();
+    if (fetch_dz1) fetches.push_back(dZ1);
+    gg::CompileOptions fo = options(true), po = options(false), f1 = options(true);
+    fo.threads = po.threads = 2;
+    gg::Program fused(net.g, fetches, fo), plain(net.g, fetches, po), fused1(net.g, fetches, f1);
+    const auto fs = fused.schedule(m), ps = plain.schedule(m);
+    CHECK(has_step(fs, "relu_grad_sum_to"));
+    CHECK_FALSE(has_step(fs, "relu_grad"));
+    CHECK(has_step(ps, "relu_grad"));
+    CHECK_FALSE(has_step(ps, "relu_grad_sum_to"));
+    CHECK(count_steps(fs, "sum_to") == count_steps(ps, "sum_to") - 1);  // db2's remains
+    const gg::Tensor x = random_tensor(dt, {20, m}, -1, 1, 50), y = one_hot(dt, 6, m, 51);
+    fused.run({{net.X, x}, {net.Y, y}});
+    plain.run({{net.X, x}, {net.Y, y}});
+    fused1.run({{net.X, x}, {net.Y, y}});
+    const auto got = fetched(fused, fetches);
+    CHECK(got == fetched(plain, fetches));
+    CHECK(got == fetched(fused1, fetches));
+    const auto db1 = values(fused.get(net.grads[1]));
+    CHECK(std::count(db1.begin(), db1.end(), 0.0) < 64);  // the mask left something to sum
+  }
+}
+
+TEST_CASE("a bias gradient over rows ({batch, features} -> {features}) keeps relu_grad and sum_to apart", "[program][fuse]") {
+  // Column sums run one thread per 64 features: fused, the mask would lose the second thread.
+  gg::Graph g(gg::f32);
+  Value X = g.input("X", {gg::dyn, 12});
+  Value R = g.input("R", {gg::dyn, 70});
+  Value W = g.param("W", {12, 70}, gg::uniform(-1.0, 1.0));
+  Value b = g.param("b", {70}, gg::uniform(-0.5, 0.5));
+  Value loss = gg::sum(gg::relu(gg::matmul(X, W) + b) * R);
+  const auto grads = gg::gradients(loss, {W, b});
+  gg::Program fused(g, {loss, grads[0], grads[1]}, options(true));
+  const auto fs = fused.schedule(30);
+  CHECK(has_step(fs, "relu_grad"));
+  CHECK(has_step(fs, "sum_to"));
+  CHECK_FALSE(has_step(fs, "relu_grad_sum_to"));
+}
+
 TEST_CASE("a scale read only by GEMMs is folded into their alpha, with results within 1e-12", "[program][fuse]") {
   gg::Graph g(gg::f64);
   Value X = g.input("X", {5, gg::dyn});

@@ -113,33 +113,15 @@ void sum_into(const TensorView& x, const TensorView& out, int threads) {
   const Shape& s = x.shape;
   const Shape& to = out.shape;
   const int lead = s.rank - to.rank;
-  int first = -1, last = -1;
-  bool contiguous_run = true, gap = false;
-  for (int i = 0; i < s.rank; ++i) {
-    if (s.dims[i] == 1) continue;  // neutral: summing or keeping it is the same
-    const bool reduced = i < lead || to.dims[i - lead] == 1;
-    if (!reduced) {
-      gap = first >= 0;  // a kept dimension after the run started
-      continue;
-    }
-    if (first < 0)
-      first = i;
-    else if (gap)
-      contiguous_run = false;
-    last = i;
-  }
   const T* px = data<T>(x);
   T* po = data<T>(out);
-  if (first < 0) {  // nothing to sum: a copy
-    for (std::int64_t i = 0; i < x.numel(); ++i) po[i] = px[i];
-    return;
-  }
-  if (contiguous_run) {
-    std::int64_t outer = 1, n = 1, inner = 1;
-    for (int i = 0; i < first; ++i) outer *= s.dims[i];
-    for (int i = first; i <= last; ++i) n *= s.dims[i];
-    for (int i = last + 1; i < s.rank; ++i) inner *= s.dims[i];
-    reduce_middle<T>(px, po, outer, n, inner, threads);
+  MiddleRun m;
+  if (middle_run(s, to, m)) {
+    if (m.copy) {  // nothing to sum
+      for (std::int64_t i = 0; i < x.numel(); ++i) po[i] = px[i];
+    } else {
+      reduce_middle<T>(px, po, m.outer, m.n, m.inner, threads);
+    }
     return;
   }
   // The kept dimensions one contiguous run between summed ones, x as (A, K, B): a bias gradient

@@ -9,6 +9,9 @@
 // one pass; it is linear in g (its VJP is itself) and has zero derivative in y almost everywhere.
 // add_relu(a, b) = relu(a + b) with broadcasting is made by the fusion rule below: the bias add
 // and the activation in one pass over the GEMM output (in place), bit for bit the unfused pair.
+// relu_grad_sum_to(g, y) = (relu_grad(g, y), sum_to(relu_grad(g, y), shape)) is made by the
+// second rule below: the ReLU mask of the backward pass and the bias gradient summed from it
+// (db1 = the row sums of dZ1 {64, m} over the batch) in one pass, bit for bit the unfused pair.
 // NaN inputs propagate through every op except relu, which computes x > 0 ? x : 0 and so maps
 // NaN to 0 (the comparison is false); a NaN loss still shows it.
 #include "fusion.hpp"
@@ -16,6 +19,7 @@
 #include "op_list.hpp"
 
 #include <cmath>
+#include <stdexcept>
 
 namespace gg {
 
@@ -94,9 +98,47 @@ template <typename T> void sigmoid_fwd(const KernelArgs& k) {
   });
 }
 template <typename T> void tanh_fwd(const KernelArgs& k) { unary_kernel<T>(k, [](T x) { return std::tanh(x); }); }
+template <typename T> T relu_mask(T g, T y) { return y > T(0) ? g : T(0); }
 template <typename T> void relu_grad_fwd(const KernelArgs& k) {
-  binary_kernel<T>(k, [](T g, T y) { return y > T(0) ? g : T(0); });
+  binary_kernel<T>(k, [](T g, T y) { return relu_mask(g, y); });
 }
+
+// The target shape of the sum (relu_grad_sum_to's output 1).
+struct SumToAttrs {
+  Shape shape;
+  template <typename F> void visit(F&& f) { f("shape", shape); }
+};
+
+Outputs infer_relu_grad_sum_to(const Graph& g, const Node& n) {
+  const Port d = same2(g, n).port[0];
+  return Outputs(d, Port{d.dtype, n.attrs.as<SumToAttrs>().shape});
+}
+
+// Output 0: d = relu_grad(g, y); output 1: sum_to(d, shape), a middle-axis reduction (the rule
+// checks). reduce_middle_with asks for each element of d once, in its summation loop: the
+// element is masked, stored into output 0 and added, in the order of sum_to's kernel (the same
+// function), so both outputs are bitwise those of the two separate kernels, in one pass over
+// g and y. Each sum is computed by one thread: no partials, whatever the thread count.
+template <typename T> void relu_grad_sum_to_fwd(const KernelArgs& k) {
+  const T* g = data<T>(k.in[0]);
+  const T* y = data<T>(k.in[1]);
+  T* d = data<T>(k.out[0]);  // may be g's buffer (in place): each element is read, then written
+  T* sum = data<T>(k.out[1]);
+  MiddleRun m;
+  if (!middle_run(k.in[0].shape, k.out[1].shape, m))
+    throw std::logic_error("relu_grad_sum_to: the sum is not a middle-axis reduction");
+  auto value = [=](std::int64_t i) {
+    const T v = relu_mask(g[i], y[i]);
+    d[i] = v;
+    return v;
+  };
+  if (m.copy) {  // nothing summed (a batch of one): sum_to copies
+    for (std::int64_t i = 0; i < m.outer; ++i) sum[i] = value(i);
+    return;
+  }
+  reduce_middle_with<T>(value, sum, m.outer, m.n, m.inner, k.threads);
+}
+
 template <typename T> void add_relu_fwd(const KernelArgs& k) {
   binary_kernel<T>(k, [](T a, T b) {
     const T s = a + b;
@@ -165,6 +207,10 @@ GG_OP(tanh_op) = {.name = "tanh", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1
 GG_OP(relu_grad_op) = {.name = "relu_grad", .arity = 2, .flags = kInternal, .diff_inputs = 0b01, .inplace = 0b01,
                        .kernels = {.f32 = relu_grad_fwd<float>, .f64 = relu_grad_fwd<double>}, .infer = same2,
                        .vjp = relu_grad_vjp};
+GG_OP(relu_grad_sum_to_op) = {.name = "relu_grad_sum_to", .arity = 2, .outputs = 2,
+                              .flags = kInternal | kNonDifferentiable, .inplace = 0b01,
+                              .kernels = {.f32 = relu_grad_sum_to_fwd<float>, .f64 = relu_grad_sum_to_fwd<double>},
+                              .infer = infer_relu_grad_sum_to};
 GG_OP(add_relu_op) = {.name = "add_relu", .arity = 2, .flags = kInternal, .diff_inputs = 0b11, .inplace = 0b11,
                       .kernels = {.f32 = add_relu_fwd<float>, .f64 = add_relu_fwd<double>}, .infer = broadcast2,
                       .vjp = add_relu_vjp};
@@ -188,6 +234,38 @@ bool fuse_add_relu(Rewriter& r, int i) {
 }  // namespace
 
 GG_FUSION(add_relu_rule) = {"add_relu", 0, fuse_add_relu};
+
+namespace {
+// relu_grad(g, y) read by sum_to(., shape) that sums trailing dimensions into row sums (db1 =
+// sum_to(dZ1 {64, dyn}, {64, 1}): the bias gradient of the features x examples layout, summed
+// over the batch) -> relu_grad_sum_to(g, y), whose output 0 is the relu_grad's value (its other
+// readers, such as the dW1 GEMM, and its fetches stay) and output 1 the sum (every use and fetch
+// of the sum_to moves there). Not for column sums ({dyn, 64} -> {64}, the rows layout): their
+// kernel runs one thread per 64 output columns, so fused, the mask would lose the threads the
+// separate relu_grad has (measured slower). Phase 2: after unpool_relu_grad (phase 1) has moved
+// CNN masks before their unpooling.
+bool fuse_relu_grad_sum_to(Rewriter& r, int i) {
+  IrNode& rg = r.at(i);
+  if (rg.node.op != &relu_grad_op) return false;
+  for (const int j : r.readers(i)) {
+    const Node& sm = r.at(j).node;
+    MiddleRun m;
+    if (sm.op != &sum_to_op || !(sm.inputs[0] == Operand{i, 0}) || sm.out().dtype != rg.node.out().dtype ||
+        !middle_run(rg.node.out().shape, sm.out().shape, m) || m.copy || m.inner != 1)
+      continue;
+    rg.node.op = &relu_grad_sum_to_op;
+    rg.node.num_outputs = 2;
+    rg.node.outputs[1] = sm.outputs[0];
+    rg.node.attrs = Attrs(SumToAttrs{sm.out().shape});
+    rg.node.fused = true;
+    r.replace(j, {Operand{i, 1}});
+    return true;
+  }
+  return false;
+}
+}  // namespace
+
+GG_FUSION(relu_grad_sum_to_rule) = {"relu_grad_sum_to", 2, fuse_relu_grad_sum_to};
 
 Value scale_batch(Value v, double s, int batch_power) { return make(scale_op, {v}, Attrs(ScaleAttrs{s, batch_power})); }
 
