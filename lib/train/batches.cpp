@@ -72,11 +72,19 @@ void normalise_rows(const Dataset& d, const std::int64_t* order, std::int64_t co
           }
     }
     if (nz.ptr) {
+      // 64 entries at a time: a bit mask of the nonzeros (a branch-free compare the compiler
+      // vectorises), then one step per set bit. A branch per entry mispredicts on one in five.
       std::int64_t at = nz.ptr[j];
-      for (std::int64_t i = 0; i < f; ++i) {
-        if (row[i] == T(0)) continue;
-        nz.index[at] = static_cast<std::int32_t>(i);
-        nz.values[at++] = row[i];
+      for (std::int64_t i0 = 0; i0 < f; i0 += 64) {
+        const std::int64_t n = std::min<std::int64_t>(64, f - i0);
+        std::uint64_t mask = 0;
+        for (std::int64_t i = 0; i < n; ++i) mask |= static_cast<std::uint64_t>(row[i0 + i] != T(0)) << i;
+        while (mask) {
+          const std::int64_t i = i0 + __builtin_ctzll(mask);
+          mask &= mask - 1;
+          nz.index[at] = static_cast<std::int32_t>(i);
+          nz.values[at++] = row[i];
+        }
       }
     }
     labels[j] = d.labels[static_cast<std::size_t>(src)];
