@@ -55,11 +55,20 @@ template <typename T>
 void gemm_into(const TensorView& a0, const TensorView& b0, const TensorView& c, const MatMulAttrs& at, T alpha, T beta,
                int threads) {
   TensorView a = op_view(a0, at.trans_a), b = op_view(b0, at.trans_b);
+  TensorView cv = c;
+  // A product with few rows and many columns (the notebook's Z2 = W2 A1: 10 x 60000) runs
+  // transposed, C^T = B^T A^T (strides only): BLIS's microkernel is 32 rows tall here, so 10
+  // rows would leave two thirds of every tile empty; 10 columns fill most of its 12. (Not for a
+  // long inner dimension, dW2 = dZ2 A1^T: measured slower transposed.)
+  if (a.shape[0] < 16 && b.shape[1] >= 4 * a.shape[0] && b.shape[1] > a.shape[1]) {
+    const TensorView t = a;
+    a = b.transposed(), b = t.transposed(), cv = c.transposed();
+  }
   const dim_t m = a.shape[0], kk = a.shape[1], n = b.shape[1];
   if (m == 0 || n == 0) return;
   if (kk == 0) {  // BLIS would scale C by beta; an empty sum is zero
     for (dim_t i = 0; i < m; ++i)
-      for (dim_t j = 0; j < n; ++j) data<T>(c)[i * c.strides[0] + j * c.strides[1]] *= beta;
+      for (dim_t j = 0; j < n; ++j) data<T>(cv)[i * cv.strides[0] + j * cv.strides[1]] *= beta;
     return;
   }
   // Threads per call (not BLIS's global setting). Every call of a program uses the program's
@@ -70,10 +79,10 @@ void gemm_into(const TensorView& a0, const TensorView& b0, const TensorView& c, 
   bli_rntm_set_num_threads(threads, &rntm);
   if constexpr (std::is_same_v<T, float>)
     bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, kk, &alpha, data<T>(a), a.strides[0], a.strides[1],
-                 data<T>(b), b.strides[0], b.strides[1], &beta, data<T>(c), c.strides[0], c.strides[1], nullptr, &rntm);
+                 data<T>(b), b.strides[0], b.strides[1], &beta, data<T>(cv), cv.strides[0], cv.strides[1], nullptr, &rntm);
   else
     bli_dgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, kk, &alpha, data<T>(a), a.strides[0], a.strides[1],
-                 data<T>(b), b.strides[0], b.strides[1], &beta, data<T>(c), c.strides[0], c.strides[1], nullptr, &rntm);
+                 data<T>(b), b.strides[0], b.strides[1], &beta, data<T>(cv), cv.strides[0], cv.strides[1], nullptr, &rntm);
 }
 
 template <typename T>
