@@ -25,7 +25,7 @@
 namespace gg {
 
 // Below this density a sparse x dense product beats BLIS's dense GEMM (docs/performance.md).
-inline constexpr double kDefaultSparseDensity = 0.3;
+inline constexpr double kDefaultSparseDensity = 0.5;
 
 struct CompileOptions {
   bool fuse = true;          // run the fusion pass (add+relu, scale into GEMM alpha)
