@@ -24,31 +24,14 @@ DIR holds the four MNIST IDX files (raw, or gzipped as NAME.gz; NAME wins, as in
 """
 import argparse
 import copy
-import gzip
 import os
-import struct
 import sys
 import time
 
+from peer_common import (Failure, blas_libraries, busy_seconds, import_peers, own_seconds,
+                         positive_int, read_mnist, run)
+
 PROG = 'torch_cnn.py'
-FILES = {
-    'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
-    'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
-}
-
-
-class Failure(Exception):
-    """A failure reported as one line on stderr, exit status 1."""
-
-
-def positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'must be a whole number, got {text!r}')
-    if v < 1:
-        raise argparse.ArgumentTypeError(f'must be at least 1, got {text!r}')
-    return v
 
 
 def parse_args():
@@ -64,92 +47,18 @@ def parse_args():
     return ap.parse_args()
 
 
-def read_idx(np, path):
-    """An IDX file as a numpy uint8 array of its dims (big-endian header: magic 0x0000 08 NDIM, dims)."""
-    if os.path.exists(path):
-        with open(path, 'rb') as f:
-            raw = f.read()
-    elif os.path.exists(path + '.gz'):
-        path += '.gz'
-        with gzip.open(path, 'rb') as f:
-            raw = f.read()
-    else:
-        raise Failure(f'{path}: not found (nor {os.path.basename(path)}.gz); run scripts/fetch-mnist or pass --data DIR')
-    if len(raw) < 4:
-        raise Failure(f'{path}: not an IDX file ({len(raw)} bytes)')
-    zero, kind, ndim = struct.unpack('>HBB', raw[:4])
-    if zero != 0 or kind != 0x08 or not 1 <= ndim <= 4 or len(raw) < 4 + 4 * ndim:
-        raise Failure(f'{path}: not an IDX file of unsigned bytes (magic {raw[:4].hex()})')
-    dims = struct.unpack('>' + 'I' * ndim, raw[4:4 + 4 * ndim])
-    count = 1
-    for d in dims:
-        count *= d
-    if len(raw) - 4 - 4 * ndim != count:
-        raise Failure(f'{path}: {len(raw)} bytes, but its header {dims} needs {4 + 4 * ndim + count} (truncated?)')
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def load(np, torch, data, part):
     """Images as a float32 tensor (N, 1, H, W) scaled by 1/255, labels as int64 (N)."""
-    images = read_idx(np, os.path.join(data, FILES[part][0]))
-    labels = read_idx(np, os.path.join(data, FILES[part][1]))
-    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise Failure(f'{data}: {part} images {images.shape} and labels {labels.shape} do not match')
+    images, labels = read_mnist(np, data, part)
     x = torch.from_numpy(images.astype(np.float32) / np.float32(255)).unsqueeze(1).contiguous()
     y = torch.from_numpy(labels.astype(np.int64))
     return x, y
 
 
-def blas_libraries():
-    """The BLAS/LAPACK/oneDNN shared libraries mapped into this process, resolved to real files."""
-    found = []
-    try:
-        with open('/proc/self/maps') as f:
-            for line in f:
-                path = line.split()[-1] if len(line.split()) >= 6 else ''
-                name = os.path.basename(path)
-                if any(k in name for k in ('blas', 'blis', 'mkl', 'dnnl', 'lapack', 'omp')) and path not in found:
-                    found.append(path)
-    except OSError:
-        return ['? (no /proc/self/maps)']
-    return [os.path.realpath(p) for p in found] or ['none']
-
-
-def busy_seconds():
-    """CPU seconds the whole machine has been busy (user nice system irq softirq steal), from /proc/stat."""
-    try:
-        with open('/proc/stat') as f:
-            v = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf('SC_CLK_TCK')
-
-
-def own_seconds():
-    """CPU seconds this process (all its threads) has used."""
-    t = os.times()
-    return t.user + t.system
-
-
 def main():
     a = parse_args()
-    # Before torch loads BLAS: Debian's torch calls libblas.so.3 (whatever update-alternatives picks:
-    # BLIS, OpenBLAS, MKL or the reference BLAS); the threaded BLIS and OpenBLAS take their thread
-    # count from the environment only, and BLIS runs on one thread when nothing says otherwise, so
-    # the dense layers' GEMMs would use one core while gradgraph's use N. Say N unless the caller did.
-    blas_env = {}
-    for var in ('BLIS_NUM_THREADS', 'OPENBLAS_NUM_THREADS'):
-        blas_env[var] = os.environ.setdefault(var, str(a.threads))
-
-    try:
-        import numpy as np
-    except ImportError:
-        raise Failure(f'numpy is not installed for {sys.executable} (sudo apt-get install python3-numpy)')
-    try:
-        import torch
-        import torch.nn as nn
-    except ImportError as e:
-        raise Failure(f'PyTorch is not installed for {sys.executable} ({e}; sudo apt-get install python3-torch)')
+    np, torch, blas_env = import_peers(a.threads, ('BLIS_NUM_THREADS', 'OPENBLAS_NUM_THREADS'))
+    import torch.nn as nn
 
     # Inter-op threads must be set before any parallel work starts.
     torch.set_num_interop_threads(1)
@@ -254,16 +163,4 @@ def main():
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except Failure as e:
-        print(f'{PROG}: {e}', file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print(f'{PROG}: interrupted', file=sys.stderr)
-        sys.exit(130)
-    except Exception as e:  # a torch or numpy error: its traceback, then one line that names it
-        import traceback
-        traceback.print_exc()
-        print(f'{PROG}: failed: {type(e).__name__}: {e}'.splitlines()[0], file=sys.stderr)
-        sys.exit(1)
+    run(PROG, main)
