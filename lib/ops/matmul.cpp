@@ -248,6 +248,29 @@ void scatter_panel(const SparseProduct& p, const SparseMatrix& s, T* acc, std::i
   }
 }
 
+// The panel kernels for a width of nv vectors (1 to kMaxPanel), chosen at run time.
+template <typename T>
+void gather_any(std::int64_t nv, const SparseProduct& p, const SparseMatrix& s, const T* dt, std::int64_t row0,
+                std::int64_t rows, std::int64_t n0, std::int64_t n1, T alpha, bool accumulate) {
+  switch (nv) {
+    case 4: return gather_panel<T, 4>(p, s, dt, row0, rows, n0, n1, alpha, accumulate);
+    case 3: return gather_panel<T, 3>(p, s, dt, row0, rows, n0, n1, alpha, accumulate);
+    case 2: return gather_panel<T, 2>(p, s, dt, row0, rows, n0, n1, alpha, accumulate);
+    default: return gather_panel<T, 1>(p, s, dt, row0, rows, n0, n1, alpha, accumulate);
+  }
+}
+
+template <typename T>
+void scatter_any(std::int64_t nv, const SparseProduct& p, const SparseMatrix& s, T* acc, std::int64_t row0,
+                 std::int64_t rows, std::int64_t kb, std::int64_t ke) {
+  switch (nv) {
+    case 4: return scatter_panel<T, 4>(p, s, acc, row0, rows, kb, ke);
+    case 3: return scatter_panel<T, 3>(p, s, acc, row0, rows, kb, ke);
+    case 2: return scatter_panel<T, 2>(p, s, acc, row0, rows, kb, ke);
+    default: return scatter_panel<T, 1>(p, s, acc, row0, rows, kb, ke);
+  }
+}
+
 template <typename T>
 void forward(const KernelArgs& k);
 
@@ -285,12 +308,7 @@ void sparse_wide(const KernelArgs& k, const SparseProduct& p, const SparseMatrix
       for_panels<T>(vectors, [&](std::int64_t row0, std::int64_t nv) {
         const std::int64_t rows = std::min(nv * kLanes<T>, p.m - row0);
         const T* part = ws + p.k * row0;
-        switch (nv) {
-          case 4: gather_panel<T, 4>(p, s, part, row0, rows, n0, n1, alpha, accumulate); break;
-          case 3: gather_panel<T, 3>(p, s, part, row0, rows, n0, n1, alpha, accumulate); break;
-          case 2: gather_panel<T, 2>(p, s, part, row0, rows, n0, n1, alpha, accumulate); break;
-          default: gather_panel<T, 1>(p, s, part, row0, rows, n0, n1, alpha, accumulate); break;
-        }
+        gather_any<T>(nv, p, s, part, row0, rows, n0, n1, alpha, accumulate);
       });
     }
     return;
@@ -306,12 +324,7 @@ void sparse_wide(const KernelArgs& k, const SparseProduct& p, const SparseMatrix
       for_panels<T>(vectors, [&](std::int64_t row0, std::int64_t nv) {
         const std::int64_t rows = std::min(nv * kLanes<T>, p.m - row0);
         T* part = ws + ch * per_chunk + p.n * row0;
-        switch (nv) {
-          case 4: scatter_panel<T, 4>(p, s, part, row0, rows, kb, ke); break;
-          case 3: scatter_panel<T, 3>(p, s, part, row0, rows, kb, ke); break;
-          case 2: scatter_panel<T, 2>(p, s, part, row0, rows, kb, ke); break;
-          default: scatter_panel<T, 1>(p, s, part, row0, rows, kb, ke); break;
-        }
+        scatter_any<T>(nv, p, s, part, row0, rows, kb, ke);
       });
     }
 #pragma omp for schedule(static)
@@ -358,19 +371,9 @@ bool run_sparse(const KernelArgs& k, const TensorView& a, const TensorView& b, c
       // The panel's D^T {K, w}, zero past M: every load is a whole aligned vector.
       if (rows < w) std::fill(part, part + p.k * w, T(0));
       transpose_block<T>(data<T>(p.d) + row0 * p.d.strides[0], p.d.strides[0], p.d.strides[1], rows, p.k, part, 1, w, T(1));
-      switch (nv) {
-        case 4: gather_panel<T, 4>(p, s, part, row0, rows, 0, p.n, alpha, accumulate); break;
-        case 3: gather_panel<T, 3>(p, s, part, row0, rows, 0, p.n, alpha, accumulate); break;
-        case 2: gather_panel<T, 2>(p, s, part, row0, rows, 0, p.n, alpha, accumulate); break;
-        default: gather_panel<T, 1>(p, s, part, row0, rows, 0, p.n, alpha, accumulate); break;
-      }
+      gather_any<T>(nv, p, s, part, row0, rows, 0, p.n, alpha, accumulate);
     } else {
-      switch (nv) {
-        case 4: scatter_panel<T, 4>(p, s, part, row0, rows, 0, p.k); break;
-        case 3: scatter_panel<T, 3>(p, s, part, row0, rows, 0, p.k); break;
-        case 2: scatter_panel<T, 2>(p, s, part, row0, rows, 0, p.k); break;
-        default: scatter_panel<T, 1>(p, s, part, row0, rows, 0, p.k); break;
-      }
+      scatter_any<T>(nv, p, s, part, row0, rows, 0, p.k);
       // C[row0.., :] = alpha acc^T.
       transpose_block<T>(part, w, 1, p.n, rows, data<T>(p.c) + row0 * p.c.strides[0], p.c.strides[1], p.c.strides[0], alpha,
                          accumulate);

@@ -120,11 +120,9 @@ Batches::Batches(const Dataset& d, const BatchOptions& o)
   const Normalization& n = o.normalization;
   const bool plain = n.mean == 0.0 && n.std == 1.0;
   const float div = static_cast<float>(n.divisor), mean = static_cast<float>(n.mean), sd = static_cast<float>(n.std);
-  bool nonzero[256];
   for (int b = 0; b < 256; ++b) {
     const float v = static_cast<float>(b) / div;
-    nonzero[b] = (plain ? v : (v - mean) / sd) != 0.0f;
-    zero_byte_[static_cast<std::size_t>(b)] = !nonzero[b];
+    zero_byte_[static_cast<std::size_t>(b)] = (plain ? v : (v - mean) / sd) == 0.0f;
   }
   const std::int64_t f = d.features();
   std::vector<std::int64_t> per_example(static_cast<std::size_t>(d.count));
@@ -132,12 +130,12 @@ Batches::Batches(const Dataset& d, const BatchOptions& o)
   for (std::int64_t j = 0; j < d.count; ++j) {
     const std::uint8_t* p = d.pixels.data() + j * f;
     std::int64_t c = 0;
-    for (std::int64_t i = 0; i < f; ++i) c += nonzero[p[i]];
+    for (std::int64_t i = 0; i < f; ++i) c += !zero_byte_[p[i]];
     per_example[static_cast<std::size_t>(j)] = c;
     total += c;
   }
   density_ = f > 0 ? static_cast<double>(total) / static_cast<double>(d.count * f) : 1;
-  sparse_ = o.sparse && density_ <= kSparseData && !nonzero[0];
+  sparse_ = o.sparse && density_ <= kSparseData && zero_byte_[0];
   if (!sparse_) return;
   nonzeros_of_.assign(per_example.begin(), per_example.end());
   std::int64_t most = total;
