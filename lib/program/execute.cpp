@@ -15,6 +15,29 @@ const Program::Feed* feed_for(const Graph& g, int graph_id, const Program::Feed*
   return nullptr;
 }
 
+// A step with operands that are inputs: its sparse kernel when one of those inputs was fed with
+// nonzeros at most `sparse_density` dense (then `a` names them), else its dense kernel. The
+// choice is recorded for Program::product_choices.
+KernelFn pick_kernel(Step& s, KernelArgs& a, const Compiled& c, const Graph& g, const Program::Feed* feeds, std::size_t nf,
+                     double sparse_density) {
+  s.last_input = 0;
+  s.last_density = -1;
+  s.last_sparse = false;
+  for (int q = 0; q < s.n_sparse; ++q) {
+    const Program::Feed* f = feed_for(g, c.ir[static_cast<std::size_t>(s.sparse_input[q])].graph_id, feeds, nf);
+    if (!f || !f->sparse) continue;
+    s.last_input = q;
+    s.last_density = f->sparse->density();
+    s.last_sparse = sparse_density > 0 && s.last_density <= sparse_density;
+    if (s.last_sparse) {
+      a.sparse = f->sparse;
+      a.sparse_operand = s.sparse_operand[q];
+      return s.sparse_fn;
+    }
+  }
+  return s.fn;
+}
+
 }  // namespace
 
 std::int64_t batch_of(const Compiled& c, const Graph& g, const Program::Feed* feeds, std::size_t nf) {
@@ -106,25 +129,9 @@ void execute(Plan& p, const Compiled& c, const Graph& g, const Program::Feed* fe
     a.node = s.node;
     a.workspace = s.ws_bytes ? p.arena + s.ws_offset : nullptr;
     a.workspace_bytes = s.ws_bytes;
-    KernelFn fn = s.fn;
     a.sparse = nullptr;
     a.sparse_operand = -1;
-    s.last_input = 0;
-    s.last_density = -1;
-    s.last_sparse = false;
-    for (int q = 0; q < s.n_sparse; ++q) {
-      const Program::Feed* f = feed_for(g, c.ir[static_cast<std::size_t>(s.sparse_input[q])].graph_id, feeds, nf);
-      if (!f || !f->sparse) continue;
-      s.last_input = q;
-      s.last_density = f->sparse->density();
-      s.last_sparse = sparse_density > 0 && s.last_density <= sparse_density;
-      if (s.last_sparse) {
-        fn = s.sparse_fn;
-        a.sparse = f->sparse;
-        a.sparse_operand = s.sparse_operand[q];
-        break;
-      }
-    }
+    const KernelFn fn = s.n_sparse ? pick_kernel(s, a, c, g, feeds, nf, sparse_density) : s.fn;
     if (!profiling) {
       fn(a);
       continue;
