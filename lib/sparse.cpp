@@ -16,6 +16,18 @@ double SparseMatrix::density() const {
 
 namespace {
 
+// f(g) for every group, split over `threads` (no parallel region for one: libgomp allocates a
+// team of one afresh every time).
+template <typename F>
+void over_groups(std::int64_t groups, int threads, F&& f) {
+  if (threads == 1) {
+    for (std::int64_t g = 0; g < groups; ++g) f(g);
+    return;
+  }
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (std::int64_t g = 0; g < groups; ++g) f(g);
+}
+
 template <typename T>
 void fill(const TensorView& d, int major, SparseMatrix& s, std::vector<T>& values, int threads) {
   const std::int64_t groups = d.shape[major], len = d.shape[1 - major];
@@ -32,13 +44,7 @@ void fill(const TensorView& d, int major, SparseMatrix& s, std::vector<T>& value
     for (std::int64_t i = 0; i < len; ++i) c += x[g * gs + i * ms] != T(0);
     ptr[g + 1] = c;
   };
-  // No parallel region for one thread: libgomp allocates a team of one afresh every time.
-  if (t == 1) {
-    for (std::int64_t g = 0; g < groups; ++g) count(g);
-  } else {
-#pragma omp parallel for num_threads(t) schedule(static)
-    for (std::int64_t g = 0; g < groups; ++g) count(g);
-  }
+  over_groups(groups, t, count);
   for (std::int64_t g = 0; g < groups; ++g) ptr[g + 1] += ptr[g];
   s.index.resize(static_cast<std::size_t>(ptr[groups]));
   values.resize(static_cast<std::size_t>(ptr[groups]));
@@ -53,12 +59,7 @@ void fill(const TensorView& d, int major, SparseMatrix& s, std::vector<T>& value
       value[at++] = v;
     }
   };
-  if (t == 1) {
-    for (std::int64_t g = 0; g < groups; ++g) copy(g);
-  } else {
-#pragma omp parallel for num_threads(t) schedule(static)
-    for (std::int64_t g = 0; g < groups; ++g) copy(g);
-  }
+  over_groups(groups, t, copy);
 }
 
 }  // namespace
