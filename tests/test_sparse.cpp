@@ -190,6 +190,10 @@ TEST_CASE("A sparse product is chosen from the fed density, reported, and off at
   p.set_sparse_density(0);
   p.run({{l.x, x.view(), &s}, {l.gz, gz.view()}});
   for (const auto& x : p.product_choices()) CHECK_FALSE(x.sparse);
+  const Tensor zeros = Tensor::zeros(f32, {100, 50});  // density 0: still dense at sparse_density 0
+  const SparseMatrix none = to_sparse(zeros.view(), 1);
+  p.run({{l.x, zeros.view(), &none}, {l.gz, gz.view()}});
+  for (const auto& x : p.product_choices()) CHECK_FALSE(x.sparse);
   p.set_sparse_density(1);
   p.run({{l.x, x.view()}, {l.gz, gz.view()}});  // fed without nonzeros
   for (const auto& x : p.product_choices()) {
