@@ -10,6 +10,7 @@
 #include "fusion.hpp"
 #include "op.hpp"
 #include "op_list.hpp"
+#include "skinny_gemm.hpp"
 
 #include <blis.h>
 
@@ -50,12 +51,19 @@ Outputs infer(const Graph& g, const Node& n) {
 // op(X) as a view: the transpose is a stride swap.
 TensorView op_view(const TensorView& v, bool trans) { return trans ? v.transposed() : v; }
 
-// C = alpha op(A) op(B) + beta C through BLIS's typed gemm (beta 0 or 1).
+// C = alpha op(A) op(B) + beta C (beta 0 or 1): a product with one short side by skinny_gemm.hpp's
+// kernels (they read the long operand once, where BLIS would pack it first), the rest through
+// BLIS's typed gemm.
 template <typename T>
 void gemm_into(const TensorView& a0, const TensorView& b0, const TensorView& c, const MatMulAttrs& at, T alpha, T beta,
                int threads) {
   TensorView a = op_view(a0, at.trans_a), b = op_view(b0, at.trans_b);
   TensorView cv = c;
+  if (a.shape[1] > 0 &&
+      skinny::run<T>({data<T>(a), a.strides[0], a.strides[1], data<T>(b), b.strides[0], b.strides[1], data<T>(c), c.strides[0],
+                      c.strides[1], a.shape[0], b.shape[1], a.shape[1], alpha, beta},
+                     threads))
+    return;
   // A product with few rows and many columns (the notebook's Z2 = W2 A1: 10 x 60000) runs
   // transposed, C^T = B^T A^T (strides only): BLIS's microkernel is 32 rows tall here, so 10
   // rows would leave two thirds of every tile empty; 10 columns fill most of its 12. (Not for a
@@ -113,13 +121,7 @@ void forward(const KernelArgs& k) {
 // next step costed more than the products. A naive scatter with the accumulators in memory on
 // both sides is slower than dense BLIS; the register-held operand is what makes these kernels
 // beat the GEMM (MNIST: about 2.4x at 19%).
-// One 512-bit vector (two 256-bit ones on AVX2), GCC's vector extension.
-template <typename T> struct VecOf;
-template <> struct VecOf<float> { typedef float type __attribute__((vector_size(64), aligned(4))); };
-template <> struct VecOf<double> { typedef double type __attribute__((vector_size(64), aligned(8))); };
-template <typename T> using Vec = typename VecOf<T>::type;
-template <typename T>
-constexpr std::int64_t kLanes = 64 / sizeof(T);
+// Vec<T> and kLanes<T>: one 512-bit vector (skinny_gemm.hpp).
 constexpr std::int64_t kMaxPanel = 4;  // vectors of C per panel (registers: 2 x 4 accumulators)
 
 template <typename T> std::int64_t padded(std::int64_t m) { return (m + kLanes<T> - 1) / kLanes<T> * kLanes<T>; }
