@@ -73,6 +73,7 @@ void to_sparse(const TensorView& dense, int major, SparseMatrix& out, int thread
   out.dtype = dense.dtype;
   out.shape = dense.shape;
   out.major = major;
+  out.cross = {};
   if (dense.dtype == DType::f32) {
     out.values_f64.clear();
     fill<float>(dense, major, out, out.values_f32, threads);
@@ -86,6 +87,54 @@ SparseMatrix to_sparse(const TensorView& dense, int major, int threads) {
   SparseMatrix s;
   to_sparse(dense, major, s, threads);
   return s;
+}
+
+bool SparseMatrix::has_cross() const {
+  const std::int64_t g = groups(), len = shape.rank == 2 ? shape[1 - major] : 0;
+  return g > 0 && cross.blocks == (g + kCrossSpan - 1) / kCrossSpan &&
+         static_cast<std::int64_t>(cross.ptr.size()) == cross.blocks * (len + 1) && cross.ptr.back() == nnz();
+}
+
+namespace {
+
+// A counting sort per block: count each minor index's nonzeros, then place them in group order
+// (so within a minor index the offsets increase, like the groups of the original).
+template <typename T>
+void fill_cross(SparseMatrix& s, const T* values, std::vector<T>& out, int threads) {
+  const std::int64_t g = s.groups(), len = s.shape[1 - s.major];
+  SparseBlocks& c = s.cross;
+  c.blocks = (g + kCrossSpan - 1) / kCrossSpan;
+  c.ptr.assign(static_cast<std::size_t>(c.blocks * (len + 1)), 0);
+  c.offset.resize(static_cast<std::size_t>(s.nnz()));
+  out.resize(static_cast<std::size_t>(s.nnz()));
+  const std::int64_t* ptr = s.ptr.data();
+  const std::int32_t* index = s.index.data();
+  over_groups(c.blocks, std::max(1, threads), [&](std::int64_t b) {
+    const std::int64_t g0 = b * kCrossSpan, g1 = std::min(g, g0 + kCrossSpan);
+    std::int64_t* bp = c.ptr.data() + b * (len + 1);
+    for (std::int64_t q = ptr[g0]; q < ptr[g1]; ++q) ++bp[index[q] + 1];
+    bp[0] = ptr[g0];
+    for (std::int64_t i = 0; i < len; ++i) bp[i + 1] += bp[i];
+    std::vector<std::int64_t> at(bp, bp + len);
+    for (std::int64_t gr = g0; gr < g1; ++gr)
+      for (std::int64_t q = ptr[gr]; q < ptr[gr + 1]; ++q) {
+        const std::int64_t to = at[static_cast<std::size_t>(index[q])]++;
+        c.offset[static_cast<std::size_t>(to)] = static_cast<std::uint16_t>(gr - g0);
+        out[static_cast<std::size_t>(to)] = values[q];
+      }
+  });
+}
+
+}  // namespace
+
+void add_cross_blocks(SparseMatrix& s, int threads) {
+  static_assert(kCrossSpan <= 65536, "offsets are 16 bits");
+  if (s.shape.rank != 2) throw std::invalid_argument("add_cross_blocks: the matrix must be rank 2, got " + to_string(s.shape));
+  s.cross = {};
+  if (s.dtype == DType::f32)
+    fill_cross<float>(s, s.values_f32.data(), s.cross.values_f32, threads);
+  else
+    fill_cross<double>(s, s.values_f64.data(), s.cross.values_f64, threads);
 }
 
 namespace {

@@ -127,6 +127,36 @@ TEST_CASE("to_sparse reads strided views, refills its storage in place and rejec
   CHECK_THROWS_WITH(to_sparse(x.view(), 2), Catch::Contains("major"));
 }
 
+TEST_CASE("add_cross_blocks groups each block's nonzeros by their other index, and a refill drops them") {
+  for (DType t : {f32, f64}) {
+    const std::int64_t groups = 2 * kCrossSpan + 5, len = 37;  // a last block with 5 groups
+    const Tensor x = random_sparse(t, {len, groups}, 0.2, 17);
+    SparseMatrix s = to_sparse(x.view(), 1);
+    CHECK_FALSE(s.has_cross());
+    add_cross_blocks(s, 2);
+    REQUIRE(s.has_cross());
+    CHECK(s.cross.blocks == 3);
+    std::int64_t seen = 0;
+    for (std::int64_t b = 0; b < 3; ++b)
+      for (std::int64_t i = 0; i < len; ++i) {
+        const std::int64_t* ptr = s.cross.ptr.data() + b * (len + 1);
+        std::int64_t want = 0;  // the block's nonzeros of row i, in group order
+        for (std::int64_t q = ptr[i]; q < ptr[i + 1]; ++q) {
+          const std::int64_t g = b * kCrossSpan + s.cross.offset[q];
+          while (want < kCrossSpan && at(x.view(), i, b * kCrossSpan + want) == 0) ++want;
+          CHECK(g == b * kCrossSpan + want++);
+          const double v = t == f32 ? s.cross.values<float>()[q] : s.cross.values<double>()[q];
+          CHECK(v == at(x.view(), i, g));
+          ++seen;
+        }
+        while (want < kCrossSpan && b * kCrossSpan + want < groups) CHECK(at(x.view(), i, b * kCrossSpan + want++) == 0);
+      }
+    CHECK(seen == s.nnz());
+    to_sparse(x.view(), 1, s);
+    CHECK_FALSE(s.has_cross());
+  }
+}
+
 TEST_CASE("Sparse products equal the dense GEMM for examples as columns or rows, several densities and widths") {
   for (DType t : {f32, f64})
     for (bool columns : {true, false})
@@ -167,6 +197,28 @@ TEST_CASE("Sparse products over a whole data set (threads split the examples) eq
         CHECK(bitwise_equal(more.z.view(), one.z.view()));
         CHECK(bitwise_equal(more.dw.view(), one.dw.view()));
       }
+    }
+}
+
+TEST_CASE("The weight gradient of a whole data set from the cross blocks equals the dense GEMM, any thread count") {
+  // 9000 examples in 9 blocks (the last partial) over 8 chunks; 70 rows: a panel of 4 vectors and a partial one.
+  for (DType t : {f32, f64})
+    for (bool columns : {true, false}) {
+      const std::int64_t m = 70, k = 30, batch = 9000;
+      CAPTURE(dtype_name(t), columns);
+      Layer l(t, m, k, columns, false);
+      const Tensor x = random_sparse(t, columns ? Shape{k, batch} : Shape{batch, k}, 0.2, 51);
+      const Tensor gz = random_dense(t, columns ? Shape{m, batch} : Shape{batch, m}, 52);
+      const Tensor w = random_dense(t, l.w.shape(), 53);
+      const SparseMatrix plain = to_sparse(x.view(), l.major());
+      SparseMatrix s = plain;
+      add_cross_blocks(s, 2);
+      const Outputs dense = run_layer(l, x, gz, w, nullptr, 2);
+      const Outputs one = run_layer(l, x, gz, w, &s, 1, 1.0);
+      CHECK(rel_diff(one.dw.view(), dense.dw.view()) <= tolerance(t));
+      // The cross blocks sum in another order than the scatter: equal bits would mean they were not used.
+      CHECK_FALSE(bitwise_equal(one.dw.view(), run_layer(l, x, gz, w, &plain, 1, 1.0).dw.view()));
+      for (int threads : {2, 3}) CHECK(bitwise_equal(run_layer(l, x, gz, w, &s, threads, 1.0).dw.view(), one.dw.view()));
     }
 }
 

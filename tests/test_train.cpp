@@ -267,6 +267,24 @@ TEST_CASE("each batch carries its nonzeros, equal to the gathered values, in eit
       }
 }
 
+TEST_CASE("a full batch of a large data set also carries its cross blocks, a mini-batch or a shifted one does not",
+          "[train][batches][sparse]") {
+  const train::Dataset d = sparse_images(train::kCrossGroups);
+  train::BatchOptions o = batch_options(0);
+  o.layout = nn::Layout::columns;
+  train::Batches full(d, o);
+  for (int step = 0; step < 2; ++step) {  // built with the first batch, kept for the next
+    const train::Batch& b = full.next();
+    REQUIRE(b.sparse);
+    CHECK(b.sparse->has_cross());
+  }
+  o.batch_size = 100;
+  CHECK_FALSE(train::Batches(d, o).next().sparse->has_cross());
+  o.batch_size = 0;
+  o.shift = 1;  // the images move every epoch
+  CHECK_FALSE(train::Batches(d, o).next().sparse->has_cross());
+}
+
 TEST_CASE("no nonzeros are kept for dense data, images, or when switched off", "[train][batches][sparse]") {
   train::BatchOptions o = batch_options(4);
   o.layout = nn::Layout::rows;

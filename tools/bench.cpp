@@ -792,7 +792,8 @@ void bench_density(const Options& o) {
       float* xr = static_cast<float*>(rows.data());
       for (std::int64_t i = 0; i < m * kIn; ++i) xr[i] = rng.uniform() < d ? static_cast<float>(rng.uniform()) : 0.0f;
       const gg::TensorView xv = rows.view().transposed();
-      const gg::SparseMatrix nz = gg::to_sparse(xv, 1);
+      gg::SparseMatrix nz = gg::to_sparse(xv, 1);
+      if (m >= gg::train::kCrossGroups) gg::add_cross_blocks(nz, o.threads);  // as Batches does for a full data set
       auto time = [&](gg::Program& p) {
         p.run({{x, xv, &nz}, {gz, gv.view()}});
         std::vector<double> t;
@@ -968,8 +969,13 @@ int run(const Options& o, const char* self) {
     std::printf("  gradgraph step, dense GEMMs only: median %s (min %s, max %s)\n", fmt_time(dense_step).c_str(),
                 fmt_time(*std::min_element(td.begin(), td.end())).c_str(), fmt_time(*std::max_element(td.begin(), td.end())).c_str());
     std::printf("    threads during the steps and raw GEMMs: %s\n", threads_seen.c_str());
+    // The nonzeros (index and value) and their cross blocks (16-bit offset, value, block pointers).
     const double sparse_bytes =
-        all.sparse ? static_cast<double>(all.sparse->nnz() * 8 + (all.sparse->groups() + 1) * 8) : 0.0;
+        all.sparse ? static_cast<double>(all.sparse->nnz() * 8 + (all.sparse->groups() + 1) * 8 +
+                                         (all.sparse->has_cross() ? all.sparse->nnz() * 6 +
+                                                                        static_cast<std::int64_t>(all.sparse->cross.ptr.size()) * 8
+                                                                  : 0))
+                   : 0.0;
     const double data_bytes = train_bytes + byte_bytes + sparse_bytes;
     std::printf("  memory: training set f32 %s + bytes %s + nonzeros %s + planned arena %s (unshared %s) + parameters %s\n",
                 mb(train_bytes).c_str(), mb(byte_bytes).c_str(), mb(sparse_bytes).c_str(), mb(planned).c_str(),

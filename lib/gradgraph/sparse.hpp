@@ -17,6 +17,24 @@
 
 namespace gg {
 
+// The same nonzeros grouped the other way, block by block: block b covers the groups
+// [b kCrossSpan, (b + 1) kCrossSpan) and holds their nonzeros grouped by minor index, each with
+// its group's offset in the block. With it, a product that would scatter into its result (the
+// weight gradient dW1 = dZ1 X^T of a data set grouped by example) gathers instead: per block,
+// the block's columns of the dense factor stay in cache and each result row is added once. Built
+// by add_cross_blocks for a large matrix that stays constant (a full data set).
+constexpr std::int64_t kCrossSpan = 1024;
+struct SparseBlocks {
+  std::int64_t blocks = 0;
+  std::vector<std::int64_t> ptr;       // block b, minor index i: [ptr[b (len + 1) + i], ptr[b (len + 1) + i + 1])
+  std::vector<std::uint16_t> offset;   // the nonzero's group, minus its block's first
+  std::vector<float> values_f32;       // its value (the one of the dtype)
+  std::vector<double> values_f64;
+  template <typename T> const T* values() const;
+};
+template <> inline const float* SparseBlocks::values<float>() const { return values_f32.data(); }
+template <> inline const double* SparseBlocks::values<double>() const { return values_f64.data(); }
+
 struct SparseMatrix {
   DType dtype = DType::f32;             // f32 or f64
   Shape shape;                          // rank 2
@@ -25,6 +43,10 @@ struct SparseMatrix {
   std::vector<std::int32_t> index;      // each nonzero's index along the other axis
   std::vector<float> values_f32;        // each nonzero's value (the one of the dtype)
   std::vector<double> values_f64;       // (index and values may hold more than nnz(): spare room)
+  SparseBlocks cross;                   // optional (add_cross_blocks); to_sparse drops it
+
+  // Whether `cross` holds this matrix's nonzeros (built after the last refill).
+  bool has_cross() const;
 
   std::int64_t groups() const { return shape.rank == 2 ? shape[major] : 0; }
   std::int64_t nnz() const { return ptr.empty() ? 0 : ptr.back(); }
@@ -40,6 +62,9 @@ template <> inline const double* SparseMatrix::values<double>() const { return v
 // (the batch iterator calls it every step). `threads` split the groups (OpenMP).
 SparseMatrix to_sparse(const TensorView& dense, int major, int threads = 1);
 void to_sparse(const TensorView& dense, int major, SparseMatrix& out, int threads = 1);
+// Builds s.cross from s's nonzeros (once, for a constant matrix: it allocates). `threads`
+// split the blocks.
+void add_cross_blocks(SparseMatrix& s, int threads = 1);
 // Back to a dense, contiguous tensor (for tests and inspection).
 Tensor to_dense(const SparseMatrix& s);
 

@@ -83,6 +83,9 @@ struct BatchOptions {
   bool sparse = true;
 };
 
+// From this many examples on, a full batch's nonzeros also get their cross blocks
+// (SparseMatrix::cross, built once): the products switch to their wide kernels there.
+constexpr std::int64_t kCrossGroups = 8192;
 // Above this density the nonzeros are not worth building (BatchOptions::sparse).
 inline constexpr double kSparseData = 0.5;
 

@@ -165,7 +165,9 @@ bool wide(const SparseProduct& p) { return (p.gather ? p.n : p.k) >= kWide; }
 template <typename T>
 std::size_t sparse_bytes(const SparseProduct& p) {
   const std::int64_t copies = !p.gather && wide(p) ? kChunks : 1;
-  return static_cast<std::size_t>(copies * (p.gather ? p.k : p.n) * padded<T>(p.m)) * sizeof(T) + 64;
+  // A wide scatter may run from the cross blocks: a tile of D^T columns per chunk, too.
+  const std::int64_t tiles = !p.gather && wide(p) ? kChunks * kCrossSpan * kMaxPanel * kLanes<T> : 0;
+  return static_cast<std::size_t>(copies * (p.gather ? p.k : p.n) * padded<T>(p.m) + tiles) * sizeof(T) + 64;
 }
 
 // dst[r * drs + c * dcs] = scale * src[r * rs + c * cs] for r < rows, c < cols, in 16 x 16 tiles
@@ -250,6 +252,46 @@ void scatter_panel(const SparseProduct& p, const SparseMatrix& s, T* acc, std::i
   }
 }
 
+// The scatter's product from the cross blocks (SparseMatrix::cross): for B's rows in block b,
+// acc[n] += sum over the block's nonzeros (k, n) of B[k, n] D[:, k], a gather per column n
+// whose D^T rows (`tile`: {kCrossSpan, NV lanes}, packed by the caller) stay in cache; each
+// acc[n] is read and written once per block, not once per nonzero.
+template <typename T, int NV>
+void cross_panel(const SparseBlocks& x, std::int64_t b, std::int64_t n_cols, const T* tile, T* acc) {
+  constexpr std::int64_t w = NV * kLanes<T>;
+  const std::int64_t* ptr = x.ptr.data() + b * (n_cols + 1);
+  const std::uint16_t* off = x.offset.data();
+  const T* val = x.values<T>();
+  for (std::int64_t n = 0; n < n_cols; ++n) {
+    std::int64_t q = ptr[n];
+    const std::int64_t end = ptr[n + 1];
+    if (q == end) continue;
+    Vec<T> even[NV] = {}, odd[NV] = {};
+    for (; q + 1 < end; q += 2) {
+      const Vec<T>* a = reinterpret_cast<const Vec<T>*>(tile + off[q] * w);
+      const Vec<T>* c = reinterpret_cast<const Vec<T>*>(tile + off[q + 1] * w);
+      const T va = val[q], vc = val[q + 1];
+      for (int u = 0; u < NV; ++u) even[u] += va * a[u], odd[u] += vc * c[u];
+    }
+    if (q < end) {
+      const Vec<T>* a = reinterpret_cast<const Vec<T>*>(tile + off[q] * w);
+      for (int u = 0; u < NV; ++u) even[u] += val[q] * a[u];
+    }
+    Vec<T>* out = reinterpret_cast<Vec<T>*>(acc + n * w);
+    for (int u = 0; u < NV; ++u) out[u] += even[u] + odd[u];
+  }
+}
+
+template <typename T>
+void cross_any(std::int64_t nv, const SparseBlocks& x, std::int64_t b, std::int64_t n_cols, const T* tile, T* acc) {
+  switch (nv) {
+    case 4: return cross_panel<T, 4>(x, b, n_cols, tile, acc);
+    case 3: return cross_panel<T, 3>(x, b, n_cols, tile, acc);
+    case 2: return cross_panel<T, 2>(x, b, n_cols, tile, acc);
+    default: return cross_panel<T, 1>(x, b, n_cols, tile, acc);
+  }
+}
+
 // The panel kernels for a width of nv vectors (1 to kMaxPanel), chosen at run time.
 template <typename T>
 void gather_any(std::int64_t nv, const SparseProduct& p, const SparseMatrix& s, const T* dt, std::int64_t row0,
@@ -316,12 +358,32 @@ void sparse_wide(const KernelArgs& k, const SparseProduct& p, const SparseMatrix
     return;
   }
   // Scatter: chunk ch accumulates B's rows [p.k ch / kChunks, ..) at ws + ch N Mp (panel-major),
-  // then every element of C is the sum of the chunks' values in chunk order.
+  // then every element of C is the sum of the chunks' values in chunk order. With the cross
+  // blocks, a chunk is whole blocks of kCrossSpan rows: each packs its D^T columns into its own
+  // tile after the accumulators and gathers per column.
   const std::int64_t per_chunk = p.n * mp;
+  const bool cross = s.has_cross();
+  const std::int64_t blocks = s.cross.blocks;
+  T* tiles = ws + kChunks * per_chunk;  // {kChunks, kCrossSpan, kMaxPanel lanes}
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp for schedule(static)
     for (std::int64_t ch = 0; ch < kChunks; ++ch) {
+      if (cross) {
+        T* tile = tiles + ch * kCrossSpan * kMaxPanel * kLanes<T>;
+        std::fill(ws + ch * per_chunk, ws + (ch + 1) * per_chunk, T(0));
+        for (std::int64_t b = blocks * ch / kChunks; b < blocks * (ch + 1) / kChunks; ++b) {
+          const std::int64_t k0 = b * kCrossSpan, kn = std::min(kCrossSpan, p.k - k0);
+          for_panels<T>(vectors, [&](std::int64_t row0, std::int64_t nv) {
+            const std::int64_t w = nv * kLanes<T>, rows = std::min(w, p.m - row0);
+            if (rows < w) std::fill(tile, tile + kn * w, T(0));
+            transpose_block<T>(d + row0 * p.d.strides[0] + k0 * p.d.strides[1], p.d.strides[0], p.d.strides[1], rows, kn,
+                               tile, 1, w, T(1));
+            cross_any<T>(nv, s.cross, b, p.n, tile, ws + ch * per_chunk + p.n * row0);
+          });
+        }
+        continue;
+      }
       const std::int64_t kb = p.k * ch / kChunks, ke = p.k * (ch + 1) / kChunks;
       for_panels<T>(vectors, [&](std::int64_t row0, std::int64_t nv) {
         const std::int64_t rows = std::min(nv * kLanes<T>, p.m - row0);

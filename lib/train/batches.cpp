@@ -162,6 +162,7 @@ void Batches::gather(std::int64_t first, std::int64_t count) {
   const int threads = std::max(1, opts_.threads);
   const std::int64_t* order = order_.data() + first;
   if (sparse_) {
+    if (nonzeros_.cross.blocks != 0) nonzeros_.cross = {};  // they would no longer match
     // Where each example's nonzeros go: counted from the bytes (once, at construction, when the
     // images are not moved), so the gather writes them in parallel while each row is in cache.
     nonzeros_.ptr.resize(static_cast<std::size_t>(count + 1));
@@ -213,7 +214,6 @@ const Batch& Batches::next() {
   const bool full = batch_ == data_->count && opts_.shift == 0;  // shifted images change every epoch
   const bool fresh = !(full && filled_once_);
   if (fresh) gather(first, count);  // the full batch is in file order: normalise it once (and its nonzeros)
-  filled_once_ = full;
   const std::int64_t f = data_->features();
   Batch& b = batch_view_;
   if (opts_.layout == nn::Layout::columns) {
@@ -230,7 +230,11 @@ const Batch& Batches::next() {
   if (sparse_) {
     nonzeros_.shape = b.x.shape;
     nonzeros_.major = opts_.layout == nn::Layout::columns ? 1 : 0;
+    // A full data set that stays as it is also gets its nonzeros grouped by feature, block by
+    // block (the weight gradient's product gathers from them); built once, here.
+    if (fresh && full && count >= kCrossGroups) add_cross_blocks(nonzeros_, std::max(1, opts_.threads));
   }
+  filled_once_ = full;
   b.sparse = sparse_ ? &nonzeros_ : nullptr;
   b.labels = TensorView(lbuf_.data(), DType::i64, Shape{count});
   b.size = count;
