@@ -64,8 +64,15 @@ unset PKG_CONFIG_SYSROOT_DIR
 includedir=$(realpath -m "$(pkg-config --variable=includedir gradgraph)")
 libdir=$(realpath -m "$(pkg-config --variable=libdir gradgraph)")
 prefix=$(realpath -m "$(pkg-config --variable=prefix gradgraph)")
-[[ $includedir == "$stage"/* && $libdir == "$stage"/* ]] && pass "gradgraph.pc points into the staged install ($prefix)" ||
-  fail "gradgraph.pc's includedir $includedir or libdir $libdir is outside the staged install $stage"
+if [[ $includedir != "$stage"/* || $libdir != "$stage"/* ]]; then
+  # shellcheck disable=SC2016  # the literal ${pcfiledir} of a relocatable .pc
+  grep -q '^prefix=${pcfiledir}' "${pcs[0]}" ||
+    echo "FAIL: gradgraph.pc is not relocatable ($(grep '^prefix=' "${pcs[0]}")): $build was set up before" \
+      "pkgconfig.relocatable=true became meson.build's default; run: meson configure $build -Dpkgconfig.relocatable=true" >&2
+  echo "FAIL: gradgraph.pc's includedir $includedir or libdir $libdir is outside the staged install $stage" >&2
+  exit 1
+fi
+pass "gradgraph.pc points into the staged install ($prefix)"
 
 # --- gradgraph.pc's flags -------------------------------------------------------------------
 flags="$(pkg-config --cflags --libs gradgraph) $(pkg-config --static --cflags --libs gradgraph)"
@@ -77,7 +84,11 @@ else
 fi
 static_libs=$(pkg-config --static --libs gradgraph)
 for want in -lgradgraph -lblis -fopenmp -lz; do
-  grep -q -- "$want\b" <<<"$static_libs" && pass "static linking flags have $want" || fail "pkg-config --static --libs gradgraph lacks $want: $static_libs"
+  if grep -q -- "$want\b" <<<"$static_libs"; then
+    pass "static linking flags have $want"
+  else
+    fail "pkg-config --static --libs gradgraph lacks $want: $static_libs"
+  fi
 done
 
 # --- the headers ----------------------------------------------------------------------------
@@ -101,6 +112,8 @@ check_header() {
     return
   fi
   local f
+  # The make rule's words: drop the line continuations, one path a line.
+  # shellcheck disable=SC1003  # '\\' is tr's backslash, no quote escaped
   for f in $(tr -d '\\' <"$out/deps" | tr ' ' '\n' | grep '/gradgraph/'); do
     [[ $(realpath -m "$f") == "$stage"/* ]] || echo "<gradgraph/$h> reads $f, which is not the staged install" >>"$out/failed"
   done
@@ -118,14 +131,20 @@ for h in $installed; do
 done
 
 # --- the libraries and the tools ------------------------------------------------------------
-[[ -f $libdir/libgradgraph.a ]] && pass "libgradgraph.a installed" || fail "no libgradgraph.a in $libdir"
+if [[ -f $libdir/libgradgraph.a ]]; then pass "libgradgraph.a installed"; else fail "no libgradgraph.a in $libdir"; fi
 so=$libdir/libgradgraph.so.0.1.0
 if [[ -f $so ]]; then
   soname=$(readelf -d "$so" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
-  [[ $soname == libgradgraph.so.0 ]] && pass "libgradgraph.so.0.1.0 has the soname libgradgraph.so.0" ||
+  if [[ $soname == libgradgraph.so.0 ]]; then
+    pass "libgradgraph.so.0.1.0 has the soname libgradgraph.so.0"
+  else
     fail "libgradgraph.so.0.1.0's soname is '$soname', not libgradgraph.so.0"
-  [[ $(readlink "$libdir/libgradgraph.so.0") == libgradgraph.so.0.1.0 && $(readlink "$libdir/libgradgraph.so") == libgradgraph.so.0 ]] &&
-    pass "libgradgraph.so -> libgradgraph.so.0 -> libgradgraph.so.0.1.0" || fail "the libgradgraph.so symlinks are not .so -> .so.0 -> .so.0.1.0"
+  fi
+  if [[ $(readlink "$libdir/libgradgraph.so.0") == libgradgraph.so.0.1.0 && $(readlink "$libdir/libgradgraph.so") == libgradgraph.so.0 ]]; then
+    pass "libgradgraph.so -> libgradgraph.so.0 -> libgradgraph.so.0.1.0"
+  else
+    fail "the libgradgraph.so symlinks are not .so -> .so.0 -> .so.0.1.0"
+  fi
 else
   fail "no $so"
 fi
@@ -155,10 +174,15 @@ run_program() {
   local lib
   lib=$(ldd "$bin" | awk '/libgradgraph/ { print $3 }')
   if [[ $linkage == shared ]]; then
-    [[ $(realpath -m "$lib") == "$libdir/libgradgraph.so.0.1.0" ]] && pass "$what loads the staged libgradgraph.so.0" ||
+    if [[ $(realpath -m "$lib") == "$libdir/libgradgraph.so.0.1.0" ]]; then
+      pass "$what loads the staged libgradgraph.so.0"
+    else
       fail "$what loads libgradgraph from '$lib', not the staged $libdir"
+    fi
+  elif [[ -z $lib ]]; then
+    pass "$what needs no libgradgraph.so"
   else
-    [[ -z $lib ]] && pass "$what needs no libgradgraph.so" || fail "$what, linked static, loads $lib"
+    fail "$what, linked static, loads $lib"
   fi
 }
 
