@@ -207,6 +207,38 @@ TEST_CASE("argmax returns int64, and equal compares int64 labels into the graph'
   CHECK(p.scalar(acc) == 0.75);
 }
 
+TEST_CASE("argmax over a long axis split into column blocks and threads picks the first maximum of every column",
+          "[graph][dtype]") {
+  // {10, 70001} over axis 0: one outer slice of 274 column blocks (the last partial); over axis 1
+  // of {2, 10, 5000}: 2 outer slices. Few distinct values, so that ties are common.
+  for (int threads : {1, 2, 3}) {
+    gg::Graph g(gg::f32);
+    Value a = g.input("a", {10, gg::dyn}), b = g.input("b", {2, 10, 5000});
+    Value ma = gg::argmax(a, 0), mb = gg::argmax(b, 1);
+    gg::Program p(g, {ma, mb}, {.threads = threads});
+    gg::Tensor av(gg::f32, {10, 70001}), bv(gg::f32, {2, 10, 5000});
+    for (std::int64_t i = 0; i < av.numel(); ++i) av.ptr<float>()[i] = static_cast<float>((i * 7919) % 13 % 4);
+    for (std::int64_t i = 0; i < bv.numel(); ++i) bv.ptr<float>()[i] = static_cast<float>((i * 104729) % 11 % 3);
+    p.run({{a, av}, {b, bv}});
+    const gg::Tensor ra = gg::Tensor::copy_of(p.get(ma)), rb = gg::Tensor::copy_of(p.get(mb));
+    int wrong = 0;
+    for (std::int64_t j = 0; j < 70001; ++j) {
+      std::int64_t best = 0;
+      for (std::int64_t c = 1; c < 10; ++c)
+        if (av.ptr<float>()[c * 70001 + j] > av.ptr<float>()[best * 70001 + j]) best = c;
+      wrong += ra.ptr<std::int64_t>()[j] != best;
+    }
+    for (std::int64_t o = 0; o < 2; ++o)
+      for (std::int64_t j = 0; j < 5000; ++j) {
+        std::int64_t best = 0;
+        for (std::int64_t c = 1; c < 10; ++c)
+          if (bv.ptr<float>()[(o * 10 + c) * 5000 + j] > bv.ptr<float>()[(o * 10 + best) * 5000 + j]) best = c;
+        wrong += rb.ptr<std::int64_t>()[o * 5000 + j] != best;
+      }
+    CHECK(wrong == 0);
+  }
+}
+
 TEST_CASE("feeds are checked against each input's own dtype", "[graph][dtype]") {
   gg::Graph g(gg::f32);
   Value z = g.input("z", {3, gg::dyn});

@@ -55,13 +55,17 @@ void argmax_fwd(const KernelArgs& k) {
   const Split3 sp = split_at(s, k.attrs<ArgmaxAttrs>().axis);
   const T* x = data<T>(k.in[0]);
   std::int64_t* o = data<std::int64_t>(k.out[0]);
-  parallel_for(sp.outer, k.threads, sp.n * sp.inner, [&](std::int64_t lo, std::int64_t hi) {
-    for (std::int64_t a = lo; a < hi; ++a) {
+  // Units of work: (outer index, block of 256 inner columns), so that threads split the columns
+  // when there is one outer slice (argmax over classes of {classes, batch}). Column blocks keep
+  // the scan over n contiguous in the inner dimension.
+  const std::int64_t blocks = (sp.inner + 255) / 256;
+  parallel_for(sp.outer * blocks, k.threads, sp.n * std::min<std::int64_t>(sp.inner, 256), [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t u = lo; u < hi; ++u) {
+      const std::int64_t a = u / blocks;
       const T* base = x + a * sp.n * sp.inner;
       std::int64_t* ob = o + a * sp.inner;
-      // Column blocks keep the scan over n contiguous in the inner dimension.
-      for (std::int64_t i0 = 0; i0 < sp.inner; i0 += 256) {
-        const std::int64_t i1 = std::min(sp.inner, i0 + 256);
+      {
+        const std::int64_t i0 = u % blocks * 256, i1 = std::min(sp.inner, i0 + 256);
         T best[256];
         std::int64_t arg[256];
         for (std::int64_t i = i0; i < i1; ++i) best[i - i0] = base[i], arg[i - i0] = 0;
