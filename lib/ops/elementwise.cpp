@@ -73,7 +73,10 @@ std::vector<Value> div_vjp(const VjpArgs& a) {
 // swapped operand pays a Transpose instead. Leading extents of 1 of a constant are dropped when
 // the other operand has the result's rank (broadcasting puts them back): OpenCV reads an Add of
 // a constant {64} to an {N, 64} tensor as a bias per channel, but {1, 64} as something else.
-void binary_onnx(OnnxWriter& w, const char* type) {
+// A division by a constant is a Mul by its reciprocal (stored so): OpenCV 4.6 miscomputes a Div
+// by a constant vector in tests/test_onnx_opencv.cpp's graph (alone it is right), and gets the
+// Mul right; x * (1 / c) differs from x / c by a rounding at most.
+void binary_onnx(OnnxWriter& w, const char* type, bool reciprocal = false) {
   const int r = w.node().out().shape.rank;
   bool swapped = false;
   for (int i = 0; i < 2 && r == 2; ++i)
@@ -89,6 +92,12 @@ void binary_onnx(OnnxWriter& w, const char* type) {
     Tensor c = w.constant(i);
     Shape s = c.shape();
     bool changed = false;
+    if (reciprocal && i == 1) {
+      Tensor d = Tensor::copy_of(c, DType::f64);  // 1 / c correctly rounded to c's dtype
+      for (std::int64_t k = 0; k < d.numel(); ++k) d.ptr<double>()[k] = 1.0 / d.ptr<double>()[k];
+      c = Tensor::copy_of(d, c.dtype());
+      changed = true;
+    }
     if (swapped && s.rank == 2) c = transposed_copy(c), changed = true;
     if (swapped && s.rank == 1) c = reshaped_copy(c, Shape{s[0], 1}), changed = true;
     s = c.shape();
@@ -105,7 +114,12 @@ void binary_onnx(OnnxWriter& w, const char* type) {
 void add_onnx(OnnxWriter& w) { binary_onnx(w, "Add"); }
 void sub_onnx(OnnxWriter& w) { binary_onnx(w, "Sub"); }
 void mul_onnx(OnnxWriter& w) { binary_onnx(w, "Mul"); }
-void div_onnx(OnnxWriter& w) { binary_onnx(w, "Div"); }
+void div_onnx(OnnxWriter& w) {
+  if (w.is_constant(1) && !w.is_constant(0))
+    binary_onnx(w, "Mul", true);
+  else
+    binary_onnx(w, "Div");
+}
 
 }  // namespace
 

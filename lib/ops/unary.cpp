@@ -207,7 +207,15 @@ void scale_onnx(OnnxWriter& w) {
   with_scalar_onnx(w, "Mul", a.factor);
 }
 void add_scalar_onnx(OnnxWriter& w) { with_scalar_onnx(w, "Add", w.node().attrs.as<ScalarAttrs>().value); }
-void pow_onnx(OnnxWriter& w) { with_scalar_onnx(w, "Pow", w.node().attrs.as<ScalarAttrs>().value); }
+// x^2 is x * x, as the kernel computes it (and OpenCV 4.6 fuses a Pow and an Add of a scalar
+// after it into one layer that adds first: tests/test_onnx_opencv.cpp saw it).
+void pow_onnx(OnnxWriter& w) {
+  const double p = w.node().attrs.as<ScalarAttrs>().value;
+  if (p != 2.0) return with_scalar_onnx(w, "Pow", p);
+  const bool swapped = w.held_swapped(0);
+  const std::string x = w.in(0, swapped);
+  w.add("Mul", {x, x}, {w.out(0, swapped)});
+}
 
 }  // namespace
 
