@@ -146,6 +146,28 @@ TEST_CASE("the compiler, planner and executor name no op", "[graph][registry]") 
   }
 }
 
+TEST_CASE("the ONNX exporter names no op: each op writes itself from its family file", "[graph][registry][onnx]") {
+  const std::string src = slurp(std::string(GG_SOURCE_DIR) + "/lib/io/onnx.cpp");
+  REQUIRE_FALSE(src.empty());
+  for (const std::string& v : op_variables_in_sources()) CHECK_THAT(src, !Contains(v));
+}
+
+TEST_CASE("docs/interop.md lists exactly the ops that have an ONNX equivalent", "[graph][registry][docs][onnx]") {
+  // Rows of its table start with the op's name in backquotes: "| `matmul` | `MatMul` ...".
+  std::set<std::string> listed;
+  std::istringstream doc(slurp(std::string(GG_SOURCE_DIR) + "/docs/interop.md"));
+  const std::regex row(R"(^\| `(\w+)` \|)");
+  for (std::string line; std::getline(doc, line);) {
+    std::smatch m;
+    if (std::regex_search(line, m, row)) listed.insert(m[1]);
+  }
+  REQUIRE(listed.size() >= 20);
+  for (const gg::detail::OpDef* d : gg::detail::all_ops()) {
+    INFO("op '" << d->name << "'");
+    CHECK((d->onnx != nullptr) == (listed.count(d->name) == 1));
+  }
+}
+
 // ---- typed attributes ------------------------------------------------------------------------------
 
 TEST_CASE("attributes print every field by name, in errors, descriptions and DOT labels", "[graph][attrs]") {

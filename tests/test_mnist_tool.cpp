@@ -369,6 +369,34 @@ TEST_CASE("mnist-eval reports the test accuracy mnist-train printed, per class a
   }
 }
 
+TEST_CASE("mnist-train --export-onnx writes the trained MLP, and mnist-eval --export-onnx its checkpoint, as the same model") {
+  TempDir dir;
+  write_dataset(dir);
+  Result trained = run_tool("--data " + dir.path.string() + " --iterations 5 --hidden 8 --save " + (dir / "w.st") +
+                            " --export-onnx " + (dir / "train.onnx"));
+  INFO(trained.out);
+  REQUIRE(trained.code == 0);
+  const std::string model = gg::test::slurp(dir / "train.onnx");
+  CHECK(model.substr(0, 2) == std::string("\x08\x06", 2));  // ir_version 6
+  for (const char* s : {"logits", "probabilities", "MatMul", "Softmax", "dense8,relu,dense10", "divisor=255"})
+    CHECK_THAT(model, Contains(s));
+  Result e = run_tool((dir / "w.st") + " --export-onnx " + (dir / "eval.onnx"), MNIST_EVAL_PATH);
+  INFO(e.out);
+  REQUIRE(e.code == 0);
+  CHECK(gg::test::slurp(dir / "eval.onnx") == model);
+}
+
+TEST_CASE("mnist-train --export-onnx writes a convolutional network") {
+  TempDir dir;
+  write_dataset(dir);
+  Result trained = run_tool("--data " + dir.path.string() + " --model conv4k3p1,relu,pool2,flatten,dense10 --batch-size 50 " +
+                            "--epochs 1 --lr 0.01 --export-onnx " + (dir / "cnn.onnx"));
+  INFO(trained.out);
+  REQUIRE(trained.code == 0);
+  const std::string model = gg::test::slurp(dir / "cnn.onnx");
+  for (const char* s : {"Conv", "MaxPool", "Flatten", "logits", "nchw"}) CHECK_THAT(model, Contains(s));
+}
+
 TEST_CASE("mnist-eval refuses a file that is not a checkpoint, a truncated one and a missing one, in one line") {
   TempDir dir;
   write_dataset(dir);

@@ -27,7 +27,7 @@ namespace {
 using gg::tools::UsageError;
 
 struct Options {
-  std::string checkpoint, data, plot;
+  std::string checkpoint, data, plot, export_onnx;
   double test_divisor = 0;
   int threads = 0, wrong = 32;
 };
@@ -45,6 +45,8 @@ std::optional<Options> parse(int argc, char** argv) {
     ("plot", po::value(&o.plot), "write PREFIX-confusion.png (the confusion matrix as a heat map) and PREFIX-wrong.png "
        "(the most confidently wrong test images)")
     ("wrong", po::value(&o.wrong)->default_value(32), "how many wrong images --plot shows")
+    ("export-onnx", po::value(&o.export_onnx), "also write the checkpoint's network as an ONNX model to this file "
+       "(opset 11; input X in the checkpoint's layout, normalised as its data were; outputs logits and probabilities; docs/interop.md)")
     ("test-divisor", po::value(&o.test_divisor)->default_value(0), "divide the test pixels by this (0: the checkpoint's normalisation)")
     ("threads", po::value(&o.threads)->default_value(0), "threads (0: all cores)");
   // clang-format on
@@ -118,6 +120,10 @@ int run(const Options& o) {
   }
   std::fflush(stdout);
 
+  if (!o.export_onnx.empty()) {
+    trainer.export_onnx(o.export_onnx, net.normalization);
+    std::fprintf(stderr, "# wrote the ONNX model %s\n", o.export_onnx.c_str());
+  }
   if (!o.plot.empty()) {
     gg::tools::plot_confusion_matrix(o.plot + "-confusion.png", e.confusion, names,
                                      "Confusion matrix: " + info.get("spec") + ", test accuracy " +

@@ -32,7 +32,7 @@ namespace {
 using gg::tools::UsageError;
 
 struct Options {
-  std::string data, metrics, plot, save, load, resume, model, layers, activation, optimizer, schedule, layout;
+  std::string data, metrics, plot, save, load, resume, model, layers, activation, optimizer, schedule, layout, export_onnx;
   std::int64_t hidden = 64, iterations = 500, batch_size = 0, epochs = 0, print_every = 100, eval_every = 0, shift = 0;
   std::int64_t warmup = 0, lr_step = 0, stop_after_epochs = 0;
   double lr = 0.1, momentum = 0.9, weight_decay = 0, lr_gamma = 0.1, val_split = 0, test_divisor = 255.0, dropout = 0;
@@ -160,6 +160,8 @@ std::optional<Options> parse(int argc, char** argv) {
     ("plot", po::value(&o.plot), "draw loss and accuracy curves into this PNG file")
     ("save", po::value(&o.save), "checkpoint (safetensors: parameters, optimizer state, counters, data order) to this "
        "file after each epoch and at the end")
+    ("export-onnx", po::value(&o.export_onnx), "after training, write the network's inference graph to this ONNX file "
+       "(opset 11; input X in the --layout's shape, fed pixels / 255; outputs logits and probabilities; docs/interop.md)")
     ("load", po::value(&o.load), "start from the parameters of a checkpoint, as a new run")
     ("resume", po::value(&o.resume), "continue the run a checkpoint was saved from, exactly (same network, batches, "
        "optimizer; --epochs/--iterations say where the run ends)")
@@ -356,6 +358,10 @@ int train(const Options& o) {
   }
   if (!o.save.empty())
     trainer.save(o.save, &batches, {{"data", o.data}, {"test_accuracy", format("%.2f", test_acc)}});
+  if (!o.export_onnx.empty()) {
+    trainer.export_onnx(o.export_onnx, bo.normalization);
+    std::fprintf(stderr, "# wrote the ONNX model %s\n", o.export_onnx.c_str());
+  }
   return 0;
 }
 

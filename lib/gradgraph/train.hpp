@@ -310,6 +310,12 @@ class Trainer {
   const Model& model() const { return model_; }
   Value loss() const { return loss_; }
   Value accuracy() const { return accuracy_; }
+  Value probabilities() const { return probabilities_; }  // softmax of the logits along the class axis
+
+  // The network's inference graph as an ONNX model (gg::onnx::export_model, written atomically):
+  // input "X" in the model's layout, fed the images normalised by `norm`; outputs "logits" and
+  // "probabilities". The spec, layout and normalisation go into the model's metadata.
+  void export_onnx(const std::string& path, const Normalization& norm) const;
 
  private:
   Graph* g_;

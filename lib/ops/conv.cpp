@@ -19,6 +19,7 @@
 #include "fusion.hpp"
 #include "kernels.hpp"
 #include "micro_gemm.hpp"
+#include "onnx.hpp"
 #include "op_list.hpp"
 
 #include <array>
@@ -511,11 +512,22 @@ std::vector<Value> wgrad_vjp(const VjpArgs& v) {
   return out;
 }
 
+// ONNX: Conv, with the same geometry attributes (pads: top, left, bottom, right). conv2d has
+// no bias: the layer's bias is an add of its own (conv2d(x, w, b) = conv2d(x, w) + b {OC, 1, 1}),
+// written as an Add. The fused conv2d_bias exists only inside programs, never in a graph.
+void conv_onnx(OnnxWriter& w) {
+  const ConvAttrs& a = w.node().attrs.as<ConvAttrs>();
+  w.add("Conv", {w.in(0), w.in(1)}, {w.out(0)},
+        {OnnxAttr::list("kernel_shape", {a.kh, a.kw}), OnnxAttr::list("strides", {a.stride_h, a.stride_w}),
+         OnnxAttr::list("pads", {a.pad_h, a.pad_w, a.pad_h, a.pad_w}), OnnxAttr::list("dilations", {a.dil_h, a.dil_w}),
+         OnnxAttr::integer("group", 1)});
+}
+
 }  // namespace
 
 GG_OP(conv2d_op) = {.name = "conv2d", .arity = 2, .diff_inputs = 0b11,
                     .kernels = {.f32 = conv_fwd<float>, .f64 = conv_fwd<double>}, .infer = infer_conv,
-                    .workspace = conv_scratch, .vjp = conv_vjp};
+                    .workspace = conv_scratch, .vjp = conv_vjp, .onnx = conv_onnx};
 GG_OP(conv2d_bias_op) = {.name = "conv2d_bias", .arity = 3, .flags = kInternal, .diff_inputs = 0b111,
                          .kernels = {.f32 = conv_bias_fwd<float>, .f64 = conv_bias_fwd<double>}, .infer = infer_conv_bias,
                          .workspace = conv_scratch, .vjp = conv_bias_vjp};

@@ -8,6 +8,7 @@
 // state the op advances each training run (a declared write), saved in checkpoints: a resumed run
 // draws the masks the uninterrupted one would have.
 #include "kernels.hpp"
+#include "onnx.hpp"
 
 #include <regex>
 
@@ -80,10 +81,18 @@ std::vector<Value> vjp(const VjpArgs& v) {
   return out;
 }
 
+// ONNX: the identity, as in evaluation: the exported graph is the inference graph, so no node
+// at all (output 0 is x's tensor). The scaled mask (output 1) is refused if read.
+void dropout_onnx(OnnxWriter& w) {
+  if (w.needed(1)) w.refuse("is read for its mask (output 1), which an inference graph does not have");
+  w.same_as(0, 0);
+}
+
 }  // namespace
 
 GG_OP(dropout_op) = {.name = "dropout", .arity = 2, .outputs = 2, .diff_inputs = 0b01, .inplace = 0b01, .writes = 0b10,
-                     .kernels = {.f32 = fwd<float>, .f64 = fwd<double>}, .kernel_key = 0, .infer = infer, .vjp = vjp};
+                     .kernels = {.f32 = fwd<float>, .f64 = fwd<double>}, .kernel_key = 0, .infer = infer, .vjp = vjp,
+                     .onnx = dropout_onnx};
 
 }  // namespace detail
 

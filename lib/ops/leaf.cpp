@@ -6,6 +6,7 @@
 //   fill      a tensor of one value, possibly of an open shape: written once, when a program is
 //             planned for a batch size (the seed of gradients(), zero gradients)
 #include "kernels.hpp"
+#include "onnx.hpp"
 
 namespace gg {
 namespace detail {
@@ -28,17 +29,35 @@ void fill_kernel(const KernelArgs& k) {
   for (std::int64_t i = 0, n = k.out[0].numel(); i < n; ++i) o[i] = v;
 }
 
+// ONNX: inputs are the model's inputs (named, the open dimension symbolic); params and states
+// are initializers holding their values in the program exported from, constants their tensor, a
+// fill of a static shape its elements.
+void input_onnx(OnnxWriter& w) { w.graph_input(); }
+void stored_onnx(OnnxWriter& w) { w.constant_out(0, Tensor::copy_of(w.stored())); }
+void constant_onnx(OnnxWriter& w) { w.constant_out(0, w.node().value); }
+void fill_onnx(OnnxWriter& w) {
+  const Port& p = w.node().out();
+  if (p.shape.has_dyn()) w.refuse("has an open (dyn) shape, which an ONNX constant cannot have");
+  const std::vector<double> values(static_cast<std::size_t>(p.shape.numel()), w.node().attrs.as<FillAttrs>().value);
+  w.constant_out(0, Tensor::copy_of(Tensor::from<double>(p.shape, values), p.dtype));
+}
+
 }  // namespace
 
-GG_OP(input_op) = {.name = "input", .flags = kNonDifferentiable, .storage = Storage::external, .infer = infer_leaf};
-GG_OP(param_op) = {.name = "param", .flags = kTrainable, .storage = Storage::persistent, .infer = infer_leaf};
-GG_OP(state_op) = {.name = "state", .flags = kNonDifferentiable, .storage = Storage::persistent, .infer = infer_leaf};
-GG_OP(constant_op) = {.name = "constant", .flags = kNonDifferentiable, .storage = Storage::constant, .infer = infer_leaf};
+GG_OP(input_op) = {.name = "input", .flags = kNonDifferentiable, .storage = Storage::external, .infer = infer_leaf,
+                   .onnx = input_onnx};
+GG_OP(param_op) = {.name = "param", .flags = kTrainable, .storage = Storage::persistent, .infer = infer_leaf,
+                   .onnx = stored_onnx};
+GG_OP(state_op) = {.name = "state", .flags = kNonDifferentiable, .storage = Storage::persistent, .infer = infer_leaf,
+                   .onnx = stored_onnx};
+GG_OP(constant_op) = {.name = "constant", .flags = kNonDifferentiable, .storage = Storage::constant, .infer = infer_leaf,
+                      .onnx = constant_onnx};
 GG_OP(fill_op) = {
     .name = "fill",
     .flags = kNonDifferentiable | kOnce,
     .kernels = {fill_kernel<float>, fill_kernel<double>, fill_kernel<std::int64_t>, fill_kernel<std::uint8_t>},
     .infer = infer_leaf,
+    .onnx = fill_onnx,
 };
 
 }  // namespace detail

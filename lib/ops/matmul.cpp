@@ -8,6 +8,7 @@
 // VJP, with C = op(A) op(B):  d op(A) = G op(B)^T,  d op(B) = op(A)^T G, transposing back where
 // op() transposed; alpha scales both.
 #include "fusion.hpp"
+#include "onnx.hpp"
 #include "op.hpp"
 #include "op_list.hpp"
 #include "skinny_gemm.hpp"
@@ -488,10 +489,28 @@ std::vector<Value> vjp(const VjpArgs& a) {
   return out;
 }
 
+// ONNX: MatMul. With the weights first and the data second (the columns layout's W X), the
+// product is written transposed, as X^T W^T = (W X)^T with the weights stored transposed, and
+// its result is held swapped (lib/ops/onnx.hpp): the batch comes first and the constant second,
+// the form runtimes read as a fully connected layer (OpenCV refuses a constant first operand).
+// op() transposes of computed operands cost a Transpose node; of constants, nothing.
+void matmul_onnx(OnnxWriter& w) {
+  const MatMulAttrs& a = w.node().attrs.as<MatMulAttrs>();
+  if (a.batch_power != 0) w.refuse("has a factor that depends on the batch size (a mean over the open dimension)");
+  const bool weights_first = w.is_constant(0) && !w.is_constant(1);
+  const std::string y = a.alpha == 1 ? w.out(0, weights_first) : w.temp("product");
+  if (weights_first)
+    w.add("MatMul", {w.in(1, !a.trans_b), w.in(0, !a.trans_a)}, {y});
+  else
+    w.add("MatMul", {w.in(0, a.trans_a), w.in(1, a.trans_b)}, {y});
+  if (a.alpha != 1)
+    w.add("Mul", {y, w.initializer(scalar_tensor(a.alpha, w.node().out().dtype), "alpha")}, {w.out(0, weights_first)});
+}
+
 }  // namespace
 
 GG_OP(matmul_op) = {.name = "matmul", .arity = 2, .flags = kStrided, .diff_inputs = 0b11,
-                    .kernels = {.f32 = forward<float>, .f64 = forward<double>}, .infer = infer, .vjp = vjp,
+                    .kernels = {.f32 = forward<float>, .f64 = forward<double>}, .infer = infer, .vjp = vjp, .onnx = matmul_onnx,
                     .sparse_kernels = {.f32 = sparse_forward<float>, .f64 = sparse_forward<double>},
                     .sparse_operands = 0b11, .sparse_workspace = sparse_scratch};
 

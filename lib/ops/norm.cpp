@@ -17,6 +17,7 @@
 // gradient arriving at s itself (from differentiating that VJP again) adds
 // t (g_mu - g_r r^3 (x - mu)) / M to dx, the derivatives of mu and r with respect to x.
 #include "kernels.hpp"
+#include "onnx.hpp"
 #include "op_list.hpp"
 
 #include <cmath>
@@ -316,10 +317,26 @@ std::vector<Value> vjp(const VjpArgs& v) {
   return out;
 }
 
+// ONNX: BatchNormalization in inference form, y = scale (x - mean) / sqrt(var + epsilon) + B,
+// our evaluation formula, with the running statistics as initializers (what the program holds
+// when exported). ONNX puts the channels on axis 1: the columns layout's channels on axis 0 are
+// there in the swapped orientation (lib/ops/onnx.hpp). Output 1, the statistics for the
+// gradient, has no equivalent and is refused if read.
+void batch_norm_onnx(OnnxWriter& w) {
+  const NormAttrs& a = w.node().attrs.as<NormAttrs>();
+  if (w.needed(1)) w.refuse("is read for its statistics (output 1), which have no ONNX equivalent");
+  const bool swapped = a.axis == 0 && w.in_shape(0).rank == 2;
+  if (a.axis != 1 && !swapped)
+    w.refuse("normalises along axis " + std::to_string(a.axis) + "; ONNX's BatchNormalization takes the channels on axis 1");
+  w.add("BatchNormalization", {w.in(0, swapped), w.in(1), w.in(2), w.in(3), w.in(4)}, {w.out(0, swapped)},
+        {OnnxAttr::real("epsilon", static_cast<float>(a.eps))});
+}
+
 }  // namespace
 
 GG_OP(batch_norm_op) = {.name = "batch_norm", .arity = 5, .outputs = 2, .diff_inputs = 0b00111, .writes = 0b11000,
-                        .kernels = {.f32 = fwd<float>, .f64 = fwd<double>}, .kernel_key = 0, .infer = infer, .vjp = vjp};
+                        .kernels = {.f32 = fwd<float>, .f64 = fwd<double>}, .kernel_key = 0, .infer = infer, .vjp = vjp,
+                        .onnx = batch_norm_onnx};
 GG_OP(batch_norm_grad_op) = {.name = "batch_norm_grad", .arity = 4, .outputs = 2, .flags = kInternal, .diff_inputs = 0b1111,
                              .kernels = {.f32 = grad_fwd<float>, .f64 = grad_fwd<double>}, .infer = infer_grad,
                              .vjp = grad_vjp};

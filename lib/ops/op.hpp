@@ -244,6 +244,10 @@ struct VjpArgs {
 };
 using VjpFn = std::vector<Value> (*)(const VjpArgs& a);
 
+// Writes a node into an ONNX model through the writer's view of it (lib/ops/onnx.hpp).
+class OnnxWriter;
+using OnnxFn = void (*)(OnnxWriter& w);
+
 // ---- the op definition ---------------------------------------------------------------------------
 
 enum OpFlag : std::uint32_t {
@@ -278,6 +282,9 @@ struct OpDef {
   InferFn infer = nullptr;
   WorkspaceFn workspace = nullptr;
   VjpFn vjp = nullptr;
+  // The op's ONNX equivalent (gg::onnx::export_model); null: it has none, and exporting a graph
+  // that uses it is refused naming the op.
+  OnnxFn onnx = nullptr;
   // Kernels for when an operand that is a program input is fed with its nonzeros too
   // (Program::Feed::sparse) and is at most CompileOptions::sparse_density dense; bit i of
   // `sparse_operands`: operand i may be the sparse one. The planner reserves their workspace

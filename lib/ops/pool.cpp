@@ -27,6 +27,7 @@
 // windows in row-major order: overlapping windows add up in the same order for any thread count.
 #include "fusion.hpp"
 #include "kernels.hpp"
+#include "onnx.hpp"
 #include "op_list.hpp"
 
 #include <limits>
@@ -380,11 +381,28 @@ std::vector<Value> max_gather_vjp(const VjpArgs& v) {
 std::vector<Value> avg_pool_vjp(const VjpArgs& v) { return {avg_pool_backward(v.dy(), over_operand(v))}; }
 std::vector<Value> avg_pool_backward_vjp(const VjpArgs& v) { return {avg_pool(v.dy(), v.attrs<PoolAttrs>())}; }
 
+// ONNX: MaxPool and AveragePool (count_include_pad = 1), floor mode, the same windows. MaxPool's
+// optional indices count over the whole tensor, not per plane, so output 1 is refused (an
+// inference graph never reads it: only the gradient does).
+std::vector<OnnxAttr> pool_onnx_attrs(const PoolAttrs& a) {
+  return {OnnxAttr::list("kernel_shape", {a.kernel_h, a.kernel_w}), OnnxAttr::list("strides", {a.stride_h, a.stride_w}),
+          OnnxAttr::list("pads", {a.pad_h, a.pad_w, a.pad_h, a.pad_w})};
+}
+void max_pool_onnx(OnnxWriter& w) {
+  if (w.needed(1)) w.refuse("is read for its indices (output 1), which have no ONNX equivalent here");
+  w.add("MaxPool", {w.in(0)}, {w.out(0)}, pool_onnx_attrs(w.node().attrs.as<PoolAttrs>()));
+}
+void avg_pool_onnx(OnnxWriter& w) {
+  std::vector<OnnxAttr> attrs = pool_onnx_attrs(w.node().attrs.as<PoolAttrs>());
+  attrs.push_back(OnnxAttr::integer("count_include_pad", 1));
+  w.add("AveragePool", {w.in(0)}, {w.out(0)}, attrs);
+}
+
 }  // namespace
 
 GG_OP(max_pool2d_op) = {.name = "max_pool2d", .arity = 1, .outputs = 2, .diff_inputs = 0b1,
                         .kernels = {.f32 = max_pool_fwd<float>, .f64 = max_pool_fwd<double>}, .infer = infer_max_pool,
-                        .vjp = max_pool_vjp};
+                        .vjp = max_pool_vjp, .onnx = max_pool_onnx};
 GG_OP(max_unpool2d_op) = {.name = "max_unpool2d", .arity = 2, .flags = kInternal, .diff_inputs = 0b01,
                           .kernels = {.f32 = max_unpool_fwd<float>, .f64 = max_unpool_fwd<double>}, .infer = infer_unpool,
                           .vjp = max_unpool_vjp};
@@ -393,7 +411,7 @@ GG_OP(max_pool2d_gather_op) = {.name = "max_pool2d_gather", .arity = 2, .flags =
                                .vjp = max_gather_vjp};
 GG_OP(avg_pool2d_op) = {.name = "avg_pool2d", .arity = 1, .diff_inputs = 0b1,
                         .kernels = {.f32 = avg_pool_fwd<float>, .f64 = avg_pool_fwd<double>}, .infer = infer_avg_pool,
-                        .vjp = avg_pool_vjp};
+                        .vjp = avg_pool_vjp, .onnx = avg_pool_onnx};
 GG_OP(avg_pool2d_backward_op) = {.name = "avg_pool2d_backward", .arity = 1, .flags = kInternal, .diff_inputs = 0b1,
                                  .kernels = {.f32 = avg_pool_backward_fwd<float>, .f64 = avg_pool_backward_fwd<double>},
                                  .infer = infer_avg_backward, .vjp = avg_pool_backward_vjp};

@@ -11,6 +11,7 @@
 // run (every single-axis and whole-tensor sum): blocks of 256 in T and block totals in double
 // along rows, fully in double down columns. Other axis patterns take an index walk in T.
 #include "kernels.hpp"
+#include "onnx.hpp"
 
 #include <limits>
 
@@ -260,10 +261,21 @@ std::vector<Value> extreme_vjp(const VjpArgs& v) {
 std::vector<Value> sum_to_vjp(const VjpArgs& v) { return {broadcast_to(v.dy(), v.in_shape(0))}; }
 std::vector<Value> broadcast_to_vjp(const VjpArgs& v) { return {sum_to(v.dy(), v.in_shape(0))}; }
 
+// ONNX: ReduceSum with its axes as an attribute (opset 11), keepdims as ours. mean is sum then
+// scale, so a mean over fixed axes (global_avg_pool) exports as ReduceSum and Mul.
+void sum_onnx(OnnxWriter& w) {
+  const ReduceAttrs& a = w.node().attrs.as<ReduceAttrs>();
+  std::vector<std::int64_t> axes;
+  for (int i = 0; i < w.in_shape(0).rank; ++i)
+    if (a.axes.has(i)) axes.push_back(i);
+  w.add("ReduceSum", {w.in(0)}, {w.out(0)}, {OnnxAttr::list("axes", axes), OnnxAttr::integer("keepdims", a.keepdims ? 1 : 0)});
+}
+
 }  // namespace
 
 GG_OP(sum_op) = {.name = "sum", .arity = 1, .diff_inputs = 0b1,
-                 .kernels = {.f32 = sum_fwd<float>, .f64 = sum_fwd<double>}, .infer = infer_sum, .vjp = sum_vjp};
+                 .kernels = {.f32 = sum_fwd<float>, .f64 = sum_fwd<double>}, .infer = infer_sum, .vjp = sum_vjp,
+                 .onnx = sum_onnx};
 GG_OP(max_op) = {.name = "max", .arity = 1, .diff_inputs = 0b1,
                  .kernels = {.f32 = extreme_fwd<float, true>, .f64 = extreme_fwd<double, true>}, .infer = infer_sum,
                  .vjp = extreme_vjp};

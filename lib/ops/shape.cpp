@@ -6,6 +6,7 @@
 // alive as long as the view is read, and copies a non-contiguous view into a buffer of its own
 // only for a reader that needs contiguous memory.
 #include "kernels.hpp"
+#include "onnx.hpp"
 
 namespace gg {
 
@@ -159,10 +160,36 @@ std::vector<Value> transpose_vjp(const VjpArgs& a) {
   return {transpose(a.dy(), inv)};
 }
 
+// ONNX: a reshape of a constant (a conv bias {OC} to {OC, 1, 1}) is stored reshaped. Joining
+// every axis after the first is Flatten (axis 1), the form runtimes know from CNN exports;
+// other reshapes are Reshape with -1 for the open dimension (one at most).
+void reshape_onnx(OnnxWriter& w) {
+  const Shape to = w.node().out().shape, from = w.in_shape(0);
+  if (w.is_constant(0)) return w.constant_out(0, reshaped_copy(w.constant(0), to));
+  if (to.rank == 2 && from.rank >= 2 && to[0] == from[0] && to[1] != dyn) {
+    w.add("Flatten", {w.in(0)}, {w.out(0)}, {OnnxAttr::integer("axis", 1)});
+    return;
+  }
+  std::vector<std::int64_t> dims;
+  int open = 0;
+  for (int d = 0; d < to.rank; ++d) open += to[d] == dyn, dims.push_back(to[d] == dyn ? -1 : to[d]);
+  if (open > 1) w.refuse("has " + std::to_string(open) + " open dimensions, which ONNX's Reshape cannot infer");
+  const Shape ds{static_cast<std::int64_t>(dims.size())};
+  w.add("Reshape", {w.in(0), w.initializer(Tensor::from<std::int64_t>(ds, dims), "shape")}, {w.out(0)});
+}
+
+// ONNX: Transpose; swapping the two axes of a rank-2 value costs nothing (the writer holds it
+// swapped, lib/ops/onnx.hpp).
+void transpose_onnx(OnnxWriter& w) {
+  const Shape& perm = w.node().attrs.as<PermAttrs>().perm;
+  if (perm.rank == 2 && perm[0] == 1) return w.swapped_of(0, 0);
+  w.add("Transpose", {w.in(0)}, {w.out(0)}, {OnnxAttr::list("perm", std::vector<std::int64_t>(perm.dims, perm.dims + perm.rank))});
+}
+
 }  // namespace
 
 GG_OP(reshape_op) = {.name = "reshape", .arity = 1, .diff_inputs = 0b1, .alias = 0, .view = reshape_view,
-                     .infer = infer_reshape, .vjp = reshape_vjp};
+                     .infer = infer_reshape, .vjp = reshape_vjp, .onnx = reshape_onnx};
 GG_OP(slice_op) = {.name = "slice", .arity = 1, .flags = kStrided, .diff_inputs = 0b1, .alias = 0, .view = slice_view,
                    .infer = infer_slice, .vjp = slice_vjp};
 GG_OP(unslice_op) = {.name = "unslice", .arity = 1, .flags = kInternal, .diff_inputs = 0b1,
@@ -170,7 +197,7 @@ GG_OP(unslice_op) = {.name = "unslice", .arity = 1, .flags = kInternal, .diff_in
                      .vjp = unslice_vjp};
 GG_OP(transpose_op) = {.name = "transpose", .arity = 1, .flags = kStrided, .diff_inputs = 0b1,
                        .kernels = {.f32 = transpose_fwd<float>, .f64 = transpose_fwd<double>}, .infer = infer_transpose,
-                       .vjp = transpose_vjp};
+                       .vjp = transpose_vjp, .onnx = transpose_onnx};
 
 namespace {
 Value unslice(Value g, SliceAttrs a) { return make(unslice_op, {g}, Attrs(a)); }

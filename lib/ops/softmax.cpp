@@ -7,6 +7,7 @@
 #include "softmax.hpp"
 
 #include "kernels.hpp"
+#include "onnx.hpp"
 
 #include <cmath>
 #include <limits>
@@ -72,13 +73,43 @@ std::vector<Value> log_softmax_vjp(const VjpArgs& a) {
   return {a.dy() - exp(a.y()) * sum(a.dy(), a.attrs<AxisAttrs>().axis, true)};
 }
 
+// ONNX: Softmax and LogSoftmax, always over the last axis of the tensor they get, where opset
+// 11 (which flattens to 2-d at the axis) and opset 13 (one axis) agree, and where OpenCV's
+// layer runs. A rank-2 softmax along axis 0 (classes x examples) runs on the swapped tensor
+// (lib/ops/onnx.hpp), free after a product of the columns layout; another axis of a higher rank
+// is moved last and back by two Transposes.
+template <bool Log>
+void softmax_onnx(OnnxWriter& w) {
+  const char* type = Log ? "LogSoftmax" : "Softmax";
+  const int r = w.in_shape(0).rank;
+  const int a = w.node().attrs.as<AxisAttrs>().axis;
+  const int axis = a < 0 ? a + r : a;
+  if (r == 2) {
+    const bool swapped = axis == 0;
+    w.add(type, {w.in(0, swapped)}, {w.out(0, swapped)}, {OnnxAttr::integer("axis", 1)});
+    return;
+  }
+  if (axis == r - 1) {
+    w.add(type, {w.in(0)}, {w.out(0)}, {OnnxAttr::integer("axis", r - 1)});
+    return;
+  }
+  std::vector<std::int64_t> perm(static_cast<std::size_t>(r));
+  for (int i = 0; i < r; ++i) perm[static_cast<std::size_t>(i)] = i;
+  std::swap(perm[static_cast<std::size_t>(axis)], perm[static_cast<std::size_t>(r - 1)]);  // its own inverse
+  const std::string moved = w.temp("axis_last"), done = w.temp(Log ? "log_softmax" : "softmax");
+  w.add("Transpose", {w.in(0)}, {moved}, {OnnxAttr::list("perm", perm)});
+  w.add(type, {moved}, {done}, {OnnxAttr::integer("axis", r - 1)});
+  w.add("Transpose", {done}, {w.out(0)}, {OnnxAttr::list("perm", perm)});
+}
+
 }  // namespace
 
 GG_OP(softmax_op) = {.name = "softmax", .arity = 1, .diff_inputs = 0b1,
-                     .kernels = {.f32 = fwd<float, false>, .f64 = fwd<double, false>}, .infer = infer, .vjp = softmax_vjp};
+                     .kernels = {.f32 = fwd<float, false>, .f64 = fwd<double, false>}, .infer = infer, .vjp = softmax_vjp,
+                     .onnx = softmax_onnx<false>};
 GG_OP(log_softmax_op) = {.name = "log_softmax", .arity = 1, .diff_inputs = 0b1,
                          .kernels = {.f32 = fwd<float, true>, .f64 = fwd<double, true>}, .infer = infer,
-                         .vjp = log_softmax_vjp};
+                         .vjp = log_softmax_vjp, .onnx = softmax_onnx<true>};
 
 }  // namespace detail
 

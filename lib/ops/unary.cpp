@@ -16,6 +16,7 @@
 // NaN to 0 (the comparison is false); a NaN loss still shows it.
 #include "fusion.hpp"
 #include "kernels.hpp"
+#include "onnx.hpp"
 #include "op_list.hpp"
 
 #include <cmath>
@@ -182,28 +183,72 @@ Grads add_relu_vjp(const VjpArgs& a) {
   return out;
 }
 
+// ONNX: the elementwise ops of the same names, following their operand's orientation (lib/ops/
+// onnx.hpp); scale and add_scalar multiply and add a scalar initializer, pow raises to one.
+// ONNX's Relu is max(x, 0), which maps NaN to NaN where ours gives 0: only NaNs differ.
+void unary_onnx(OnnxWriter& w, const char* type) {
+  const bool swapped = w.held_swapped(0);
+  w.add(type, {w.in(0, swapped)}, {w.out(0, swapped)});
+}
+void with_scalar_onnx(OnnxWriter& w, const char* type, double v) {
+  const bool swapped = w.held_swapped(0);
+  w.add(type, {w.in(0, swapped), w.initializer(scalar_tensor(v, w.node().out().dtype), "scalar")}, {w.out(0, swapped)});
+}
+void neg_onnx(OnnxWriter& w) { unary_onnx(w, "Neg"); }
+void exp_onnx(OnnxWriter& w) { unary_onnx(w, "Exp"); }
+void log_onnx(OnnxWriter& w) { unary_onnx(w, "Log"); }
+void sqrt_onnx(OnnxWriter& w) { unary_onnx(w, "Sqrt"); }
+void relu_onnx(OnnxWriter& w) { unary_onnx(w, "Relu"); }
+void sigmoid_onnx(OnnxWriter& w) { unary_onnx(w, "Sigmoid"); }
+void tanh_onnx(OnnxWriter& w) { unary_onnx(w, "Tanh"); }
+void scale_onnx(OnnxWriter& w) {
+  const ScaleAttrs& a = w.node().attrs.as<ScaleAttrs>();
+  if (a.batch_power != 0) w.refuse("has a factor that depends on the batch size (a mean over the open dimension)");
+  with_scalar_onnx(w, "Mul", a.factor);
+}
+void add_scalar_onnx(OnnxWriter& w) { with_scalar_onnx(w, "Add", w.node().attrs.as<ScalarAttrs>().value); }
+// x^2 is x * x, as the kernel computes it (and OpenCV 4.6 fuses a Pow and an Add of a scalar
+// after it into one layer that adds first: tests/test_onnx_opencv.cpp saw it).
+void pow_onnx(OnnxWriter& w) {
+  const double p = w.node().attrs.as<ScalarAttrs>().value;
+  if (p != 2.0) return with_scalar_onnx(w, "Pow", p);
+  const bool swapped = w.held_swapped(0);
+  const std::string x = w.in(0, swapped);
+  w.add("Mul", {x, x}, {w.out(0, swapped)});
+}
+
 }  // namespace
 
 GG_OP(neg_op) = {.name = "neg", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
-                .kernels = {.f32 = neg_fwd<float>, .f64 = neg_fwd<double>}, .infer = same, .vjp = neg_vjp};
+                .kernels = {.f32 = neg_fwd<float>, .f64 = neg_fwd<double>}, .infer = same, .vjp = neg_vjp,
+                .onnx = neg_onnx};
 GG_OP(scale_op) = {.name = "scale", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
-                  .kernels = {.f32 = scale_fwd<float>, .f64 = scale_fwd<double>}, .infer = same, .vjp = scale_vjp};
+                  .kernels = {.f32 = scale_fwd<float>, .f64 = scale_fwd<double>}, .infer = same, .vjp = scale_vjp,
+                  .onnx = scale_onnx};
 GG_OP(add_scalar_op) = {.name = "add_scalar", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
-                       .kernels = {.f32 = add_scalar_fwd<float>, .f64 = add_scalar_fwd<double>}, .infer = same, .vjp = add_scalar_vjp};
+                       .kernels = {.f32 = add_scalar_fwd<float>, .f64 = add_scalar_fwd<double>}, .infer = same, .vjp = add_scalar_vjp,
+                       .onnx = add_scalar_onnx};
 GG_OP(pow_op) = {.name = "pow", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
-                .kernels = {.f32 = pow_fwd<float>, .f64 = pow_fwd<double>}, .infer = same, .vjp = pow_vjp};
+                .kernels = {.f32 = pow_fwd<float>, .f64 = pow_fwd<double>}, .infer = same, .vjp = pow_vjp,
+                .onnx = pow_onnx};
 GG_OP(exp_op) = {.name = "exp", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
-                .kernels = {.f32 = exp_fwd<float>, .f64 = exp_fwd<double>}, .infer = same, .vjp = exp_vjp};
+                .kernels = {.f32 = exp_fwd<float>, .f64 = exp_fwd<double>}, .infer = same, .vjp = exp_vjp,
+                .onnx = exp_onnx};
 GG_OP(log_op) = {.name = "log", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
-                .kernels = {.f32 = log_fwd<float>, .f64 = log_fwd<double>}, .infer = same, .vjp = log_vjp};
+                .kernels = {.f32 = log_fwd<float>, .f64 = log_fwd<double>}, .infer = same, .vjp = log_vjp,
+                .onnx = log_onnx};
 GG_OP(sqrt_op) = {.name = "sqrt", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
-                 .kernels = {.f32 = sqrt_fwd<float>, .f64 = sqrt_fwd<double>}, .infer = same, .vjp = sqrt_vjp};
+                 .kernels = {.f32 = sqrt_fwd<float>, .f64 = sqrt_fwd<double>}, .infer = same, .vjp = sqrt_vjp,
+                 .onnx = sqrt_onnx};
 GG_OP(relu_op) = {.name = "relu", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
-                 .kernels = {.f32 = relu_fwd<float>, .f64 = relu_fwd<double>}, .infer = same, .vjp = relu_vjp};
+                 .kernels = {.f32 = relu_fwd<float>, .f64 = relu_fwd<double>}, .infer = same, .vjp = relu_vjp,
+                 .onnx = relu_onnx};
 GG_OP(sigmoid_op) = {.name = "sigmoid", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
-                    .kernels = {.f32 = sigmoid_fwd<float>, .f64 = sigmoid_fwd<double>}, .infer = same, .vjp = sigmoid_vjp};
+                    .kernels = {.f32 = sigmoid_fwd<float>, .f64 = sigmoid_fwd<double>}, .infer = same, .vjp = sigmoid_vjp,
+                    .onnx = sigmoid_onnx};
 GG_OP(tanh_op) = {.name = "tanh", .arity = 1, .diff_inputs = 0b1, .inplace = 0b1,
-                 .kernels = {.f32 = tanh_fwd<float>, .f64 = tanh_fwd<double>}, .infer = same, .vjp = tanh_vjp};
+                 .kernels = {.f32 = tanh_fwd<float>, .f64 = tanh_fwd<double>}, .infer = same, .vjp = tanh_vjp,
+                 .onnx = tanh_onnx};
 GG_OP(relu_grad_op) = {.name = "relu_grad", .arity = 2, .flags = kInternal, .diff_inputs = 0b01, .inplace = 0b01,
                        .kernels = {.f32 = relu_grad_fwd<float>, .f64 = relu_grad_fwd<double>}, .infer = same2,
                        .vjp = relu_grad_vjp};

@@ -1,5 +1,6 @@
 // The trainer: the training and evaluation programs of a classifier, fit and evaluate.
 #include <gradgraph/autodiff.hpp>
+#include <gradgraph/onnx.hpp>
 #include <gradgraph/train.hpp>
 
 #include <chrono>
@@ -53,6 +54,17 @@ Trainer::Trainer(Graph& g, const Model& m, const TrainOptions& o) : g_(&g), mode
   eo.share_params_with = train_.get();
   eo.training = false;
   eval_ = std::make_unique<Program>(g, std::vector<Value>{loss_, accuracy_, predictions_, probabilities_}, eo);
+}
+
+void Trainer::export_onnx(const std::string& path, const Normalization& norm) const {
+  onnx::ExportOptions o;
+  o.output_names = {"logits", "probabilities"};
+  o.doc = "gradgraph network " + model_.spec + " (" + nn::layout_name(model_.layout) +
+          " layout). Input X: images as x = (byte / divisor - mean) / std, " + norm.text() +
+          ". Outputs: logits, and their softmax over the classes, probabilities.";
+  o.metadata = {{"spec", model_.spec}, {"layout", nn::layout_name(model_.layout)}, {"normalization", norm.text()},
+                {"example", to_string(model_.example)}};
+  onnx::export_model(*eval_, {model_.logits, probabilities_}, path, o);
 }
 
 FitResult Trainer::fit(Batches& batches, const FitOptions& fo, const Callbacks& cb) {
