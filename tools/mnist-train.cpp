@@ -3,7 +3,8 @@
 // softmax cross-entropy) trained full-batch, printing the notebook's lines; flags choose deeper
 // networks, mini-batches, optimizers, schedules, a validation split and checkpoints that resume
 // exactly. `mnist-train --help` documents every flag. The tool parses flags, prints and plots:
-// the training loop, the data pipeline and the checkpoints are the library's.
+// the training loop, the data pipeline and the checkpoints are the library's. Under mpirun it
+// trains data-parallel (docs/distributed.md): each rank a shard of every batch, rank 0 printing.
 #include <gradgraph/gradgraph.hpp>
 #include <gradgraph/idx.hpp>
 
@@ -18,7 +19,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <iostream>
 #include <optional>
 #include <sstream>
@@ -40,8 +43,13 @@ struct Options {
   std::uint64_t seed = 33;
   std::string init = "numpy", dtype = "float32";
   int threads = 0;
-  bool verbose = false, progress = true, shuffle = true;
+  double mpi_timeout = 300;
+  bool verbose = false, progress = true, shuffle = true, distributed = false;
 };
+
+// The MPI ranks of a data-parallel run (null: one process), set up by main before parsing.
+gg::train::Mpi* mpi = nullptr;
+bool rank0() { return !mpi || mpi->rank() == 0; }
 
 std::string format(const char* fmt, double a, double b = 0, double c = 0) {
   char buf[256];
@@ -167,7 +175,11 @@ std::optional<Options> parse(int argc, char** argv) {
        "optimizer; --epochs/--iterations say where the run ends)")
     ("stop-after-epochs", po::value(&o.stop_after_epochs)->default_value(0),
        "end this invocation after so many epochs (checkpoint with --save, continue with --resume)")
-    ("threads", po::value(&o.threads)->default_value(0), "threads for GEMMs and kernels (0: all cores)")
+    ("threads", po::value(&o.threads)->default_value(0), "threads for GEMMs and kernels (0: all cores); per rank under mpirun")
+    ("distributed", "data-parallel over MPI (automatic under mpirun): each rank trains on its shard of every "
+       "--batch-size batch, gradients summed across ranks; rank 0 prints and writes files (docs/distributed.md)")
+    ("mpi-timeout", po::value(&o.mpi_timeout)->default_value(300.0),
+       "under mpirun: end the job when a rank has sent nothing for this many seconds (died, hung, diverged)")
     ("sparse-density", po::value(&o.sparse_density)->default_value(gg::kDefaultSparseDensity, format("%g", gg::kDefaultSparseDensity)),
        "products that read the images use their nonzeros when the images are at most this dense (MNIST: 0.19); "
        "0: always the dense GEMM (--verbose says which ran)")
@@ -188,6 +200,11 @@ std::optional<Options> parse(int argc, char** argv) {
   o.verbose = vm.count("verbose") > 0;
   o.progress = vm.count("no-progress") == 0;
   o.shuffle = vm.count("no-shuffle") == 0;
+  o.distributed = vm.count("distributed") > 0;
+  if (o.distributed && !mpi)
+    throw UsageError(gg::train::mpi_available() ? "--distributed needs mpirun (mpirun -np N mnist-train ...)"
+                                                : "--distributed: this gradgraph was built without MPI (scripts/install-deps, then build again)");
+  if (!(o.mpi_timeout > 0)) throw UsageError("--mpi-timeout must be a positive number of seconds");
   check_options(o);
   return o;
 }
@@ -244,6 +261,12 @@ int train(const Options& o) {
   to.compile.sparse_density = o.sparse_density;
   to.compile.seed = o.seed;
   to.compile.rng = o.init == "numpy" ? gg::RngKind::numpy : gg::RngKind::standard;
+  // Every rank initialises its replica from the same seed (the initialisers are deterministic);
+  // check_same below confirms the parameters agree bit for bit before the first step.
+  if (mpi) {
+    to.communicator = mpi;
+    mpi->set_timeout(o.mpi_timeout);
+  }
   gg::train::Trainer trainer(g, model, to);
 
   gg::train::BatchOptions bo;
@@ -254,9 +277,21 @@ int train(const Options& o) {
   bo.dtype = dt;
   bo.threads = trainer.train_program().threads();
   bo.shift = static_cast<int>(o.shift);
+  if (mpi) {
+    bo.shard = mpi->rank();
+    bo.shards = mpi->size();
+  }
   gg::train::Batches batches(*train_set, bo);
   if (!o.load.empty()) trainer.load(o.load);
   if (!o.resume.empty()) trainer.resume(o.resume, batches);
+  auto params_fingerprint = [&] {
+    std::string h;
+    for (const std::string& name : trainer.train_program().param_names()) {
+      const gg::TensorView v = trainer.train_program().param(name);
+      h += gg::train::hex(gg::train::fingerprint(v.data, gg::byte_size(v.numel(), v.dtype)));
+    }
+    return gg::train::hex(gg::train::fingerprint(h.data(), h.size()));
+  };
 
   const bool full_batch = batches.batch_size() == train_set->count;
   gg::train::FitOptions fo;
@@ -268,12 +303,28 @@ int train(const Options& o) {
   fo.validation = val ? &*val : nullptr;
   fo.checkpoint = o.save;
   const std::int64_t total = fo.steps > 0 ? fo.steps : fo.epochs * batches.steps_per_epoch();
+  if (mpi) {
+    // A rank that trained another network or other data would sum gradients of another shape or
+    // meaning: compare everything that decides the run once, before the first step.
+    auto data_print = [](const gg::train::Dataset& d) {
+      return std::to_string(d.count) + " examples " + to_string(d.example) + " " +
+             gg::train::hex(gg::train::fingerprint(d.pixels.data(), d.pixels.size(),
+                                                   gg::train::fingerprint(d.labels.data(), d.labels.size() * 8)));
+    };
+    mpi->check_same({{"network", spec.text() + " " + gg::nn::layout_name(layout) + " " + gg::dtype_name(dt)},
+                     {"training data", data_print(*train_set)},
+                     {"batches", "batch " + std::to_string(batches.batch_size()) + " seed " + std::to_string(o.seed) +
+                                     (o.shuffle ? " shuffled" : " in order") + " shift " + std::to_string(o.shift)},
+                     {"run", std::to_string(trainer.steps_done()) + " to " + std::to_string(total) + " steps"},
+                     {"optimizer", to.optimizer.text() + ", " + to.schedule.text()},
+                     {"parameters", params_fingerprint()}});
+  }
   if (trainer.steps_done() >= total)
     throw UsageError("the checkpoint has done " + std::to_string(trainer.steps_done()) + " steps already; the run ends at " +
                      std::to_string(total) + " (raise --epochs or --iterations)");
 
   gg::Program& step_program = trainer.train_program();
-  if (o.verbose) {
+  if (o.verbose && rank0()) {
     std::fprintf(stderr, "# %s, network %s (%s), batch %lld, %lld steps, %d threads, %s init, %s, schedule %s\n",
                  gg::dtype_name(dt), spec.text().c_str(), gg::nn::layout_name(layout),
                  static_cast<long long>(batches.batch_size()), static_cast<long long>(total), step_program.threads(),
@@ -290,10 +341,11 @@ int train(const Options& o) {
 
   std::vector<gg::tools::MetricsRow> rows;
   std::vector<double> losses, accs, test_accs, test_at;
-  gg::tools::Progress bar(total - trainer.steps_done(), o.progress && gg::tools::stderr_is_terminal());
+  gg::tools::Progress bar(total - trainer.steps_done(), o.progress && rank0() && gg::tools::stderr_is_terminal());
   const std::int64_t first_step = trainer.steps_done();
   gg::train::Callbacks cb;
   cb.on_step = [&](const gg::train::StepInfo& s) {
+    if (!rank0()) return true;  // the others only train: rank 0 has the same (global) loss
     gg::tools::MetricsRow row{s.step, s.loss, s.accuracy * 100.0, std::nullopt};
     if (o.eval_every > 0 && (s.step % o.eval_every == 0 || s.step == total - 1)) {
       row.test_accuracy = test_accuracy();
@@ -320,7 +372,7 @@ int train(const Options& o) {
     return true;
   };
   cb.on_epoch = [&](const gg::train::EpochInfo& e) {
-    if (full_batch) return true;  // every step is an epoch: the iteration lines say it all
+    if (full_batch || !rank0()) return true;  // every step is an epoch: the iteration lines say it all
     bar.clear();
     std::printf("Epoch %lld/%lld | loss %.4f | train %.2f%%%s | %.0f images/s | %.1f s\n", static_cast<long long>(e.epoch + 1),
                 static_cast<long long>(total / batches.steps_per_epoch()), e.loss, e.accuracy * 100.0,
@@ -341,10 +393,18 @@ int train(const Options& o) {
   }
   bar.finish();
   const double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_train).count();
+  const std::int64_t done = fit.steps - first_step;
+  if (mpi) {
+    // The same gradients on every rank make the same parameters: a difference here is a bug.
+    const double reduce_seconds = mpi->seconds_in_sum();
+    mpi->check_same({{"parameters after training", params_fingerprint()}});
+    if (!rank0()) return 0;
+    std::fprintf(stderr, "# %d ranks x %d threads; rank 0 in the all-reduce %.3f s, %.1f%% of training\n", mpi->size(),
+                 step_program.threads(), reduce_seconds, 100.0 * reduce_seconds / train_seconds);
+  }
   const double test_acc = test_accuracy();
   std::printf("Accuracy: %.2f %%\n", test_acc);
   std::fflush(stdout);
-  const std::int64_t done = fit.steps - first_step;
   std::fprintf(stderr, "# %lld iterations in %.2f s (%.1f ms/iteration), total %.2f s\n", static_cast<long long>(done),
                train_seconds, 1e3 * train_seconds / static_cast<double>(std::max<std::int64_t>(1, done)),
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
@@ -367,4 +427,37 @@ int train(const Options& o) {
 
 }  // namespace
 
-int main(int argc, char** argv) { return gg::tools::cli_main("mnist-train", argc, argv, parse, train); }
+// Under mpirun (Open MPI sets OMPI_COMM_WORLD_SIZE in each rank's environment) MPI starts before
+// the flags are parsed. An error every rank meets alike (a bad flag, ranks that disagree) ends
+// each rank normally, rank 0 saying why; an error of one rank alone ends the whole job
+// (MPI_Abort), since the others would wait for it forever.
+int main(int argc, char** argv) {
+  std::unique_ptr<gg::train::Mpi> world;
+  if (std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE")) {
+    if (!gg::train::mpi_available()) {
+      const char* n = std::getenv("OMPI_COMM_WORLD_SIZE");
+      if (n && std::string(n) != "1") {
+        std::fprintf(stderr, "mnist-train: started by mpirun, but this gradgraph was built without MPI "
+                             "(scripts/install-deps, then build again)\n");
+        return 1;
+      }
+    } else {
+      world = std::make_unique<gg::train::Mpi>(argc, argv);
+      mpi = world.get();
+    }
+  }
+  if (!mpi) return gg::tools::cli_main("mnist-train", argc, argv, parse, train);
+  try {
+    auto o = parse(argc, argv);
+    return o ? train(*o) : 0;
+  } catch (const UsageError& e) {
+    if (rank0()) std::fprintf(stderr, "mnist-train: %s (see --help)\n", e.what());
+    return 2;
+  } catch (const gg::train::CollectiveError& e) {
+    if (rank0()) std::fprintf(stderr, "mnist-train: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mnist-train: rank %d of %d: %s; ending every rank\n", mpi->rank(), mpi->size(), e.what());
+    mpi->abort(1);
+  }
+}

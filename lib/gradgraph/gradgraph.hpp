@@ -4,6 +4,7 @@
 #include <gradgraph/autodiff.hpp>
 #include <gradgraph/backend.hpp>
 #include <gradgraph/check.hpp>
+#include <gradgraph/distributed.hpp>
 #include <gradgraph/dot.hpp>
 #include <gradgraph/graph.hpp>
 #include <gradgraph/nn.hpp>

@@ -81,6 +81,11 @@ struct BatchOptions {
   // are at most kSparseData dense, so that programs may compute the products that read X from
   // them (CompileOptions::sparse_density decides per product). Columns and rows layouts only.
   bool sparse = true;
+  // Data parallelism: this process takes shard `shard` of `shards` of every batch, examples
+  // [size * shard / shards, size * (shard + 1) / shards) of it, so that the ranks' shards are
+  // exactly the batch one process would see (the same seeded permutation on every rank). Every
+  // batch must leave each shard at least one example.
+  int shard = 0, shards = 1;
 };
 
 // From this many examples on, a full batch's nonzeros also get their cross blocks
@@ -93,7 +98,8 @@ struct Batch {
   TensorView x;       // {features, size} (columns, strided over example-major memory), {size, features}
                       // (rows) or {size, C, H, W} (nchw)
   TensorView labels;  // int64 {size}
-  std::int64_t size = 0;
+  std::int64_t size = 0;         // examples here: this process's shard
+  std::int64_t global_size = 0;  // examples in the whole batch, over all shards
   std::int64_t epoch = 0;  // 0-based epoch this batch belongs to
   std::int64_t index = 0;  // 0-based batch within the epoch
   bool last = false;       // the epoch's last batch (possibly partial)
@@ -204,6 +210,12 @@ struct TrainOptions {
   // gradients (a data-parallel mode sums them across ranks here). Null: the gradients as they are.
   std::function<std::vector<Value>(Graph& g, const std::vector<Value>& params, const std::vector<Value>& grads)>
       gradient_hook;
+  // Data parallelism: this process is one rank of `communicator` and is fed its shard of each
+  // batch (BatchOptions::shards). After the hook, the gradients, the loss and the accuracy are
+  // averaged over the global batch across ranks (gg::all_reduce_mean, one message per step), so
+  // every rank applies the same update as one process fed the whole batch. Batch norm keeps
+  // per-shard statistics. Only rank 0 writes checkpoints. Null: one process.
+  Communicator* communicator = nullptr;
 };
 
 struct StepInfo {
@@ -308,8 +320,11 @@ class Trainer {
   Program& train_program() { return *train_; }
   Program& eval_program() { return *eval_; }
   const Model& model() const { return model_; }
-  Value loss() const { return loss_; }
-  Value accuracy() const { return accuracy_; }
+  // Whether fit writes its checkpoints here: one process, or rank 0 of a data-parallel run.
+  bool writes_files() const { return !opts_.communicator || opts_.communicator->rank() == 0; }
+  // The training program's loss and accuracy (over the global batch when data-parallel).
+  Value loss() const { return train_loss_; }
+  Value accuracy() const { return train_accuracy_; }
   Value probabilities() const { return probabilities_; }  // softmax of the logits along the class axis
 
   // The network's inference graph as an ONNX model (gg::onnx::export_model, written atomically):
@@ -322,6 +337,7 @@ class Trainer {
   Model model_;
   TrainOptions opts_;
   Value loss_, accuracy_, probabilities_, predictions_;
+  Value train_loss_, train_accuracy_;  // loss_ and accuracy_, or their all-reduced means
   std::vector<Value> params_, grads_, updates_;
   std::unique_ptr<Program> train_, eval_;
   std::int64_t step_ = 0, epoch_ = 0;

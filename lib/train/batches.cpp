@@ -107,10 +107,19 @@ Batches::Batches(const Dataset& d, const BatchOptions& o)
     throw std::invalid_argument(d.name + ": pixels or labels do not match the example count");
   batch_ = o.batch_size == 0 ? d.count : std::min(o.batch_size, d.count);
   steps_per_epoch_ = (d.count + batch_ - 1) / batch_;
+  if (o.shards < 1 || o.shard < 0 || o.shard >= o.shards)
+    throw std::invalid_argument("Batches: shard " + std::to_string(o.shard) + " of " + std::to_string(o.shards));
+  const std::int64_t last = d.count - (steps_per_epoch_ - 1) * batch_;
+  if (last < o.shards)
+    throw std::invalid_argument("Batches: " + std::string(last == batch_ ? "a batch" : "the last batch of an epoch") + " of " +
+                                std::to_string(last) + " examples cannot be split over " + std::to_string(o.shards) +
+                                " ranks (choose a batch size that leaves every rank an example)");
   order_.resize(static_cast<std::size_t>(d.count));
   std::iota(order_.begin(), order_.end(), std::int64_t{0});
-  xbuf_ = Tensor(o.dtype, {batch_, d.features()});
-  lbuf_ = Tensor(DType::i64, {batch_});
+  // The largest shard of a full batch: the buffers hold one shard, not the whole batch.
+  const std::int64_t most_here = (batch_ + o.shards - 1) / o.shards;
+  xbuf_ = Tensor(o.dtype, {most_here, d.features()});
+  lbuf_ = Tensor(DType::i64, {most_here});
   if (o.layout == nn::Layout::nchw) return;
 
   // The density of the normalised data, from the bytes: which byte values normalise to zero is a
@@ -139,12 +148,12 @@ Batches::Batches(const Dataset& d, const BatchOptions& o)
   if (!sparse_) return;
   nonzeros_of_.assign(per_example.begin(), per_example.end());
   std::int64_t most = total;
-  if (batch_ < d.count) {
-    std::nth_element(per_example.begin(), per_example.begin() + batch_, per_example.end(), std::greater<>());
-    most = std::accumulate(per_example.begin(), per_example.begin() + batch_, std::int64_t{0});
+  if (most_here < d.count) {
+    std::nth_element(per_example.begin(), per_example.begin() + most_here, per_example.end(), std::greater<>());
+    most = std::accumulate(per_example.begin(), per_example.begin() + most_here, std::int64_t{0});
   }
+  nonzeros_.ptr.reserve(static_cast<std::size_t>(most_here + 1));
   nonzeros_.dtype = o.dtype;
-  nonzeros_.ptr.reserve(static_cast<std::size_t>(batch_ + 1));
   nonzeros_.index.resize(static_cast<std::size_t>(most));
   if (o.dtype == DType::f32)
     nonzeros_.values_f32.resize(static_cast<std::size_t>(most));
@@ -210,7 +219,10 @@ const Batch& Batches::next() {
   } else {
     ++index_;
   }
-  const std::int64_t first = index_ * batch_, count = std::min(batch_, data_->count - first);
+  const std::int64_t batch_first = index_ * batch_, global = std::min(batch_, data_->count - batch_first);
+  // This process's shard of the batch: the same split of the same permutation on every rank.
+  const std::int64_t shard_first = global * opts_.shard / opts_.shards;
+  const std::int64_t first = batch_first + shard_first, count = global * (opts_.shard + 1) / opts_.shards - shard_first;
   const bool full = batch_ == data_->count && opts_.shift == 0;  // shifted images change every epoch
   const bool fresh = !(full && filled_once_);
   if (fresh) gather(first, count);  // the full batch is in file order: normalise it once (and its nonzeros)
@@ -238,6 +250,7 @@ const Batch& Batches::next() {
   b.sparse = sparse_ ? &nonzeros_ : nullptr;
   b.labels = TensorView(lbuf_.data(), DType::i64, Shape{count});
   b.size = count;
+  b.global_size = global;
   b.epoch = epoch_;
   b.index = index_;
   b.last = index_ + 1 == steps_per_epoch_;

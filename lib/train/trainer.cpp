@@ -43,12 +43,26 @@ Trainer::Trainer(Graph& g, const Model& m, const TrainOptions& o) : g_(&g), mode
   probabilities_ = softmax(m.logits, m.class_axis).named("probabilities");
   params_ = g.params();
   grads_ = gradients(loss_, params_);
-  const std::vector<Value> used = o.gradient_hook ? o.gradient_hook(g, params_, grads_) : grads_;
+  std::vector<Value> used = o.gradient_hook ? o.gradient_hook(g, params_, grads_) : grads_;
   if (used.size() != params_.size()) throw std::invalid_argument("gradient_hook: one gradient per parameter");
+  train_loss_ = loss_;
+  train_accuracy_ = accuracy_;
+  if (o.communicator) {
+    // The loss and accuracy ride in the gradients' message: rank 0 prints the global batch's.
+    std::vector<Value> mine = used;
+    mine.push_back(loss_);
+    mine.push_back(accuracy_);
+    std::vector<Value> all = all_reduce_mean(mine, *o.communicator);
+    train_accuracy_ = all.back();
+    all.pop_back();
+    train_loss_ = all.back();
+    all.pop_back();
+    used = all;
+  }
   updates_ = updates(o.optimizer, params_, used);
   std::vector<Value> fetch = updates_;
-  fetch.push_back(loss_);
-  fetch.push_back(accuracy_);
+  fetch.push_back(train_loss_);
+  fetch.push_back(train_accuracy_);
   train_ = std::make_unique<Program>(g, fetch, o.compile);
   CompileOptions eo = o.compile;
   eo.share_params_with = train_.get();
@@ -90,9 +104,9 @@ FitResult Trainer::fit(Batches& batches, const FitOptions& fo, const Callbacks& 
     StepInfo s;
     s.step = step_;
     s.epoch = b.epoch;
-    s.batch_size = b.size;
-    s.loss = train_->scalar(loss_);
-    s.accuracy = train_->scalar(accuracy_);
+    s.batch_size = b.global_size;
+    s.loss = train_->scalar(train_loss_);
+    s.accuracy = train_->scalar(train_accuracy_);
     s.lr = lr;
     if (!std::isfinite(s.loss)) {
       Diverged d("the loss became " + std::string(std::isnan(s.loss) ? "NaN" : "infinite") + " at step " +
@@ -102,9 +116,9 @@ FitResult Trainer::fit(Batches& batches, const FitOptions& fo, const Callbacks& 
       throw d;
     }
     ++step_;
-    epoch_loss += s.loss * static_cast<double>(b.size);
-    epoch_acc += s.accuracy * static_cast<double>(b.size);
-    epoch_examples += b.size;
+    epoch_loss += s.loss * static_cast<double>(b.global_size);
+    epoch_acc += s.accuracy * static_cast<double>(b.global_size);
+    epoch_examples += b.global_size;
     ++epoch_steps;
     bool go_on = !cb.on_step || cb.on_step(s);
     if (b.last) {
@@ -123,7 +137,7 @@ FitResult Trainer::fit(Batches& batches, const FitOptions& fo, const Callbacks& 
         e.val_accuracy = v.accuracy;
       }
       e.elapsed = seconds_since(t_start);
-      if (!fo.checkpoint.empty() && batches.steps_per_epoch() > 1) save(fo.checkpoint, &batches);
+      if (!fo.checkpoint.empty() && batches.steps_per_epoch() > 1 && writes_files()) save(fo.checkpoint, &batches);
       if (cb.on_epoch && !cb.on_epoch(e)) go_on = false;
       epoch_loss = epoch_acc = 0;
       epoch_examples = epoch_steps = 0;
@@ -135,7 +149,7 @@ FitResult Trainer::fit(Batches& batches, const FitOptions& fo, const Callbacks& 
       break;
     }
   }
-  if (!fo.checkpoint.empty()) save(fo.checkpoint, &batches);
+  if (!fo.checkpoint.empty() && writes_files()) save(fo.checkpoint, &batches);
   r.steps = step_;
   r.epochs = epoch_;
   r.seconds = seconds_since(t_start);

@@ -1,0 +1,418 @@
+// Data parallelism. In one process (so that the sanitizer build runs them too): the all-reduce
+// ops with a fake communicator, sharded batches, and ranks simulated by threads that must train
+// exactly as one process fed the whole batch. Under mpirun (when the build has MPI, which
+// scripts/install-deps installs): mnist-train on 2 ranks against one process, ranks that
+// disagree, and a rank that dies.
+#include "support.hpp"
+
+#include <gradgraph/gradgraph.hpp>
+#include <gradgraph/safetensors.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <array>
+#include <barrier>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <sys/wait.h>
+
+namespace {
+
+using Catch::Matchers::Contains;
+using gg::Shape;
+using gg::test::values;
+namespace train = gg::train;
+namespace nn = gg::nn;
+
+// Learnable fake images: 4x4 pixels, class c brightens row c (of 3 classes), plus noise.
+train::Dataset fake_data(std::int64_t n) {
+  train::Dataset d;
+  d.name = "fake";
+  d.count = n;
+  d.example = Shape{4, 4};
+  d.classes = 3;
+  std::uint32_t state = 5;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::int64_t c = (i * 5 + 1) % 3;
+    d.labels.push_back(c);
+    for (int p = 0; p < 16; ++p) {
+      state = state * 1664525u + 1013904223u;
+      d.pixels.push_back(static_cast<std::uint8_t>((state >> 27) + (p / 4 == c ? 180 : 0)));
+    }
+  }
+  return d;
+}
+
+// Another rank whose buffer is `other`: sum() adds it, and counts the messages.
+struct FakeRanks : gg::Communicator {
+  std::vector<double> other;
+  int calls = 0;
+  std::int64_t last_count = 0;
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  void sum(void* data, std::int64_t count, gg::DType dtype) override {
+    REQUIRE(dtype == gg::f64);
+    REQUIRE(static_cast<std::size_t>(count) == other.size());
+    for (std::int64_t i = 0; i < count; ++i) static_cast<double*>(data)[i] += other[static_cast<std::size_t>(i)];
+    ++calls;
+    last_count = count;
+  }
+};
+
+// Ranks as threads of one process: rank 0 sums the buffers in rank order, the others copy.
+struct Threads {
+  explicit Threads(int n) : size(n), sync(n), buffers(static_cast<std::size_t>(n)) {}
+  int size;
+  std::barrier<> sync;
+  std::vector<void*> buffers;
+};
+struct ThreadRank : gg::Communicator {
+  Threads* world = nullptr;
+  int r = 0;
+  int rank() const override { return r; }
+  int size() const override { return world->size; }
+  void sum(void* data, std::int64_t count, gg::DType) override {
+    world->buffers[static_cast<std::size_t>(r)] = data;
+    world->sync.arrive_and_wait();
+    if (r == 0)
+      for (int k = 1; k < world->size; ++k)
+        for (std::int64_t i = 0; i < count; ++i)
+          static_cast<double*>(data)[i] += static_cast<const double*>(world->buffers[static_cast<std::size_t>(k)])[i];
+    world->sync.arrive_and_wait();
+    if (r != 0) std::memcpy(data, world->buffers[0], static_cast<std::size_t>(count) * sizeof(double));
+    world->sync.arrive_and_wait();
+  }
+};
+
+train::TrainOptions momentum_options() {
+  train::TrainOptions o;
+  o.optimizer.kind = train::Optimizer::Kind::momentum;
+  o.optimizer.lr = 0.3;
+  o.compile.threads = 1;
+  o.compile.seed = 7;
+  return o;
+}
+
+train::BatchOptions batches_of(std::int64_t size, int shard = 0, int shards = 1) {
+  train::BatchOptions b;
+  b.batch_size = size;
+  b.seed = 11;
+  b.dtype = gg::f64;
+  b.shard = shard;
+  b.shards = shards;
+  return b;
+}
+
+struct Trained {
+  std::vector<std::vector<double>> params;
+  std::vector<double> losses;
+};
+
+// `shards` ranks (threads) fit `steps` steps of batches of `batch` on d; each rank's parameters
+// and the losses its fit reported.
+std::vector<Trained> fit_on_ranks(const train::Dataset& d, int shards, std::int64_t batch, std::int64_t steps) {
+  Threads world(shards);
+  std::vector<Trained> out(static_cast<std::size_t>(shards));
+  std::vector<std::string> errors(static_cast<std::size_t>(shards));
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < shards; ++r)
+    ranks.emplace_back([&, r] {
+      try {
+        ThreadRank comm;
+        comm.world = &world;
+        comm.r = r;
+        gg::Graph g(gg::f64);
+        const train::Model m = train::classifier(g, nn::parse("dense6,relu,dense3"), Shape{4, 4}, 3, nn::Layout::columns);
+        train::TrainOptions o = momentum_options();
+        if (shards > 1) o.communicator = &comm;
+        train::Trainer t(g, m, o);
+        train::Batches b(d, batches_of(batch, r, shards));
+        train::Callbacks cb;
+        Trained& mine = out[static_cast<std::size_t>(r)];
+        cb.on_step = [&](const train::StepInfo& s) {
+          mine.losses.push_back(s.loss);
+          return true;
+        };
+        t.fit(b, {.steps = steps}, cb);
+        for (const std::string& name : t.train_program().param_names())
+          mine.params.push_back(values(t.train_program().param(name)));
+      } catch (const std::exception& e) {
+        errors[static_cast<std::size_t>(r)] = e.what();
+      }
+    });
+  for (std::thread& t : ranks) t.join();
+  for (const std::string& e : errors) REQUIRE(e.empty());
+  return out;
+}
+
+double relative_difference(const std::vector<double>& a, const std::vector<double>& b) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) num += (a[i] - b[i]) * (a[i] - b[i]), den += a[i] * a[i];
+  return std::sqrt(num / den);
+}
+
+}  // namespace
+
+TEST_CASE("all_reduce_sum sums every value across ranks in one message", "[distributed]") {
+  gg::Graph g(gg::f64);
+  const gg::Value a = g.input("a", {2, 3}), b = g.input("b", {4});
+  FakeRanks ranks;
+  ranks.other = {10, 20, 30, 40, 50, 60, 1, 2, 3, 4};
+  const std::vector<gg::Value> s = gg::all_reduce_sum({a * 1.0, b * 1.0}, ranks);
+  gg::Program p(g, s);
+  p.run({{a, gg::Tensor::from<double>({2, 3}, {1, 2, 3, 4, 5, 6})}, {b, gg::Tensor::from<double>({4}, {0.5, 0.5, 0.5, 0.5})}});
+  CHECK(values(p.get(s[0])) == std::vector<double>{11, 22, 33, 44, 55, 66});
+  CHECK(values(p.get(s[1])) == std::vector<double>{1.5, 2.5, 3.5, 4.5});
+  CHECK(p.get(s[0]).shape == Shape{2, 3});
+  CHECK(ranks.calls == 1);
+  CHECK(ranks.last_count == 10);
+}
+
+TEST_CASE("all_reduce_mean weighs each rank's shard mean by its shard's size", "[distributed]") {
+  // Here 4 examples with mean 2; the other rank 2 examples with mean 8 (it sends 2 * 8 and its
+  // count 2): the global mean is (4 * 2 + 2 * 8) / 6 = 4.
+  gg::Graph g(gg::f64);
+  const gg::Value x = g.input("x", {gg::dyn});
+  FakeRanks ranks;
+  ranks.other = {16, 2};
+  const std::vector<gg::Value> m = gg::all_reduce_mean({gg::mean(x)}, ranks);
+  gg::Program p(g, m);
+  p.run({{x, gg::Tensor::from<double>({4}, {1, 2, 3, 2})}});
+  CHECK(p.scalar(m[0]) == 4.0);
+}
+
+TEST_CASE("all_reduce refuses values of different dtypes or with an open dimension", "[distributed]") {
+  gg::Graph g(gg::f64);
+  const gg::Value x = g.input("x", {3, gg::dyn}), i = g.input("i", {3}, gg::DType::i64);
+  FakeRanks ranks;
+  CHECK_THROWS_WITH(gg::all_reduce_sum({x}, ranks), Contains("open dimension"));
+  CHECK_THROWS_WITH(gg::all_reduce_sum({gg::sum(x), i}, ranks), Contains("one float dtype"));
+}
+
+TEST_CASE("a data-parallel step sums before the update: the SGD update is not folded into the GEMM", "[distributed]") {
+  FakeRanks ranks;
+  auto schedule = [&](gg::Communicator* comm) {
+    gg::Graph g(gg::f64);
+    const train::Model m = train::classifier(g, nn::parse("dense6,relu,dense3"), Shape{4, 4}, 3, nn::Layout::columns);
+    train::TrainOptions o = momentum_options();
+    o.optimizer.kind = train::Optimizer::Kind::sgd;
+    o.communicator = comm;
+    train::Trainer t(g, m, o);
+    return t.train_program().schedule(8);
+  };
+  auto count = [](const std::vector<std::string>& steps, const std::string& op) {  // steps are "op name"
+    return std::count_if(steps.begin(), steps.end(), [&](const std::string& s) { return s.rfind(op + " ", 0) == 0; });
+  };
+  const std::vector<std::string> alone = schedule(nullptr), parallel = schedule(&ranks);
+  REQUIRE(count(alone, "gemm_sgd_update") > 0);  // one process folds the update into the weight gradient
+  CHECK(count(parallel, "gemm_sgd_update") == 0);
+  CHECK(count(parallel, "all_reduce") == 1);
+  CHECK(count(parallel, "sgd_update") == 4);
+  CHECK(count(parallel, "pack") == 6);  // four gradients, the loss and the accuracy
+}
+
+TEST_CASE("the shards of a batch are exactly the batch one process sees, unequal shards included", "[distributed][batches]") {
+  const train::Dataset d = fake_data(23);  // batches of 8: 8, 8 and 7 examples over 3 ranks
+  auto rows = [](train::BatchOptions o) {  // example after example: the shards' x concatenate
+    o.layout = nn::Layout::rows;
+    return o;
+  };
+  train::Batches whole(d, rows(batches_of(8)));
+  std::vector<std::unique_ptr<train::Batches>> shards;
+  for (int r = 0; r < 3; ++r) shards.push_back(std::make_unique<train::Batches>(d, rows(batches_of(8, r, 3))));
+  for (int step = 0; step < 6; ++step) {  // two epochs: each its own permutation
+    const train::Batch& w = whole.next();
+    std::vector<double> x, labels;
+    std::int64_t sizes = 0;
+    for (auto& s : shards) {
+      const train::Batch& b = s->next();
+      CHECK(b.global_size == w.size);
+      CHECK(b.size >= w.size / 3);
+      sizes += b.size;
+      const std::vector<double> bx = values(gg::Tensor::copy_of(b.x, gg::f64).view()), bl = values(b.labels);
+      x.insert(x.end(), bx.begin(), bx.end());
+      labels.insert(labels.end(), bl.begin(), bl.end());
+    }
+    CHECK(sizes == w.size);
+    CHECK(labels == values(w.labels));
+    CHECK(x == values(gg::Tensor::copy_of(w.x, gg::f64).view()));
+  }
+}
+
+TEST_CASE("a batch that would leave a rank without an example is refused", "[distributed][batches]") {
+  const train::Dataset d = fake_data(17);  // batches of 8: the last one has 1 example
+  CHECK_NOTHROW(train::Batches(d, batches_of(8, 0, 1)));
+  CHECK_THROWS_WITH(train::Batches(d, batches_of(8, 1, 2)), Contains("the last batch of an epoch of 1 examples cannot be split over 2"));
+  CHECK_THROWS_WITH(train::Batches(d, batches_of(8, 2, 2)), Contains("shard 2 of 2"));
+}
+
+TEST_CASE("ranks that each train on a shard end with the parameters of one process fed the whole batch", "[distributed]") {
+  const train::Dataset d = fake_data(46);  // batches of 16: 16, 16, 14; over 3 ranks 5/5/6 and 4/5/5
+  const std::vector<Trained> one = fit_on_ranks(d, 1, 16, 7);
+  const std::vector<Trained> three = fit_on_ranks(d, 3, 16, 7);
+  REQUIRE(one[0].params.size() == 8);  // W1, b1, W2, b2 and their velocities
+  for (const Trained& rank : three) {
+    REQUIRE(rank.params.size() == 8);
+    for (std::size_t i = 0; i < 8; ++i) CHECK(relative_difference(one[0].params[i], rank.params[i]) < 1e-12);
+    CHECK(rank.params == three[0].params);  // the same bits on every rank
+    REQUIRE(rank.losses.size() == one[0].losses.size());
+    for (std::size_t s = 0; s < rank.losses.size(); ++s) CHECK_THAT(rank.losses[s], Catch::Matchers::WithinRel(one[0].losses[s], 1e-12));
+  }
+  CHECK(one[0].params[0] != fit_on_ranks(d, 1, 16, 6)[0].params[0]);  // the steps did move them
+}
+
+#ifdef GG_MPIRUN  // the build found MPI: these run, they are never skipped
+namespace {
+
+using gg::test::TempDir;
+
+void write_idx(const std::string& path, const gg::test::Bytes& b) {
+  FILE* f = std::fopen(path.c_str(), "wb");
+  REQUIRE(f != nullptr);
+  REQUIRE(std::fwrite(b.data(), 1, b.size(), f) == b.size());
+  REQUIRE(std::fclose(f) == 0);
+}
+
+// Fake digits as in test_mnist_tool.cpp: class c brightens rows [2c + 4, 2c + 6), plus noise.
+void write_digits(const TempDir& dir) {
+  for (auto [prefix, n] : {std::pair<std::string, std::uint32_t>{"train", 300}, {"t10k", 100}}) {
+    gg::test::Bytes images, labels;
+    std::uint32_t state = 12345u + n;
+    for (std::uint32_t i = 0; i < n; ++i) {
+      const std::uint32_t c = (i * 7u + 3u) % 10u;
+      labels.push_back(static_cast<std::uint8_t>(c));
+      for (int p = 0; p < 784; ++p) {
+        state = state * 1664525u + 1013904223u;
+        const bool lit = p / 28 >= static_cast<int>(2 * c + 4) && p / 28 < static_cast<int>(2 * c + 6);
+        images.push_back(static_cast<std::uint8_t>((state >> 26) + (lit ? 200 : 0)));
+      }
+    }
+    write_idx(dir / (prefix + "-images-idx3-ubyte"), gg::test::idx({n, 28, 28}, images));
+    write_idx(dir / (prefix + "-labels-idx1-ubyte"), gg::test::idx({n}, labels));
+  }
+}
+
+struct Run {
+  int code = -1;
+  std::string out;  // stdout and stderr
+};
+
+// A shell command with stdout and stderr together; a run that hangs ends after 120 s (code 124).
+Run shell(const std::string& cmd) {
+  Run r;
+  FILE* p = popen(("timeout 120 " + cmd + " 2>&1").c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::array<char, 4096> buf{};
+  std::size_t got = 0;
+  while ((got = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), got);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+// mpirun as CI runs it: as root (allowed explicitly), 2 ranks on however many cores. Open MPI's
+// own allocations are not ours to check for leaks under the sanitizer build.
+std::string mpirun(const std::string& ranks) {
+  return "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 "
+         "ASAN_OPTIONS=detect_leaks=0 " GG_MPIRUN " --oversubscribe " + ranks;
+}
+
+std::string mnist_train(const std::string& args) { return std::string(MNIST_TRAIN_PATH) + " --threads 1 --no-progress " + args; }
+
+std::vector<std::string> lines_matching(const std::string& out, const std::regex& re) {
+  std::vector<std::string> found;
+  for (std::sregex_iterator it(out.begin(), out.end(), re), end; it != end; ++it) found.push_back(it->str());
+  return found;
+}
+
+std::vector<std::vector<double>> saved_params(const std::string& path) {
+  std::vector<std::vector<double>> out;
+  const gg::io::SafetensorsFile f = gg::io::load_safetensors(path);
+  for (const std::string name : {"W1", "b1", "W2", "b2"})
+    for (const auto& [n, t] : f.tensors)
+      if (n == name) out.push_back(values(t.view()));
+  REQUIRE(out.size() == 4);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("mpirun -np 2 mnist-train ends with the parameters and prints the lines of one process at the same global batch",
+          "[distributed][mpi]") {
+  TempDir dir;
+  write_digits(dir);
+  // 300 examples in batches of 64: the last has 44, 22 per rank.
+  const std::string args = "--data " + dir.path.string() + " --dtype float64 --batch-size 64 --epochs 2 --hidden 16 "
+                           "--optimizer momentum --lr 0.05 --print-every 1 ";
+  const Run one = shell(mnist_train(args + "--save " + (dir / "one.st")));
+  const Run two = shell(mpirun("-np 2 " + mnist_train(args + "--save " + (dir / "two.st"))));
+  INFO(one.out << "\n---- mpirun:\n" << two.out);
+  REQUIRE(one.code == 0);
+  REQUIRE(two.code == 0);
+  const std::regex step(R"(Iteration: \d+ \| Accuracy: \S+ \| Loss:\S+)"), epoch(R"(Epoch \d/2 \| loss \S+ \| train \S+)"),
+      accuracy(R"(\nAccuracy: \S+ %)");
+  CHECK(lines_matching(one.out, step).size() == 10);
+  CHECK(lines_matching(two.out, step) == lines_matching(one.out, step));  // rank 0 alone prints, the global batch's loss
+  CHECK(lines_matching(two.out, epoch) == lines_matching(one.out, epoch));
+  CHECK(lines_matching(two.out, accuracy) == lines_matching(one.out, accuracy));
+  const auto a = saved_params(dir / "one.st"), b = saved_params(dir / "two.st");
+  for (std::size_t i = 0; i < a.size(); ++i) CHECK(relative_difference(a[i], b[i]) < 1e-9);
+}
+
+TEST_CASE("mpirun -np 2 mnist-train --resume continues a run exactly", "[distributed][mpi]") {
+  TempDir dir;
+  write_digits(dir);
+  const std::string args = "--data " + dir.path.string() + " --dtype float64 --batch-size 50 --epochs 3 --hidden 16 "
+                           "--optimizer adam --lr 0.01 --print-every 1 ";
+  const Run whole = shell(mpirun("-np 2 " + mnist_train(args + "--save " + (dir / "whole.st"))));
+  const Run first = shell(mpirun("-np 2 " + mnist_train(args + "--stop-after-epochs 1 --save " + (dir / "part.st"))));
+  const Run rest = shell(mpirun("-np 2 " + mnist_train(args + "--resume " + (dir / "part.st") + " --save " + (dir / "part.st"))));
+  INFO(whole.out << "\n----\n" << first.out << "\n----\n" << rest.out);
+  REQUIRE(whole.code == 0);
+  REQUIRE(first.code == 0);
+  REQUIRE(rest.code == 0);
+  const std::regex step(R"(Iteration: \d+ \| Accuracy: \S+ \| Loss:\S+)");
+  std::vector<std::string> parts = lines_matching(first.out, step);
+  const std::vector<std::string> resumed = lines_matching(rest.out, step);
+  parts.insert(parts.end(), resumed.begin(), resumed.end());
+  CHECK(parts.size() == 18);
+  CHECK(parts == lines_matching(whole.out, step));
+  CHECK(saved_params(dir / "part.st") == saved_params(dir / "whole.st"));
+}
+
+TEST_CASE("ranks that train different networks end with one message from rank 0 and exit 1, before training",
+          "[distributed][mpi]") {
+  TempDir dir;
+  write_digits(dir);
+  const std::string args = "--data " + dir.path.string() + " --batch-size 64 --epochs 1 ";
+  const Run r = shell(mpirun("-np 1 " + mnist_train(args + "--hidden 16") + " : -np 1 " + mnist_train(args + "--hidden 8")));
+  INFO(r.out);
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("mnist-train: the ranks do not run the same training (network: rank 0 has dense16,relu,dense10"));
+  CHECK_THAT(r.out, Contains("rank 1 has dense8,relu,dense10"));
+  CHECK_THAT(r.out, !Contains("Iteration"));
+  CHECK(lines_matching(r.out, std::regex("mnist-train: ")).size() == 1);  // rank 0 alone says it (mpirun adds its own note)
+}
+
+TEST_CASE("a rank that dies mid-run ends the whole job with a non-zero exit, not a hang", "[distributed][mpi]") {
+  TempDir dir;
+  write_digits(dir);
+  const std::string args = "--data " + dir.path.string() + " --iterations 1000000 --hidden 16 --print-every 100000 ";
+  const auto t0 = std::chrono::steady_clock::now();
+  const Run r = shell(mpirun("-np 1 " + mnist_train(args) + " : -np 1 timeout -s KILL 2 " + mnist_train(args)));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  INFO(r.out);
+  CHECK(r.code != 0);
+  CHECK(r.code != 124);  // not the test's own timeout
+  CHECK(seconds < 60);
+}
+#endif  // GG_MPIRUN
