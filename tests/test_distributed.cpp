@@ -368,6 +368,25 @@ TEST_CASE("mpirun -np 2 mnist-train ends with the parameters and prints the line
   for (std::size_t i = 0; i < a.size(); ++i) CHECK(relative_difference(a[i], b[i]) < 1e-9);
 }
 
+// Two ranks exchange whole buffers; three or more sum around the ring (reduce-scatter, then
+// all-gather): that path is run here.
+TEST_CASE("mpirun -np 3 mnist-train (the ring) ends with the parameters of one process at the same global batch",
+          "[distributed][mpi]") {
+  TempDir dir;
+  write_digits(dir);
+  // 300 examples in batches of 64: shards of 22, 21, 21 and, in the last batch, 15, 15, 14.
+  const std::string args = "--data " + dir.path.string() + " --dtype float64 --batch-size 64 --epochs 1 --hidden 16 "
+                           "--optimizer momentum --lr 0.05 ";
+  const Run one = shell(mnist_train(args + "--save " + (dir / "one.st")));
+  const Run three = shell(mpirun("-np 3 " + mnist_train(args + "--save " + (dir / "three.st"))));
+  INFO(one.out << "\n---- mpirun:\n" << three.out);
+  REQUIRE(one.code == 0);
+  REQUIRE(three.code == 0);
+  const auto a = saved_params(dir / "one.st"), b = saved_params(dir / "three.st");
+  REQUIRE(a.size() == b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) CHECK(relative_difference(a[i], b[i]) < 1e-9);
+}
+
 TEST_CASE("mpirun -np 2 mnist-train --resume continues a run exactly", "[distributed][mpi]") {
   TempDir dir;
   write_digits(dir);

@@ -89,7 +89,8 @@ void Mpi::sum(void* data, std::int64_t count, DType dtype) {
   auto at = [&](int c) { return bytes + static_cast<std::size_t>(first(c)) * es; };
   auto mod = [n](int c) { return ((c % n) + n) % n; };
   const int next = mod(r + 1), prev = mod(r - 1);
-  impl_->scratch.resize(static_cast<std::size_t>(length(n - 1)) * es + es);  // the last chunk is the longest
+  // A chunk received (the last is the longest), or the whole buffer with two ranks.
+  impl_->scratch.resize(static_cast<std::size_t>(n == 2 ? count : length(n - 1)) * es + es);
   MPI_Comm comm = impl_->world;
   // One exchange with both neighbours, waited for with a deadline: MPI's own waits never end
   // when a peer is gone without the runtime noticing (a hung rank, or one on another path).
@@ -112,6 +113,18 @@ void Mpi::sum(void* data, std::int64_t count, DType dtype) {
       }
     }
   };
+  // Two ranks: one exchange of the whole buffer, and each adds the other's values to its own. a + b
+  // and b + a are the same bits (IEEE addition commutes), so both ranks hold the same sum; the
+  // ring below would take two exchanges of half the buffer, twice the latency for these sizes.
+  if (n == 2) {
+    exchange(data, count, impl_->scratch.data(), count, 0);
+    if (dtype == DType::f32)
+      add_into<float>(data, impl_->scratch.data(), count);
+    else
+      add_into<double>(data, impl_->scratch.data(), count);
+    seconds_in_sum_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return;
+  }
   // Reduce-scatter: after step s, rank r holds chunk r - s - 1 summed over s + 2 ranks; after
   // n - 1 steps it holds chunk r + 1 summed over all of them.
   for (int s = 0; s + 1 < n; ++s) {
