@@ -321,9 +321,12 @@ Run shell(const std::string& cmd) {
 
 // mpirun as CI runs it: as root (allowed explicitly), 2 ranks on however many cores. Open MPI's
 // own allocations are not ours to check for leaks under the sanitizer build.
-std::string mpirun(const std::string& ranks) {
-  return "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 "
-         "ASAN_OPTIONS=detect_leaks=0 " GG_MPIRUN " --oversubscribe " + ranks;
+// shared: the ranks sum through a shared-memory window (all on this machine, the default); else
+// by messages (GRADGRAPH_MPI_SHARED=0), as ranks on several machines do.
+std::string mpirun(const std::string& ranks, bool shared = true) {
+  return std::string("env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 "
+                     "ASAN_OPTIONS=detect_leaks=0 GRADGRAPH_MPI_SHARED=") +
+         (shared ? "1" : "0") + " " GG_MPIRUN " --oversubscribe -x GRADGRAPH_MPI_SHARED " + ranks;
 }
 
 std::string mnist_train(const std::string& args) { return std::string(MNIST_TRAIN_PATH) + " --threads 1 --no-progress " + args; }
@@ -354,8 +357,9 @@ TEST_CASE("mpirun -np 2 mnist-train ends with the parameters and prints the line
   const std::string args = "--data " + dir.path.string() + " --dtype float64 --batch-size 64 --epochs 2 --hidden 16 "
                            "--optimizer momentum --lr 0.05 --print-every 1 ";
   const Run one = shell(mnist_train(args + "--save " + (dir / "one.st")));
-  const Run two = shell(mpirun("-np 2 " + mnist_train(args + "--save " + (dir / "two.st"))));
-  INFO(one.out << "\n---- mpirun:\n" << two.out);
+  const bool shared = GENERATE(true, false);  // a shared-memory window, or one exchange of messages
+  const Run two = shell(mpirun("-np 2 " + mnist_train(args + "--save " + (dir / "two.st")), shared));
+  INFO((shared ? "shared memory" : "messages") << "\n" << one.out << "\n---- mpirun:\n" << two.out);
   REQUIRE(one.code == 0);
   REQUIRE(two.code == 0);
   const std::regex step(R"(Iteration: \d+ \| Accuracy: \S+ \| Loss:\S+)"), epoch(R"(Epoch \d/2 \| loss \S+ \| train \S+)"),
@@ -368,8 +372,8 @@ TEST_CASE("mpirun -np 2 mnist-train ends with the parameters and prints the line
   for (std::size_t i = 0; i < a.size(); ++i) CHECK(relative_difference(a[i], b[i]) < 1e-9);
 }
 
-// Two ranks exchange whole buffers; three or more sum around the ring (reduce-scatter, then
-// all-gather): that path is run here.
+// Without the shared window, two ranks exchange whole buffers and three or more sum around the
+// ring (reduce-scatter, then all-gather): both ways are run here with three ranks.
 TEST_CASE("mpirun -np 3 mnist-train (the ring) ends with the parameters of one process at the same global batch",
           "[distributed][mpi]") {
   TempDir dir;
@@ -378,8 +382,9 @@ TEST_CASE("mpirun -np 3 mnist-train (the ring) ends with the parameters of one p
   const std::string args = "--data " + dir.path.string() + " --dtype float64 --batch-size 64 --epochs 1 --hidden 16 "
                            "--optimizer momentum --lr 0.05 ";
   const Run one = shell(mnist_train(args + "--save " + (dir / "one.st")));
-  const Run three = shell(mpirun("-np 3 " + mnist_train(args + "--save " + (dir / "three.st"))));
-  INFO(one.out << "\n---- mpirun:\n" << three.out);
+  const bool shared = GENERATE(true, false);
+  const Run three = shell(mpirun("-np 3 " + mnist_train(args + "--save " + (dir / "three.st")), shared));
+  INFO((shared ? "shared memory" : "messages") << "\n" << one.out << "\n---- mpirun:\n" << three.out);
   REQUIRE(one.code == 0);
   REQUIRE(three.code == 0);
   const auto a = saved_params(dir / "one.st"), b = saved_params(dir / "three.st");

@@ -44,9 +44,11 @@ class Mpi : public Communicator {
 
   int rank() const override;
   int size() const override;
-  // A ring all-reduce (reduce-scatter, then all-gather) of float32 or float64 data in place: each
-  // chunk is summed along the ring in one fixed order and then copied to every rank, so all ranks
-  // get the same bits, every run. Per rank it sends and receives 2 (N - 1) / N of the bytes.
+  // An all-reduce of float32 or float64 data in place, the same bits on every rank, every run.
+  // Ranks all on one machine add each other's segments of a shared-memory window in rank order
+  // (GRADGRAPH_MPI_SHARED=0 turns that off); otherwise two ranks exchange their buffers and add,
+  // and more run a ring (reduce-scatter, then all-gather), each chunk summed along the ring in one
+  // fixed order and copied to every rank: per rank it sends and receives 2 (N - 1) / N of the bytes.
   // A peer silent for longer than the timeout ends the whole job (MPI_Abort) with a message: a
   // rank that died or went a different way never leaves the others hanging.
   void sum(void* data, std::int64_t count, DType dtype) override;
@@ -64,6 +66,7 @@ class Mpi : public Communicator {
   [[noreturn]] void abort(int code);
 
  private:
+  void barrier_shared();
   struct Impl;
   std::unique_ptr<Impl> impl_;
   double timeout_ = 300;

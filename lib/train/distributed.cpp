@@ -5,9 +5,15 @@
 // run's, the same bits.
 #include <gradgraph/distributed.hpp>
 
+#include <atomic>
 #include <chrono>
+#include <new>
+#include <thread>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <string>
+#include <type_traits>
 
 #if GG_HAVE_MPI
 #include <boost/mpi/collectives.hpp>
@@ -49,7 +55,29 @@ struct Mpi::Impl {
   boost::mpi::environment env;
   boost::mpi::communicator world;
   std::vector<unsigned char> scratch;  // one chunk received, reused by every sum
-  Impl(int& argc, char**& argv) : env(argc, argv, boost::mpi::threading::funneled, true) {}
+  // When every rank runs on this machine: a shared-memory window with one segment per rank
+  // (MPI-3), allocated by the first sum and reused. Off with GRADGRAPH_MPI_SHARED=0.
+  bool one_node = false;
+  MPI_Comm node = MPI_COMM_NULL;
+  MPI_Win win = MPI_WIN_NULL;
+  std::size_t win_bytes = 0;
+  std::vector<unsigned char*> segment;  // each rank's segment, as this process sees it
+  std::uint64_t arrivals = 0;             // this rank's barriers so far (the first line of its segment)
+  Impl(int& argc, char**& argv) : env(argc, argv, boost::mpi::threading::funneled, true) {
+    const char* shared = std::getenv("GRADGRAPH_MPI_SHARED");
+    if (shared != nullptr && std::string(shared) == "0") return;
+    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, world.rank(), MPI_INFO_NULL, &node);
+    int on_node = 0;
+    MPI_Comm_size(node, &on_node);
+    one_node = on_node == world.size();
+  }
+  ~Impl() {  // before env finalises MPI
+    if (win != MPI_WIN_NULL) {
+      MPI_Win_unlock_all(win);
+      MPI_Win_free(&win);
+    }
+    if (node != MPI_COMM_NULL) MPI_Comm_free(&node);
+  }
 };
 
 Mpi::Mpi(int& argc, char**& argv) : impl_(std::make_unique<Impl>(argc, argv)) {}
@@ -66,6 +94,9 @@ void Mpi::abort(int code) {
 }
 
 namespace {
+
+constexpr std::size_t kLine = 64;  // the shared segments' counter line
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "counters in shared memory must be lock-free");
 
 template <typename T>
 void add_into(void* to, const void* from, std::int64_t n) {
@@ -113,6 +144,55 @@ void Mpi::sum(void* data, std::int64_t count, DType dtype) {
       }
     }
   };
+  // All ranks on this machine: each copies its values into its segment of the shared window;
+  // after a barrier every rank adds all segments in rank order (the same bits on every rank) and
+  // a second barrier keeps the segments until all have read them. One copy and one read of each
+  // rank's bytes, no message: on this 2-core VM 204 KB took ~10 us this way against 30-50 us
+  // through Open MPI's shared-memory transport.
+  if (impl_->one_node) {
+    const std::size_t bytes_needed = static_cast<std::size_t>(count) * es;
+    if (impl_->win_bytes < bytes_needed) {  // the first sum (collective: every rank sums the same counts)
+      if (impl_->win != MPI_WIN_NULL) {
+        MPI_Win_unlock_all(impl_->win);
+        MPI_Win_free(&impl_->win);
+      }
+      void* mine = nullptr;
+      // A cache line for the barrier's counter, then the values.
+      MPI_Win_allocate_shared(static_cast<MPI_Aint>(bytes_needed + kLine), 1, MPI_INFO_NULL, impl_->node, &mine, &impl_->win);
+      new (mine) std::atomic<std::uint64_t>(0);
+      impl_->arrivals = 0;
+      impl_->segment.assign(static_cast<std::size_t>(n), nullptr);
+      for (int q = 0; q < n; ++q) {
+        MPI_Aint size = 0;
+        int unit = 0;
+        void* base = nullptr;
+        MPI_Win_shared_query(impl_->win, q, &size, &unit, &base);
+        impl_->segment[static_cast<std::size_t>(q)] = static_cast<unsigned char*>(base);
+      }
+      MPI_Win_lock_all(MPI_MODE_NOCHECK, impl_->win);
+      impl_->win_bytes = bytes_needed;
+      MPI_Barrier(impl_->node);  // every counter is set up before any rank waits on it
+    }
+    std::memcpy(impl_->segment[static_cast<std::size_t>(r)] + kLine, data, bytes_needed);
+    barrier_shared();
+    const std::int64_t parts = n;
+    auto add_segments = [&](auto* out) {
+      using T = std::remove_pointer_t<decltype(out)>;
+      const T* first = reinterpret_cast<const T*>(impl_->segment[0] + kLine);
+      std::copy(first, first + count, out);
+      for (std::int64_t q = 1; q < parts; ++q) {
+        const T* seg = reinterpret_cast<const T*>(impl_->segment[static_cast<std::size_t>(q)] + kLine);
+        for (std::int64_t i = 0; i < count; ++i) out[i] += seg[i];
+      }
+    };
+    if (dtype == DType::f32)
+      add_segments(static_cast<float*>(data));
+    else
+      add_segments(static_cast<double*>(data));
+    barrier_shared();
+    seconds_in_sum_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return;
+  }
   // Two ranks: one exchange of the whole buffer, and each adds the other's values to its own. a + b
   // and b + a are the same bits (IEEE addition commutes), so both ranks hold the same sum; the
   // ring below would take two exchanges of half the buffer, twice the latency for these sizes.
@@ -141,6 +221,29 @@ void Mpi::sum(void* data, std::int64_t count, DType dtype) {
     exchange(at(out), length(out), at(in), length(in), n + s);
   }
   seconds_in_sum_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// A barrier of the ranks on this machine through counters in their segments (release/acquire
+// atomics: what a rank wrote before arriving is visible to every rank that saw it arrive),
+// waited for with the same deadline as the exchanges. MPI's own barriers (MPI_Ibarrier) took tens
+// of microseconds here, as long as the sum.
+void Mpi::barrier_shared() {
+  const std::uint64_t epoch = ++impl_->arrivals;
+  auto counter = [&](std::size_t q) { return reinterpret_cast<std::atomic<std::uint64_t>*>(impl_->segment[q]); };
+  counter(static_cast<std::size_t>(rank()))->store(epoch, std::memory_order_release);
+  const auto start = std::chrono::steady_clock::now();
+  for (std::size_t q = 0; q < impl_->segment.size(); ++q)
+    for (long spins = 1; counter(q)->load(std::memory_order_acquire) < epoch; ++spins) {
+      // More ranks than cores (mpirun --oversubscribe): let the rank being waited for run.
+      if ((spins & 63) == 0) std::this_thread::yield();
+      if ((spins & 1023) != 0 || std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() <= timeout_)
+        continue;
+      std::fprintf(stderr,
+                   "gradgraph: rank %d: the other ranks did not reach the gradient sum for %.0f s: one died, hangs, "
+                   "or runs another network or data; ending the job\n",
+                   rank(), timeout_);
+      abort(3);
+    }
 }
 
 void Mpi::check_same(const std::vector<std::pair<std::string, std::string>>& facts) {
