@@ -178,12 +178,18 @@ void Mpi::sum(void* data, std::int64_t count, DType dtype) {
     const std::int64_t parts = n;
     auto add_segments = [&](auto* out) {
       using T = std::remove_pointer_t<decltype(out)>;
-      const T* first = reinterpret_cast<const T*>(impl_->segment[0] + kLine);
-      std::copy(first, first + count, out);
-      for (std::int64_t q = 1; q < parts; ++q) {
-        const T* seg = reinterpret_cast<const T*>(impl_->segment[static_cast<std::size_t>(q)] + kLine);
-        for (std::int64_t i = 0; i < count; ++i) out[i] += seg[i];
+      auto seg = [&](std::int64_t q) { return reinterpret_cast<const T*>(impl_->segment[static_cast<std::size_t>(q)] + kLine); };
+      if (parts == 2) {  // one pass: this rank's values are still in `out` (segment r is their copy)
+        const T* other = seg(1 - r);
+        if (r == 0)
+          for (std::int64_t i = 0; i < count; ++i) out[i] += other[i];
+        else
+          for (std::int64_t i = 0; i < count; ++i) out[i] = other[i] + out[i];
+        return;
       }
+      std::copy(seg(0), seg(0) + count, out);
+      for (std::int64_t q = 1; q < parts; ++q)
+        for (std::int64_t i = 0; i < count; ++i) out[i] += seg(q)[i];
     };
     if (dtype == DType::f32)
       add_segments(static_cast<float*>(data));
