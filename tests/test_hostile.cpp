@@ -1,0 +1,116 @@
+// Hostile input to the library (issue #11): feeds that are not this program's inputs, sizes whose
+// arithmetic overflows, malformed safetensors headers, and output paths that are not regular
+// files. Each must end in one clear exception, never a crash, a wrong result or a clobbered file.
+#include "support.hpp"
+
+#include <gradgraph/atomic_file.hpp>
+#include <gradgraph/gradgraph.hpp>
+#include <gradgraph/safetensors.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <csignal>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace {
+
+using Catch::Matchers::Contains;
+using gg::test::message_of;
+using gg::test::one_hot;
+using Mlp = gg::test::MlpWithGrads;
+using ScratchDir = gg::test::TempDir;
+
+constexpr std::int64_t k31 = std::int64_t{1} << 31;
+constexpr std::int64_t k32 = std::int64_t{1} << 32;
+constexpr std::int64_t k40 = std::int64_t{1} << 40;
+
+gg::CompileOptions one_thread() {
+  gg::CompileOptions o;
+  o.threads = 1;
+  return o;
+}
+
+std::string u64_le(std::uint64_t v) {
+  std::string s(8, '\0');
+  for (int i = 0; i < 8; ++i) s[static_cast<std::size_t>(i)] = static_cast<char>((v >> (8 * i)) & 0xff);
+  return s;
+}
+
+void spit(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// load_safetensors of a file with this header and no data: the message of its runtime_error.
+std::string load_error(const std::string& header) {
+  ScratchDir d;
+  const std::string path = d.file("bad.safetensors");
+  spit(path, u64_le(header.size()) + header);
+  const std::string msg = message_of<std::runtime_error>([&] { gg::io::load_safetensors(path); });
+  CHECK(msg.rfind(path + ": ", 0) == 0);
+  CHECK(msg.find('\n') == std::string::npos);
+  return msg;
+}
+
+mode_t mode_of(const std::string& path) {
+  struct stat st {};
+  REQUIRE(::lstat(path.c_str(), &st) == 0);
+  return st.st_mode;
+}
+
+void write_hello(const std::string& path) {
+  gg::io::write_file_atomic(path, [](std::ostream& os) { os << "hello"; });
+}
+
+}  // namespace
+
+// ---- feeds -------------------------------------------------------------------------------------
+
+TEST_CASE("a feed for another graph's input with the same node id is refused, naming the input", "[hostile][feed]") {
+  Mlp net(gg::f32, 20, 7, 5);
+  gg::Program p(net.g, net.fetches(), one_thread());
+  gg::Graph other(gg::f32);
+  const gg::Value x_other = other.input("X", {3, gg::dyn});  // node 0, as net.X
+  REQUIRE(x_other.id == net.X.id);
+  const gg::Tensor x(gg::f32, {3, 8});
+  const gg::Tensor y = one_hot(gg::f32, 5, 8, 1);
+  const std::string msg = message_of<std::invalid_argument>([&] { p.run({{x_other, x}, {net.Y, y}}); });
+  CHECK_THAT(msg, Contains("input 'X'") && Contains("comes from another graph"));
+  CHECK(msg.find('\n') == std::string::npos);
+}
+
+TEST_CASE("feeding a node that is not an input is an error naming it", "[hostile][feed]") {
+  Mlp net(gg::f32, 20, 7, 5);
+  gg::Program p(net.g, net.fetches(), one_thread());
+  const gg::Tensor x(gg::f32, {20, 8});
+  const gg::Tensor y = one_hot(gg::f32, 5, 8, 1);
+  const gg::Tensor w(gg::f32, {7, 20});
+  const std::string msg = message_of<std::invalid_argument>([&] { p.run({{net.X, x}, {net.Y, y}, {net.W1, w}}); });
+  CHECK_THAT(msg, Contains("'W1'") && Contains("not an input"));
+}
+
+TEST_CASE("feeding an input twice is an error naming it", "[hostile][feed]") {
+  Mlp net(gg::f32, 20, 7, 5);
+  gg::Program p(net.g, net.fetches(), one_thread());
+  const gg::Tensor x(gg::f32, {20, 8});
+  const gg::Tensor y = one_hot(gg::f32, 5, 8, 1);
+  const std::string msg = message_of<std::invalid_argument>([&] { p.run({{net.X, x}, {net.Y, y}, {net.X, x}}); });
+  CHECK_THAT(msg, Contains("'X'") && Contains("fed twice"));
+}
+
+TEST_CASE("a feed with a null data pointer is an error naming the input", "[hostile][feed]") {
+  Mlp net(gg::f32, 20, 7, 5);
+  gg::Program p(net.g, net.fetches(), one_thread());
+  const gg::Tensor y = one_hot(gg::f32, 5, 8, 1);
+  const gg::TensorView null_x(nullptr, gg::f32, {20, 8});
+  const std::string msg = message_of<std::invalid_argument>([&] { p.run({{net.X, null_x}, {net.Y, y}}); });
+  CHECK_THAT(msg, Contains("'X'") && Contains("null pointer"));
+}
