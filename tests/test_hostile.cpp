@@ -114,3 +114,37 @@ TEST_CASE("a feed with a null data pointer is an error naming the input", "[host
   const std::string msg = message_of<std::invalid_argument>([&] { p.run({{net.X, null_x}, {net.Y, y}}); });
   CHECK_THAT(msg, Contains("'X'") && Contains("null pointer"));
 }
+
+// ---- size arithmetic ---------------------------------------------------------------------------
+
+TEST_CASE("the element count of a shape past 2^63 is an overflow_error naming the shape", "[hostile][size]") {
+  const std::string msg = message_of<std::overflow_error>([] { (void)gg::Shape{k40, k40}.numel(); });
+  CHECK_THAT(msg, Contains("{1099511627776, 1099511627776}"));
+}
+
+TEST_CASE("a shape whose extents overflow behind a zero extent is refused too", "[hostile][size]") {
+  // 0 elements, but the contiguous strides would be 2^32 and 2^64.
+  CHECK_THROWS_AS(gg::Shape({0, k32, k32}).numel(), std::overflow_error);
+  CHECK_THROWS_AS(gg::Tensor(gg::f32, {0, k32, k32}), std::overflow_error);
+  CHECK(gg::Tensor(gg::f32, {0, 3, 4}).numel() == 0);
+}
+
+TEST_CASE("a tensor whose bytes overflow is an overflow_error, not a small allocation", "[hostile][size]") {
+  const std::string msg = message_of<std::overflow_error>([] { gg::Tensor t(gg::f32, {k31, k31}); });
+  CHECK_THAT(msg, Contains("{2147483648, 2147483648}"));
+}
+
+TEST_CASE("a parameter whose bytes overflow is an overflow_error naming it, not a heap overflow", "[hostile][size]") {
+  const std::string msg = message_of<std::overflow_error>([] {
+    gg::Graph g(gg::f32);
+    const gg::Value w = g.param("w", {k31, k31});
+    gg::Program p(g, {gg::sum(w)}, one_thread());
+  });
+  CHECK_THAT(msg, Contains("'w'"));
+}
+
+TEST_CASE("a safetensors shape whose extents overflow is refused whichever extent is zero", "[hostile][safetensors]") {
+  const std::string data = R"("data_offsets":[0,0]}})";
+  CHECK_THAT(load_error(R"({"t":{"dtype":"F32","shape":[4294967296,4294967296,0],)" + data), Contains("\"t\""));
+  CHECK_THAT(load_error(R"({"t":{"dtype":"F32","shape":[0,4294967296,4294967296],)" + data), Contains("\"t\""));
+}

@@ -173,6 +173,15 @@ Entry parse_entry(const std::string& path, const std::string& name, const json& 
     dims[i] = static_cast<std::int64_t>(d);
   }
   e.shape = Shape::of(dims, static_cast<int>(sh.size()));
+  // A zero extent makes the byte count 0 whatever the others, but the others still make strides:
+  // the same check as for an allocation, so that [0, 2^32, 2^32] fails as [2^32, 2^32, 0] does.
+  if (!overflow) {
+    try {
+      (void)checked_bytes(e.shape, e.dtype);
+    } catch (const std::overflow_error& x) {
+      throw std::runtime_error(where + x.what());
+    }
+  }
 
   const json& off = j["data_offsets"];
   if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
