@@ -148,3 +148,8 @@ TEST_CASE("a safetensors shape whose extents overflow is refused whichever exten
   CHECK_THAT(load_error(R"({"t":{"dtype":"F32","shape":[4294967296,4294967296,0],)" + data), Contains("\"t\""));
   CHECK_THAT(load_error(R"({"t":{"dtype":"F32","shape":[0,4294967296,4294967296],)" + data), Contains("\"t\""));
 }
+
+TEST_CASE("a safetensors header number past double's range is a runtime_error naming the file", "[hostile][safetensors]") {
+  CHECK_THAT(load_error(R"({"__metadata__":{"x":"y"},"t":{"dtype":"F32","shape":[1e400],"data_offsets":[0,0]}})"),
+             Contains("JSON"));
+}

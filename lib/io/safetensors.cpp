@@ -230,7 +230,8 @@ SafetensorsFile load_safetensors(const std::string& path) {
   json header;
   try {
     header = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
+    // parse_error, but also out_of_range for a number past double's range (1e400).
     throw std::runtime_error(path + ": header is not valid JSON: " + e.what());
   }
   if (!header.is_object()) throw std::runtime_error(path + ": header is not a JSON object");
@@ -246,7 +247,12 @@ SafetensorsFile load_safetensors(const std::string& path) {
       }
       continue;
     }
-    entries.push_back(parse_entry(path, key, value));
+    try {
+      entries.push_back(parse_entry(path, key, value));
+    } catch (const json::exception& e) {
+      // parse_entry checks each field's type; a library error here is still a malformed header.
+      throw std::runtime_error(path + ": tensor " + quoted(key) + ": malformed header entry: " + e.what());
+    }
   }
 
   // The data must be tiled exactly: in offset order each tensor starts where the previous one
