@@ -153,3 +153,97 @@ TEST_CASE("a safetensors header number past double's range is a runtime_error na
   CHECK_THAT(load_error(R"({"__metadata__":{"x":"y"},"t":{"dtype":"F32","shape":[1e400],"data_offsets":[0,0]}})"),
              Contains("JSON"));
 }
+
+// ---- output files ------------------------------------------------------------------------------
+
+TEST_CASE("the atomic writer refuses to replace a symbolic link and leaves it and its target alone", "[hostile][atomic]") {
+  ScratchDir d;
+  const std::string target = d.file("target"), link = d.file("link");
+  spit(target, "keep");
+  REQUIRE(::symlink(target.c_str(), link.c_str()) == 0);
+  const std::string msg = message_of<std::runtime_error>([&] { write_hello(link); });
+  CHECK_THAT(msg, Contains(link) && Contains("symbolic link"));
+  CHECK(S_ISLNK(mode_of(link)));
+  CHECK(gg::test::slurp(target) == "keep");
+  CHECK(d.entries() == 2);  // no temporary file left
+}
+
+TEST_CASE("the atomic writer refuses to replace a FIFO", "[hostile][atomic]") {
+  ScratchDir d;
+  const std::string fifo = d.file("fifo");
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  const std::string msg = message_of<std::runtime_error>([&] { write_hello(fifo); });
+  CHECK_THAT(msg, Contains(fifo) && Contains("FIFO"));
+  CHECK(S_ISFIFO(mode_of(fifo)));
+  CHECK(d.entries() == 1);
+}
+
+TEST_CASE("the atomic writer refuses to replace a character device", "[hostile][atomic]") {
+  ScratchDir d;
+  const std::string dev = d.file("null");
+  // A private copy of /dev/null's node (root only): the test never risks the real one.
+  if (::mknod(dev.c_str(), S_IFCHR | 0666, makedev(1, 3)) != 0) {
+    WARN("cannot create a device node here (not root?): skipped");
+    return;
+  }
+  const std::string msg = message_of<std::runtime_error>([&] { write_hello(dev); });
+  CHECK_THAT(msg, Contains(dev) && Contains("character device"));
+  CHECK(S_ISCHR(mode_of(dev)));
+}
+
+TEST_CASE("the atomic writer keeps the mode of the file it replaces", "[hostile][atomic]") {
+  ScratchDir d;
+  const std::string path = d.file("private");
+  spit(path, "old");
+  REQUIRE(::chmod(path.c_str(), 0600) == 0);
+  write_hello(path);
+  CHECK(gg::test::slurp(path) == "hello");
+  CHECK((mode_of(path) & 07777) == 0600);
+}
+
+TEST_CASE("commit_temp_file refuses a FIFO and keeps a replaced file's mode", "[hostile][atomic]") {
+  ScratchDir d;
+  const std::string fifo = d.file("fifo"), plain = d.file("plain");
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  std::string tmp = gg::io::temp_path_for(fifo);
+  spit(tmp, "new");
+  CHECK_THROWS_AS(gg::io::commit_temp_file(tmp, fifo), std::runtime_error);
+  CHECK(S_ISFIFO(mode_of(fifo)));
+  spit(plain, "old");
+  REQUIRE(::chmod(plain.c_str(), 0640) == 0);
+  tmp = gg::io::temp_path_for(plain);
+  spit(tmp, "new");
+  gg::io::commit_temp_file(tmp, plain);
+  CHECK((mode_of(plain) & 07777) == 0640);
+  CHECK(d.entries() == 2);
+}
+
+TEST_CASE("check_output_path accepts a new or regular file in a writable directory and refuses the rest", "[hostile][atomic]") {
+  ScratchDir d;
+  CHECK_NOTHROW(gg::io::check_output_path(d.file("new.st")));
+  CHECK_THAT(message_of<std::runtime_error>([&] { gg::io::check_output_path(d.file("missing/x.st")); }),
+             Contains("missing"));
+  CHECK_THAT(message_of<std::runtime_error>([&] { gg::io::check_output_path(d.path.string()); }), Contains("directory"));
+  CHECK_THROWS_AS(gg::io::check_output_path(""), std::runtime_error);
+}
+
+TEST_CASE("a SIGTERM during a write removes the temporary file once the handlers are installed", "[hostile][atomic]") {
+  ScratchDir d;
+  const std::string path = d.file("w.st");
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    gg::io::remove_temp_files_on_signals();
+    gg::io::write_file_atomic(path, [](std::ostream& os) {
+      os << "half";
+      os.flush();
+      ::raise(SIGTERM);  // as if killed in the middle of the save
+    });
+    ::_exit(0);  // not reached
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGTERM);
+  CHECK(d.entries() == 0);
+}
