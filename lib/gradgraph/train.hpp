@@ -353,6 +353,10 @@ class Trainer {
   // checkpoint loaded as a new run (it starts fresh), unlike the model's (batch norm statistics).
   int optimizer_nodes_from_ = 0;
   void load_tensors(const std::string& path, bool optimizer_state_required);
+  // What the divergence guard reads after every step, found once (fit allocates nothing per step):
+  // the float parameters, then the float states, by name.
+  std::vector<std::pair<std::string, TensorView>> guarded_;
+  std::size_t guarded_trainable_ = 0;
   std::string diverged_parameter(double max_abs) const;
 };
 

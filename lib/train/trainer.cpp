@@ -70,6 +70,15 @@ Trainer::Trainer(Graph& g, const Model& m, const TrainOptions& o) : g_(&g), mode
   eo.share_params_with = train_.get();
   eo.training = false;
   eval_ = std::make_unique<Program>(g, std::vector<Value>{loss_, accuracy_, predictions_, probabilities_}, eo);
+  // Views of the parameter store, which stays where it is for the programs' lifetime.
+  const std::vector<std::string> names = train_->param_names();  // parameters, then states
+  const std::size_t n_trainable = names.size() - train_->state_names().size();
+  for (std::size_t k = 0; k < names.size(); ++k) {
+    const TensorView v = train_->param(names[k]);
+    if (!is_float(v.dtype)) continue;
+    guarded_.emplace_back(names[k], v);
+    if (k < n_trainable) guarded_trainable_ = guarded_.size();
+  }
 }
 
 void Trainer::export_onnx(const std::string& path, const Normalization& norm) const {
@@ -180,14 +189,10 @@ std::int64_t first_bad(const T* p, std::int64_t n, double max_abs) {
 }  // namespace
 
 std::string Trainer::diverged_parameter(double max_abs) const {
-  const std::vector<std::string> names = train_->param_names();
-  const std::size_t n_states = train_->state_names().size();
-  const std::size_t n_trainable = names.size() - n_states;
-  for (std::size_t k = 0; k < names.size(); ++k) {
-    const TensorView v = train_->param(names[k]);
-    if (!is_float(v.dtype)) continue;
+  for (std::size_t k = 0; k < guarded_.size(); ++k) {
+    const auto& [name, v] = guarded_[k];
     // States (optimizer moments, batch statistics) are only checked for being finite.
-    const double limit = k < n_trainable ? max_abs : std::numeric_limits<double>::infinity();
+    const double limit = k < guarded_trainable_ ? max_abs : std::numeric_limits<double>::infinity();
     const std::int64_t i = v.dtype == DType::f32 ? first_bad(v.ptr<float>(), v.numel(), limit)
                                                  : first_bad(v.ptr<double>(), v.numel(), limit);
     if (i < 0) continue;
@@ -197,7 +202,7 @@ std::string Trainer::diverged_parameter(double max_abs) const {
       std::snprintf(buf, sizeof buf, "holds %g, past the limit of %g", x, max_abs);
     else
       std::snprintf(buf, sizeof buf, "holds %g", x);
-    return "'" + names[k] + "' " + buf;
+    return "'" + name + "' " + buf;
   }
   return {};
 }
