@@ -18,15 +18,28 @@ Shape::Shape(std::span<const std::int64_t> d) {
   }
 }
 
-std::int64_t Shape::numel() const {
-  std::int64_t n = 1;
-  for (int i = 0; i < rank; ++i) {
-    if (dims[i] == dyn) throw std::logic_error("Shape::numel on a shape with an open (dyn) dimension");
-    if (__builtin_mul_overflow(n, dims[i], &n))
-      throw std::overflow_error("Shape " + to_string(*this) + " has more than 2^63 elements");
+namespace {
+// The one place extents are multiplied. A zero extent makes the element count 0, but the strides
+// of the other extents are still their products ({0, 2^32, 2^32} has a stride of 2^64), so the
+// product without the zeros must fit as well: a shape is accepted whatever the order of its dims.
+std::int64_t checked_product(const Shape& s) {
+  std::int64_t strides = 1;
+  bool zero = false;
+  for (int i = 0; i < s.rank; ++i) {
+    if (s.dims[i] == dyn) throw std::logic_error("Shape::numel on a shape with an open (dyn) dimension");
+    if (s.dims[i] < 0) throw std::invalid_argument("Shape " + to_string(s) + " has a negative dimension");
+    if (s.dims[i] == 0) {
+      zero = true;
+      continue;
+    }
+    if (__builtin_mul_overflow(strides, s.dims[i], &strides))
+      throw std::overflow_error("Shape " + to_string(s) + " has more than 2^63 elements (or strides past 2^63)");
   }
-  return n;
+  return zero ? 0 : strides;
 }
+}  // namespace
+
+std::int64_t Shape::numel() const { return checked_product(*this); }
 
 bool Shape::has_dyn() const {
   for (int i = 0; i < rank; ++i)
@@ -62,7 +75,8 @@ Strides contiguous_strides(const Shape& s) {
   std::int64_t acc = 1;
   for (int i = s.rank - 1; i >= 0; --i) {
     st.s[i] = acc;
-    acc *= s.dims[i];
+    // Wrapping here is undefined behaviour and a wrong stride; checked_product reports it by name.
+    if (__builtin_mul_overflow(acc, s.dims[i], &acc)) (void)checked_product(s);
   }
   return st;
 }
@@ -171,9 +185,19 @@ std::size_t byte_size(std::int64_t numel, DType t) {
   return bytes;
 }
 
+std::size_t checked_bytes(const Shape& s, DType t) {
+  if (s.has_dyn()) throw std::invalid_argument("cannot size shape " + to_string(s) + ": it has an open (dyn) dimension");
+  const std::int64_t n = s.numel();
+  try {
+    return byte_size(n, t);
+  } catch (const std::overflow_error&) {
+    throw std::overflow_error("shape " + to_string(s) + " of " + dtype_name(t) + " does not fit in memory (more than 2^62 bytes)");
+  }
+}
+
 Tensor::Tensor(DType t, const Shape& s) {
   if (s.has_dyn()) throw std::invalid_argument("Tensor: cannot allocate shape " + to_string(s) + " with a dyn dimension");
-  const std::size_t bytes = byte_size(s.numel(), t);
+  const std::size_t bytes = checked_bytes(s, t);
   auto* p = static_cast<std::byte*>(aligned_alloc64(bytes));
   std::memset(p, 0, bytes);
   storage_ = std::shared_ptr<std::byte>(p, [](std::byte* q) { aligned_free(q); });

@@ -7,6 +7,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <zlib.h>
 
@@ -465,4 +466,115 @@ TEST_CASE("mnist-train rejects a --model that does not parse or does not fit 28x
   check_one_error_line(run_tool(d + "conv8k29,flatten,dense10"), 1, "29x29 kernel does not fit the 28x28 image");
   check_one_error_line(run_tool(d + "pool32,flatten,dense10"), 1, "does not fit the 28x28 map");
   check_one_error_line(run_tool(d + "dense64,relu,dense7"), 1, "7 outputs");
+}
+
+// ---- hostile input (issue #11): one line, exit 1 or 2, and nothing written --------------------
+
+TEST_CASE("mnist-train refuses a run whose epochs times steps overflow, before training and writing nothing") {
+  TempDir dir;
+  write_dataset(dir);
+  // 300 examples in batches of 19: 16 steps an epoch, and 2^60 epochs of 16 steps wrap to 0.
+  const std::string d = "--data " + dir.path.string() + " --batch-size 19 --epochs 1152921504606846976 ";
+  check_one_error_line(run_tool(d + "--plot " + (dir / "p.png")), 2, "--epochs");
+  check_one_error_line(run_tool(d + "--save " + (dir / "w.st")), 2, "--epochs");
+  CHECK(!fs::exists(dir / "p.png"));
+  CHECK(!fs::exists(dir / "w.st"));
+}
+
+TEST_CASE("mnist-train refuses more iterations than a run may take") {
+  TempDir dir;
+  write_dataset(dir);
+  check_one_error_line(run_tool("--data " + dir.path.string() + " --iterations 1000000000000"), 2, "--iterations");
+}
+
+TEST_CASE("mnist-train --load refuses a checkpoint missing batch norm statistics, naming the tensor and the file") {
+  TempDir dir;
+  write_dataset(dir);
+  const std::string common = "--data " + dir.path.string() + " --iterations 2 --model dense16,bn,relu,dense10 ";
+  REQUIRE(run_tool(common + "--save " + (dir / "w.st")).code == 0);
+  const gg::io::SafetensorsFile f = gg::io::load_safetensors(dir / "w.st");
+  std::vector<std::pair<std::string, gg::TensorView>> kept;
+  std::string dropped;
+  for (const auto& [name, t] : f.tensors) {
+    if (dropped.empty() && name.find("running_mean") != std::string::npos)
+      dropped = name;
+    else
+      kept.emplace_back(name, t.view());
+  }
+  REQUIRE_FALSE(dropped.empty());
+  gg::io::save_safetensors(dir / "cut.st", kept, f.metadata);
+  const Result r = run_tool(common + "--load " + (dir / "cut.st") + " --save " + (dir / "out.st"));
+  check_one_error_line(r, 1, "cut.st");
+  CHECK_THAT(r.out, Contains("'" + dropped + "'"));
+  CHECK(!fs::exists(dir / "out.st"));
+}
+
+TEST_CASE("mnist-train stops when the parameters explode although the loss stays finite, saving nothing") {
+  TempDir dir;
+  write_dataset(dir);
+  const Result r = run_tool("--data " + dir.path.string() + " --iterations 20 --lr 1e6 --hidden 8 --save " + (dir / "w.st"));
+  check_one_error_line(r, 1, "at iteration", false);
+  CHECK_THAT(r.out, Contains("--max-param-abs"));
+  CHECK(!fs::exists(dir / "w.st"));
+}
+
+TEST_CASE("mnist-train never saves parameters past float32's comfort after a single huge step") {
+  TempDir dir;
+  write_dataset(dir);
+  const Result r = run_tool("--data " + dir.path.string() + " --iterations 1 --lr 1e38 --hidden 8 --save " + (dir / "w.st"));
+  check_one_error_line(r, 1, "at iteration 0", false);
+  CHECK(!fs::exists(dir / "w.st"));
+}
+
+TEST_CASE("mnist-train --max-param-abs sets the divergence guard's limit") {
+  TempDir dir;
+  write_dataset(dir);
+  const std::string d = "--data " + dir.path.string() + " --iterations 3 --hidden 8 ";
+  check_one_error_line(run_tool(d + "--max-param-abs 1e-3"), 1, "past the limit of 0.001", false);
+  check_one_error_line(run_tool(d + "--max-param-abs 0"), 2, "--max-param-abs");
+  CHECK(run_tool(d + "--max-param-abs inf").code == 0);
+}
+
+TEST_CASE("mnist-train checks its output paths before training") {
+  TempDir dir;
+  write_dataset(dir);
+  REQUIRE(::mkfifo((dir / "fifo").c_str(), 0600) == 0);
+  const std::string d = "--data " + dir.path.string() + " --iterations 1 --hidden 8 ";
+  check_one_error_line(run_tool(d + "--save " + (dir / "missing/w.st")), 1, "missing/w.st");
+  check_one_error_line(run_tool(d + "--metrics " + (dir / "fifo")), 1, "FIFO");
+  check_one_error_line(run_tool(d + "--plot " + dir.path.string()), 1, "directory");
+  check_one_error_line(run_tool(d + "--export-onnx " + (dir / "missing/m.onnx")), 1, "missing/m.onnx");
+  check_one_error_line(run_tool(d + "--save " + (dir / "w.st") + " --plot " + (dir / "missing/p.png")), 1, "missing/p.png");
+  CHECK(!fs::exists(dir / "w.st"));
+}
+
+TEST_CASE("mnist-train rejects stray positional arguments and empty file names") {
+  TempDir dir;
+  write_dataset(dir);
+  const std::string d = "--data " + dir.path.string() + " ";
+  check_one_error_line(run_tool(d + "--iterations 1 5000"), 2, "positional");
+  for (const char* flag : {"--save", "--metrics", "--plot", "--export-onnx", "--load", "--data"})
+    check_one_error_line(run_tool(d + flag + " ''"), 2, flag);
+}
+
+TEST_CASE("mnist-train rejects a negative seed and a test divisor float32 cannot hold") {
+  TempDir dir;
+  write_dataset(dir);
+  const std::string d = "--data " + dir.path.string() + " --iterations 1 ";
+  check_one_error_line(run_tool(d + "--seed -1"), 2, "--seed");
+  check_one_error_line(run_tool(d + "--test-divisor 1e-300"), 2, "--test-divisor");
+  check_one_error_line(run_tool(d + "--test-divisor 1e300"), 2, "--test-divisor");
+}
+
+TEST_CASE("mnist-train works without HOME, XDG_CACHE_HOME and GRADGRAPH_DATA given --help or --data") {
+  TempDir dir;
+  write_dataset(dir);
+  const std::string bare = std::string("env -u HOME -u XDG_CACHE_HOME -u GRADGRAPH_DATA ") + MNIST_TRAIN_PATH;
+  const Result help = run_tool("--help", bare.c_str(), false);
+  INFO(help.out);
+  CHECK(help.code == 0);
+  const Result r = run_tool("--data " + dir.path.string() + " --iterations 1 --hidden 8", bare.c_str());
+  INFO(r.out);
+  CHECK(r.code == 0);
+  check_one_error_line(run_tool("--iterations 1", bare.c_str()), 2, "--data");
 }

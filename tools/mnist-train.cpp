@@ -6,6 +6,7 @@
 // the training loop, the data pipeline and the checkpoints are the library's. Under mpirun it
 // trains data-parallel (docs/distributed.md): each rank a shard of every batch, rank 0 printing.
 #include <gradgraph/gradgraph.hpp>
+#include <gradgraph/atomic_file.hpp>
 #include <gradgraph/idx.hpp>
 
 #include "common/metrics.hpp"
@@ -34,13 +35,19 @@ namespace {
 
 using gg::tools::UsageError;
 
+// The longest run accepted: past it a typo (or a wrapped product of epochs and steps) would run
+// for years and keep a row of metrics per step in memory.
+constexpr std::int64_t kMaxSteps = 1'000'000'000;
+
 struct Options {
   std::string data, metrics, plot, save, load, resume, model, layers, activation, optimizer, schedule, layout, export_onnx;
   std::int64_t hidden = 64, iterations = 500, batch_size = 0, epochs = 0, print_every = 100, eval_every = 0, shift = 0;
   std::int64_t warmup = 0, lr_step = 0, stop_after_epochs = 0;
   double lr = 0.1, momentum = 0.9, weight_decay = 0, lr_gamma = 0.1, val_split = 0, test_divisor = 255.0, dropout = 0;
   double sparse_density = gg::kDefaultSparseDensity;
+  double max_param_abs = 1e6;
   std::uint64_t seed = 33;
+  std::string seed_text = "33";
   std::string init = "numpy", dtype = "float32";
   int threads = 0;
   double mpi_timeout = 300;
@@ -79,14 +86,18 @@ void check_options(const Options& o) {
   };
   if (!(o.lr > 0) || !std::isfinite(o.lr)) bad("lr", "must be a positive number", format("%g", o.lr));
   if (o.hidden <= 0 || o.hidden > 1000000) bad("hidden", "must be between 1 and 1000000", std::to_string(o.hidden));
-  if (o.iterations <= 0) bad("iterations", "must be at least 1", std::to_string(o.iterations));
+  if (o.iterations <= 0 || o.iterations > kMaxSteps)
+    bad("iterations", "must be between 1 and " + std::to_string(kMaxSteps), std::to_string(o.iterations));
   if (o.batch_size < 0) bad("batch-size", "must be 0 (full batch) or positive", std::to_string(o.batch_size));
   if (o.epochs < 0) bad("epochs", "must be 0 or positive", std::to_string(o.epochs));
   if (o.print_every <= 0) bad("print-every", "must be at least 1", std::to_string(o.print_every));
   if (o.eval_every < 0) bad("eval-every", "must be 0 (off) or positive", std::to_string(o.eval_every));
   if (o.shift < 0 || o.shift > 8) bad("shift", "must be 0 (off) to 8 pixels", std::to_string(o.shift));
-  if (!(o.test_divisor > 0) || !std::isfinite(o.test_divisor))
-    bad("test-divisor", "must be a positive number", format("%g", o.test_divisor));
+  // The pixels are divided in the run's dtype: a divisor that is 0 or infinite in float32 is too.
+  if (!(o.test_divisor > 0) || !std::isfinite(o.test_divisor) || !(static_cast<float>(o.test_divisor) > 0) ||
+      !std::isfinite(static_cast<float>(o.test_divisor)))
+    bad("test-divisor", "must be a positive number that float32 can hold (1e-38 to 3e38)", format("%g", o.test_divisor));
+  if (!(o.max_param_abs > 0)) bad("max-param-abs", "must be a positive number (inf: only non-finite values stop)", format("%g", o.max_param_abs));
   if (o.threads < 0 || o.threads > 64) bad("threads", "must be 0 (all cores) to 64", std::to_string(o.threads));
   if (!(o.sparse_density >= 0 && o.sparse_density <= 1))
     bad("sparse-density", "must be in [0, 1] (0: always dense products)", format("%g", o.sparse_density));
@@ -123,9 +134,11 @@ std::optional<Options> parse(int argc, char** argv) {
   // clang-format off
   desc.add_options()
     ("help,h", "show this help and exit")
-    ("data", po::value(&o.data)->default_value(gg::data::default_data_dir()),
+    // Resolved after parsing: without HOME, --help and an explicit --data must still work.
+    ("data", po::value(&o.data),
        "directory with the four IDX files, raw or .gz (MNIST: fetched by scripts/fetch-mnist; "
-       "Fashion-MNIST: /usr/share/datasets/fashion-mnist)")
+       "Fashion-MNIST: /usr/share/datasets/fashion-mnist); default $GRADGRAPH_DATA, else "
+       "${XDG_CACHE_HOME:-$HOME/.cache}/gradgraph/mnist")
     ("hidden", po::value(&o.hidden)->default_value(64), "width of the one hidden layer (the notebook's 64)")
     ("layers", po::value(&o.layers), "hidden layer widths, e.g. 256,128 (instead of --hidden)")
     ("activation", po::value(&o.activation)->default_value("relu"), "relu | tanh | sigmoid, after each hidden layer")
@@ -155,7 +168,7 @@ std::optional<Options> parse(int argc, char** argv) {
     ("lr-gamma", po::value(&o.lr_gamma)->default_value(0.1), "step schedule: the decay factor")
     ("val-split", po::value(&o.val_split)->default_value(0.0),
        "hold out this fraction (or number) of the training examples, evaluated after each epoch")
-    ("seed", po::value(&o.seed)->default_value(33), "seed of the initialisers (and of the shuffles and the split)")
+    ("seed", po::value(&o.seed_text)->default_value("33"), "seed of the initialisers (and of the shuffles and the split)")
     ("init", po::value(&o.init)->default_value("numpy"),
        "numpy: He-normal weights drawn bit-exactly as NumPy's np.random.seed(seed); randn (the notebook); "
        "default: gradgraph's own generator")
@@ -183,12 +196,16 @@ std::optional<Options> parse(int argc, char** argv) {
     ("sparse-density", po::value(&o.sparse_density)->default_value(gg::kDefaultSparseDensity, format("%g", gg::kDefaultSparseDensity)),
        "products that read the images use their nonzeros when the images are at most this dense (MNIST: 0.19); "
        "0: always the dense GEMM (--verbose says which ran)")
+    ("max-param-abs", po::value(&o.max_param_abs)->default_value(1e6, "1e6"),
+       "divergence guard: stop (exit 1, nothing saved past the last checkpoint) when a parameter's magnitude "
+       "exceeds this or any parameter becomes NaN or infinite; inf: only the latter")
     ("no-progress", "no progress bar even on a terminal")
     ("verbose,v", "print the plan (buffer bytes, schedule length) and timings on stderr");
   // clang-format on
   po::variables_map vm;
   try {
-    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
+    // No positional arguments: a stray "5000" after --iterations 1 is a mistake, not ignored.
+    po::store(po::command_line_parser(argc, argv).options(desc).positional(po::positional_options_description()).run(), vm);
     if (vm.count("help")) {
       std::cout << desc << "\n";
       return std::nullopt;
@@ -196,6 +213,23 @@ std::optional<Options> parse(int argc, char** argv) {
     po::notify(vm);
   } catch (const po::error& e) {
     throw UsageError(e.what());
+  }
+  for (const char* flag : {"data", "metrics", "plot", "save", "load", "resume", "export-onnx", "model", "layers"})
+    if (vm.count(flag) && vm[flag].as<std::string>().empty()) throw UsageError(std::string("--") + flag + " needs a non-empty value");
+  // program_options reads "-1" into an unsigned as 2^64 - 1: take digits only.
+  if (o.seed_text.empty() || o.seed_text.find_first_not_of("0123456789") != std::string::npos)
+    throw UsageError("--seed must be a whole number from 0 to 2^64 - 1 (got " + o.seed_text + ")");
+  try {
+    o.seed = std::stoull(o.seed_text);
+  } catch (const std::exception&) {
+    throw UsageError("--seed must be a whole number from 0 to 2^64 - 1 (got " + o.seed_text + ")");
+  }
+  if (o.data.empty()) {
+    try {
+      o.data = gg::data::default_data_dir();
+    } catch (const std::exception& e) {
+      throw UsageError(std::string(e.what()) + "; pass --data DIR");
+    }
   }
   o.verbose = vm.count("verbose") > 0;
   o.progress = vm.count("no-progress") == 0;
@@ -229,6 +263,10 @@ gg::nn::Spec network(const Options& o, std::int64_t classes) {
 int train(const Options& o) {
   const gg::DType dt = o.dtype == "float64" ? gg::f64 : gg::f32;
   const auto t_start = std::chrono::steady_clock::now();
+  // Every file the run will write is checked now, not after minutes of training (rank 0 writes).
+  if (rank0())
+    for (const std::string* out : {&o.save, &o.metrics, &o.plot, &o.export_onnx})
+      if (!out->empty()) gg::io::check_output_path(*out);
   gg::train::Dataset all = gg::train::load_idx(o.data, "train");
   gg::train::Dataset test = gg::train::load_idx(o.data, "t10k");
   std::optional<gg::train::Dataset> val;
@@ -295,10 +333,15 @@ int train(const Options& o) {
 
   const bool full_batch = batches.batch_size() == train_set->count;
   gg::train::FitOptions fo;
+  std::int64_t run_steps = o.iterations;
+  if (o.epochs > 0 && (__builtin_mul_overflow(o.epochs, batches.steps_per_epoch(), &run_steps) || run_steps > kMaxSteps))
+    throw UsageError("--epochs " + std::to_string(o.epochs) + " of " + std::to_string(batches.steps_per_epoch()) +
+                     " steps each is more than the " + std::to_string(kMaxSteps) + " steps a run may take");
   if (o.epochs > 0 && !full_batch)
     fo.epochs = o.epochs;
   else
-    fo.steps = o.epochs > 0 ? o.epochs * batches.steps_per_epoch() : o.iterations;
+    fo.steps = run_steps;
+  fo.max_param_abs = o.max_param_abs;
   fo.stop_after_epochs = o.stop_after_epochs;
   fo.validation = val ? &*val : nullptr;
   fo.checkpoint = o.save;
@@ -360,9 +403,12 @@ int train(const Options& o) {
                      c.density < 0 ? "fed without its nonzeros"
                                    : format("%.3f dense, sparse at most %g", c.density, o.sparse_density).c_str());
     }
-    rows.push_back(row);
-    losses.push_back(s.loss);
-    accs.push_back(s.accuracy * 100.0);
+    // Kept only for the files that want them: a long run would otherwise grow them without need.
+    if (!o.metrics.empty()) rows.push_back(row);
+    if (!o.plot.empty()) {
+      losses.push_back(s.loss);
+      accs.push_back(s.accuracy * 100.0);
+    }
     if (s.step % o.print_every == 0) {
       bar.clear();
       std::printf("Iteration: %lld | Accuracy: %.3f%% | Loss:%.3f\n", static_cast<long long>(s.step), s.accuracy * 100.0, s.loss);
@@ -388,7 +434,8 @@ int train(const Options& o) {
   } catch (const gg::train::Diverged& d) {
     bar.clear();
     const bool kept = !o.save.empty() && std::filesystem::exists(o.save);
-    throw std::runtime_error("the loss became non-finite at iteration " + std::to_string(d.step) + " (try a smaller --lr); " +
+    throw std::runtime_error("training diverged at iteration " + std::to_string(d.step) + ": " + d.reason +
+                             " (try a smaller --lr; --max-param-abs sets the limit); " +
                              (kept ? "the last checkpoint in " + o.save + " is kept" : std::string("nothing was saved")));
   }
   bar.finish();
@@ -410,7 +457,7 @@ int train(const Options& o) {
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
 
   if (!o.metrics.empty()) gg::tools::write_metrics_csv(o.metrics, rows);
-  if (!o.plot.empty() && !losses.empty()) {
+  if (!o.plot.empty() && !losses.empty() && !accs.empty()) {
     std::ostringstream title;
     title << "Training Results: " << format("%.2f", accs.back()) << "% (test " << format("%.2f", test_acc)
           << "%), learning rate=" << o.lr;
@@ -447,6 +494,7 @@ int main(int argc, char** argv) {
     }
   }
   if (!mpi) return gg::tools::cli_main("mnist-train", argc, argv, parse, train);
+  gg::io::remove_temp_files_on_signals();
   try {
     auto o = parse(argc, argv);
     return o ? train(*o) : 0;

@@ -70,7 +70,8 @@ struct Shape {
 
   std::int64_t operator[](int i) const { return dims[i]; }
   std::int64_t& operator[](int i) { return dims[i]; }
-  // Counts elements; requires no dyn dimension; throws std::overflow_error past 2^63.
+  // Counts elements; requires no dyn dimension; throws std::overflow_error naming the shape past
+  // 2^63, also when a zero extent hides the overflow of the others' product (their strides).
   std::int64_t numel() const;
   bool has_dyn() const;
   // Replaces every dyn dimension by `batch`.
@@ -175,8 +176,12 @@ Tensor Tensor::from(const Shape& s, std::span<const T> values) {
   return t;
 }
 
-// Bytes of `numel` elements of dtype `t`; throws std::overflow_error when that exceeds size_t.
+// Bytes of `numel` elements of dtype `t`; throws std::overflow_error past 2^62 bytes.
 std::size_t byte_size(std::int64_t numel, DType t);
+// Bytes of a tensor of shape `s` (no dyn dimension), every product checked (numel, strides,
+// bytes): what allocations and untrusted shapes go through. Throws std::overflow_error naming
+// the shape.
+std::size_t checked_bytes(const Shape& s, DType t);
 
 // Copies src into dst element by element (any strides, same shape). Equal dtypes copy exactly;
 // different dtypes convert through double (integers beyond 2^53 lose precision). Allocates

@@ -22,6 +22,7 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -245,6 +246,10 @@ struct FitOptions {
   std::int64_t stop_after_epochs = 0;  // > 0: end this call after so many epochs of the run (resume later)
   const Dataset* validation = nullptr;  // evaluated after each epoch
   std::string checkpoint{};  // written (atomically) after each epoch and at the end
+  // Divergence guard, checked after every step: a non-finite parameter or state, or a trainable
+  // parameter of magnitude above this, throws Diverged before anything is saved (a finite loss
+  // can hide parameters of 1e19). Infinity: only non-finite values stop the run.
+  double max_param_abs = std::numeric_limits<double>::infinity();
 };
 
 struct FitResult {
@@ -253,10 +258,12 @@ struct FitResult {
   double seconds = 0;
 };
 
-// The loss became NaN or infinite: names the step; the last checkpoint written stays as it was.
+// The loss became NaN or infinite, or a parameter non-finite or past FitOptions::max_param_abs:
+// names the step (and the parameter); the last checkpoint written stays as it was.
 struct Diverged : std::runtime_error {
   using std::runtime_error::runtime_error;
   std::int64_t step = 0;
+  std::string reason;  // what diverged, without the step: "the loss became NaN", "'W1' holds 3e+19, past ..."
 };
 
 struct Evaluation {
@@ -309,7 +316,7 @@ class Trainer {
   // Starts from the parameters in a safetensors file (a checkpoint of this network, or any file
   // holding every parameter by name with its shape and dtype; optimizer state is taken when it is
   // there), as a new run: the counters stay at zero. Throws std::runtime_error naming the file and
-  // what does not match.
+  // what does not match, or the tensor that is missing (only the optimizer's state may be).
   void load(const std::string& path);
   // Continues the run a checkpoint was saved from: parameters, optimizer state, counters and the
   // batch iterator's position, so that fit goes on exactly as the uninterrupted run would have.
@@ -342,6 +349,15 @@ class Trainer {
   std::unique_ptr<Program> train_, eval_;
   std::int64_t step_ = 0, epoch_ = 0;
   std::int64_t planned_steps_ = 0;  // the run's length, for the schedule (kept by checkpoints)
+  // Nodes with ids from here on were made by the optimizer: its state may be missing from a
+  // checkpoint loaded as a new run (it starts fresh), unlike the model's (batch norm statistics).
+  int optimizer_nodes_from_ = 0;
+  void load_tensors(const std::string& path, bool optimizer_state_required);
+  // What the divergence guard reads after every step, found once (fit allocates nothing per step):
+  // the float parameters, then the float states, by name.
+  std::vector<std::pair<std::string, TensorView>> guarded_;
+  std::size_t guarded_trainable_ = 0;
+  std::string diverged_parameter(double max_abs) const;
 };
 
 }  // namespace gg::train

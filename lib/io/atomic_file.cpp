@@ -7,6 +7,8 @@
 #include <streambuf>
 #include <vector>
 
+#include <csignal>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -16,6 +18,29 @@ namespace gg::io {
 namespace {
 
 std::string errno_text(int err) { return std::strerror(err); }
+
+// The temporary file being written, for the signal handler: a fixed buffer and a lock-free flag,
+// since a handler may only read memory and call async-signal-safe functions (unlink, raise). One
+// at a time is enough: the tools write their files one after another.
+char pending_temp[4096];
+std::atomic<bool> has_pending_temp{false};
+static_assert(std::atomic<bool>::is_always_lock_free);
+
+void register_temp(const std::string& p) {
+  has_pending_temp.store(false);
+  if (p.size() >= sizeof pending_temp) return;
+  std::memcpy(pending_temp, p.c_str(), p.size() + 1);
+  has_pending_temp.store(true);
+}
+
+void unregister_temp() { has_pending_temp.store(false); }
+
+extern "C" void remove_temp_and_reraise(int sig) {
+  if (has_pending_temp.load()) ::unlink(pending_temp);
+  // The default action (end the process, with the signal's status for the parent to see).
+  ::signal(sig, SIG_DFL);
+  ::raise(sig);
+}
 
 [[noreturn]] void fail(const std::string& path, const std::string& what, int err) {
   throw std::runtime_error(path + ": " + what + ": " + errno_text(err));
@@ -89,6 +114,7 @@ struct TempGuard {
   std::string path;
   bool armed = true;
   ~TempGuard() {
+    unregister_temp();
     if (armed) ::unlink(path.c_str());
   }
 };
@@ -109,18 +135,72 @@ void fsync_directory(const std::string& path) {
   ::close(dfd);
 }
 
+const char* kind_of(mode_t m) {
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISLNK(m)) return "a symbolic link";
+  if (S_ISFIFO(m)) return "a FIFO";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  if (S_ISSOCK(m)) return "a socket";
+  return "not a regular file";
+}
+
+// The mode to give the new file: the replaced file's (a private checkpoint stays private), or -1
+// for a new one (then the temporary file's 0666 & ~umask stands). rename() would replace a
+// symlink, a FIFO or a device node (as root, /dev/null) with a regular file: refuse instead.
+int mode_to_keep(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return -1;
+    fail(path, "cannot inspect the target", errno);
+  }
+  if (!S_ISREG(st.st_mode))
+    throw std::runtime_error(path + ": is " + kind_of(st.st_mode) + ", not a regular file; refusing to replace it");
+  return static_cast<int>(st.st_mode & 07777);
+}
+
 }  // namespace
+
+void check_output_path(const std::string& path) {
+  if (path.empty()) throw std::runtime_error("empty file name");
+  (void)mode_to_keep(path);
+  const std::string dir = directory_of(path);
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) fail(path, "cannot use the directory " + dir, errno);
+  if (!S_ISDIR(st.st_mode)) throw std::runtime_error(path + ": " + dir + " is not a directory");
+  if (::access(dir.c_str(), W_OK | X_OK) != 0) fail(path, "cannot write in the directory " + dir, errno);
+}
+
+void remove_temp_files_on_signals() {
+  struct sigaction sa {};
+  sa.sa_handler = remove_temp_and_reraise;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+    struct sigaction old {};
+    // A signal the caller ignores (nohup) stays ignored.
+    if (::sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+    ::sigaction(sig, &sa, nullptr);
+  }
+}
 
 std::string temp_path_for(const std::string& path) {
   // pid separates processes, the counter separates threads and calls within one process.
   static std::atomic<unsigned long> counter{0};
-  return path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  register_temp(tmp);  // the caller's writer creates it next; commit_temp_file ends the registration
+  return tmp;
 }
 
 void commit_temp_file(const std::string& temp_path, const std::string& path) {
   TempGuard guard{temp_path};
+  const int mode = mode_to_keep(path);
   int fd = ::open(temp_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail(path, "cannot reopen temporary file " + temp_path, errno);
+  if (mode >= 0 && ::fchmod(fd, static_cast<mode_t>(mode)) != 0) {
+    const int err = errno;
+    ::close(fd);
+    fail(path, "cannot keep the mode of the file it replaces", err);
+  }
   bool synced = fsync_retry(fd);
   int err = errno;
   ::close(fd);
@@ -132,7 +212,8 @@ void commit_temp_file(const std::string& temp_path, const std::string& path) {
 
 void write_file_atomic(const std::string& path, const std::function<void(std::ostream&)>& write) {
   if (path.empty()) throw std::runtime_error("write_file_atomic: empty file name");
-  std::string tmp = temp_path_for(path);
+  const int mode = mode_to_keep(path);
+  std::string tmp = temp_path_for(path);  // registered for the signal handler
   // O_EXCL: never clobber a file someone else happens to have at that name.
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
   if (fd < 0) fail(path, "cannot create temporary file " + tmp, errno);
@@ -143,6 +224,7 @@ void write_file_atomic(const std::string& path, const std::function<void(std::os
       if (fd >= 0) ::close(fd);
     }
   } closer{fd};
+  if (mode >= 0 && ::fchmod(fd, static_cast<mode_t>(mode)) != 0) fail(path, "cannot keep the mode of the file it replaces", errno);
 
   FdBuf buf(fd);
   std::ostream os(&buf);

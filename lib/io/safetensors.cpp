@@ -173,6 +173,15 @@ Entry parse_entry(const std::string& path, const std::string& name, const json& 
     dims[i] = static_cast<std::int64_t>(d);
   }
   e.shape = Shape::of(dims, static_cast<int>(sh.size()));
+  // A zero extent makes the byte count 0 whatever the others, but the others still make strides:
+  // the same check as for an allocation, so that [0, 2^32, 2^32] fails as [2^32, 2^32, 0] does.
+  if (!overflow) {
+    try {
+      (void)checked_bytes(e.shape, e.dtype);
+    } catch (const std::overflow_error& x) {
+      throw std::runtime_error(where + x.what());
+    }
+  }
 
   const json& off = j["data_offsets"];
   if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
@@ -221,7 +230,8 @@ SafetensorsFile load_safetensors(const std::string& path) {
   json header;
   try {
     header = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
+    // parse_error, but also out_of_range for a number past double's range (1e400).
     throw std::runtime_error(path + ": header is not valid JSON: " + e.what());
   }
   if (!header.is_object()) throw std::runtime_error(path + ": header is not a JSON object");
@@ -237,7 +247,12 @@ SafetensorsFile load_safetensors(const std::string& path) {
       }
       continue;
     }
-    entries.push_back(parse_entry(path, key, value));
+    try {
+      entries.push_back(parse_entry(path, key, value));
+    } catch (const json::exception& e) {
+      // parse_entry checks each field's type; a library error here is still a malformed header.
+      throw std::runtime_error(path + ": tensor " + quoted(key) + ": malformed header entry: " + e.what());
+    }
   }
 
   // The data must be tiled exactly: in offset order each tensor starts where the previous one

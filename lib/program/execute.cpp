@@ -41,10 +41,25 @@ KernelFn pick_kernel(Step& s, KernelArgs& a, const Compiled& c, const Graph& g, 
 }  // namespace
 
 std::int64_t batch_of(const Compiled& c, const Graph& g, const Program::Feed* feeds, std::size_t nf) {
-  for (std::size_t k = 0; k < nf; ++k)
-    if (feeds[k].input.graph != &g)
-      throw std::invalid_argument("run: the feed for '" + (feeds[k].input.valid() ? feeds[k].input.name() : std::string("?")) +
-                                  "' is an input of another graph");
+  // Every feed is checked, not only those the program reads: feeds are matched by node id, and an
+  // id of another graph (or of a non-input) would bind memory of the wrong size or meaning.
+  for (std::size_t k = 0; k < nf; ++k) {
+    const Value& in = feeds[k].input;
+    if (!in.valid()) throw std::invalid_argument("run: a feed has no input (a default-constructed Value)");
+    if (in.graph != &g)
+      throw std::invalid_argument("run: the feed for input '" + in.name() + "' comes from another graph");
+    if (in.id >= g.size()) throw std::invalid_argument("run: a feed names node " + std::to_string(in.id) + ", not in this graph");
+    const Node& n = in.node();
+    if (n.op->storage != Storage::external)
+      throw std::invalid_argument("run: '" + n.name + "' is a " + n.op_name() + ", not an input: only inputs are fed");
+    for (std::size_t j = 0; j < k; ++j)
+      if (feeds[j].input == in) throw std::invalid_argument("run: input '" + n.name + "' is fed twice");
+    if (feeds[k].value.shape.has_dyn())
+      throw std::invalid_argument("run: input '" + n.name + "' fed a view of shape " + to_string(feeds[k].value.shape) +
+                                  ", with an open (dyn) dimension");
+    if (!feeds[k].value.data && feeds[k].value.shape.numel() > 0)
+      throw std::invalid_argument("run: input '" + n.name + "' fed a null pointer");
+  }
   std::int64_t batch = -1;
   for (int i : c.inputs) {
     const IrNode& x = c.ir[static_cast<std::size_t>(i)];

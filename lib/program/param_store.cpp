@@ -13,10 +13,17 @@ ParamStore::ParamStore(const Graph& g) : graph(&g) {
   for (int i = 0; i < g.size(); ++i) {
     const Node& n = g.node(i);
     if (n.op->storage != Storage::persistent) continue;
-    const std::size_t b = byte_size(n.out().shape.numel(), n.out().dtype);
+    std::size_t b = 0;
+    try {
+      b = checked_bytes(n.out().shape, n.out().dtype);
+    } catch (const std::exception& e) {
+      throw std::overflow_error("parameter '" + n.name + "': " + e.what());
+    }
     entries.push_back({n.name, i, n.out().dtype, n.out().shape, n.init, (n.op->flags & kTrainable) != 0, bytes});
-    if (__builtin_add_overflow(bytes, (b + 63) / 64 * 64, &bytes))
-      throw std::overflow_error("the graph's parameters do not fit in memory");
+    // b <= 2^62, so the padding cannot wrap; the sum of many can.
+    if (__builtin_add_overflow(bytes, (b + 63) / 64 * 64, &bytes) || bytes > (std::size_t{1} << 62))
+      throw std::overflow_error("parameter '" + n.name + "' " + to_string(n.out().shape) +
+                                ": the graph's parameters do not fit in memory");
   }
   arena = static_cast<std::byte*>(aligned_alloc64(bytes));
   std::memset(arena, 0, bytes);

@@ -131,7 +131,9 @@ void naming_file(const std::string& path, F&& f) {
 
 }  // namespace
 
-void Trainer::load(const std::string& path) {
+void Trainer::load(const std::string& path) { load_tensors(path, false); }
+
+void Trainer::load_tensors(const std::string& path, bool optimizer_state_required) {
   naming_file(path, [&] {
     const io::SafetensorsFile f = io::load_safetensors(path);
     const CheckpointInfo info{f.metadata};
@@ -146,7 +148,9 @@ void Trainer::load(const std::string& path) {
       for (const auto& [n, v] : f.tensors)
         if (n == name) t = &v;
       if (!t) {
-        if (g_->find(name).node().op_name() == std::string("state")) continue;  // optimizer state starts fresh
+        // A new run may change the optimizer, whose state then starts fresh; the model's own
+        // state (batch norm statistics) is part of the network and must be there.
+        if (!optimizer_state_required && g_->find(name).id >= optimizer_nodes_from_) continue;
         throw std::runtime_error("no tensor '" + name + "' (is it a checkpoint of this network?)");
       }
       try {
@@ -160,7 +164,7 @@ void Trainer::load(const std::string& path) {
 
 void Trainer::resume(const std::string& path, Batches& batches) {
   const CheckpointInfo info = read_checkpoint_info(path);
-  load(path);
+  load_tensors(path, true);
   naming_file(path, [&] {
     step_ = to_int(info, "step");
     epoch_ = to_int(info, "epoch");

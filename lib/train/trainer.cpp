@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 
 namespace gg::train {
@@ -59,6 +60,7 @@ Trainer::Trainer(Graph& g, const Model& m, const TrainOptions& o) : g_(&g), mode
     all.pop_back();
     used = all;
   }
+  optimizer_nodes_from_ = g.size();
   updates_ = updates(o.optimizer, params_, used);
   std::vector<Value> fetch = updates_;
   fetch.push_back(train_loss_);
@@ -68,6 +70,15 @@ Trainer::Trainer(Graph& g, const Model& m, const TrainOptions& o) : g_(&g), mode
   eo.share_params_with = train_.get();
   eo.training = false;
   eval_ = std::make_unique<Program>(g, std::vector<Value>{loss_, accuracy_, predictions_, probabilities_}, eo);
+  // Views of the parameter store, which stays where it is for the programs' lifetime.
+  const std::vector<std::string> names = train_->param_names();  // parameters, then states
+  const std::size_t n_trainable = names.size() - train_->state_names().size();
+  for (std::size_t k = 0; k < names.size(); ++k) {
+    const TensorView v = train_->param(names[k]);
+    if (!is_float(v.dtype)) continue;
+    guarded_.emplace_back(names[k], v);
+    if (k < n_trainable) guarded_trainable_ = guarded_.size();
+  }
 }
 
 void Trainer::export_onnx(const std::string& path, const Normalization& norm) const {
@@ -84,7 +95,10 @@ void Trainer::export_onnx(const std::string& path, const Normalization& norm) co
 FitResult Trainer::fit(Batches& batches, const FitOptions& fo, const Callbacks& cb) {
   using clock = std::chrono::steady_clock;
   const auto t_start = clock::now();
-  const std::int64_t total = fo.steps > 0 ? fo.steps : fo.epochs * batches.steps_per_epoch();
+  std::int64_t total = fo.steps;
+  if (fo.steps <= 0 && __builtin_mul_overflow(fo.epochs, batches.steps_per_epoch(), &total))
+    throw std::invalid_argument("fit: " + std::to_string(fo.epochs) + " epochs of " + std::to_string(batches.steps_per_epoch()) +
+                                " steps overflow the step counter");
   if (total <= 0) throw std::invalid_argument("fit: the run needs a positive number of epochs or steps");
   planned_steps_ = total;
   FitResult r;
@@ -113,6 +127,14 @@ FitResult Trainer::fit(Batches& batches, const FitOptions& fo, const Callbacks& 
                  std::to_string(step_) + " (epoch " + std::to_string(b.epoch + 1) + ")" +
                  (fo.checkpoint.empty() ? "" : "; the last checkpoint written is kept"));
       d.step = step_;
+      d.reason = std::string("the loss became ") + (std::isnan(s.loss) ? "NaN" : "infinite");
+      throw d;
+    }
+    if (const std::string bad = diverged_parameter(fo.max_param_abs); !bad.empty()) {
+      Diverged d("the parameters diverged at step " + std::to_string(step_) + " (epoch " + std::to_string(b.epoch + 1) + "): " +
+                 bad + (fo.checkpoint.empty() ? "" : "; the last checkpoint written is kept"));
+      d.step = step_;
+      d.reason = "parameter " + bad;
       throw d;
     }
     ++step_;
@@ -154,6 +176,35 @@ FitResult Trainer::fit(Batches& batches, const FitOptions& fo, const Callbacks& 
   r.epochs = epoch_;
   r.seconds = seconds_since(t_start);
   return r;
+}
+
+namespace {
+// The first element that is non-finite, or above `max_abs` in magnitude: its index, else -1.
+template <typename T>
+std::int64_t first_bad(const T* p, std::int64_t n, double max_abs) {
+  for (std::int64_t i = 0; i < n; ++i)
+    if (!(std::fabs(static_cast<double>(p[i])) <= max_abs)) return i;  // NaN fails the comparison too
+  return -1;
+}
+}  // namespace
+
+std::string Trainer::diverged_parameter(double max_abs) const {
+  for (std::size_t k = 0; k < guarded_.size(); ++k) {
+    const auto& [name, v] = guarded_[k];
+    // States (optimizer moments, batch statistics) are only checked for being finite.
+    const double limit = k < guarded_trainable_ ? max_abs : std::numeric_limits<double>::infinity();
+    const std::int64_t i = v.dtype == DType::f32 ? first_bad(v.ptr<float>(), v.numel(), limit)
+                                                 : first_bad(v.ptr<double>(), v.numel(), limit);
+    if (i < 0) continue;
+    const double x = v.flat(i);
+    char buf[128];
+    if (std::isfinite(x))
+      std::snprintf(buf, sizeof buf, "holds %g, past the limit of %g", x, max_abs);
+    else
+      std::snprintf(buf, sizeof buf, "holds %g", x);
+    return "'" + name + "' " + buf;
+  }
+  return {};
 }
 
 Evaluation Trainer::evaluate(const Dataset& d, const Normalization& norm, std::int64_t batch_size) {

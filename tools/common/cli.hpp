@@ -2,6 +2,8 @@
 // flag or argument (with a pointer to --help), 1 for anything else (bad data, I/O).
 #pragma once
 
+#include <gradgraph/atomic_file.hpp>
+
 #include <cstdio>
 #include <exception>
 #include <optional>
@@ -17,6 +19,7 @@ struct UsageError : std::runtime_error {
 // exit code.
 template <typename Parse, typename Run>
 int cli_main(const char* tool, int argc, char** argv, Parse parse, Run run) {
+  gg::io::remove_temp_files_on_signals();  // Ctrl-C during a save leaves no temporary file
   try {
     auto o = parse(argc, argv);
     if (!o) return 0;
