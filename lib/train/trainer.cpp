@@ -180,10 +180,20 @@ FitResult Trainer::fit(Batches& batches, const FitOptions& fo, const Callbacks& 
 
 namespace {
 // The first element that is non-finite, or above `max_abs` in magnitude: its index, else -1.
+// It runs after every step over every parameter and optimizer state (a mini-batch MLP step is
+// ~0.2 ms): blocks are scanned without a branch per element, so that the loop vectorises, and
+// only a block with a bad value is searched.
 template <typename T>
 std::int64_t first_bad(const T* p, std::int64_t n, double max_abs) {
-  for (std::int64_t i = 0; i < n; ++i)
-    if (!(std::fabs(static_cast<double>(p[i])) <= max_abs)) return i;  // NaN fails the comparison too
+  constexpr std::int64_t kBlock = 2048;
+  for (std::int64_t b = 0; b < n; b += kBlock) {
+    const std::int64_t e = std::min(n, b + kBlock);
+    int bad = 0;
+    for (std::int64_t i = b; i < e; ++i) bad |= !(std::fabs(static_cast<double>(p[i])) <= max_abs);  // NaN: bad too
+    if (bad == 0) continue;
+    for (std::int64_t i = b; i < e; ++i)
+      if (!(std::fabs(static_cast<double>(p[i])) <= max_abs)) return i;
+  }
   return -1;
 }
 }  // namespace
