@@ -190,6 +190,26 @@ void transpose_block(const T* src, std::int64_t rs, std::int64_t cs, std::int64_
     }
 }
 
+// sum = the nonzeros [q, end)'s values times their rows of dt ({rows, NV lanes}, row index[q]),
+// as two interleaved partial sums (even and odd nonzeros) so that consecutive fused
+// multiply-adds do not wait on each other. Shared by the gather and the cross gather.
+template <typename T, int NV, typename Index>
+inline void gather_sum(const Index* index, const T* val, std::int64_t q, std::int64_t end, const T* dt, Vec<T> (&sum)[NV]) {
+  constexpr std::int64_t w = NV * kLanes<T>;
+  Vec<T> even[NV] = {}, odd[NV] = {};
+  for (; q + 1 < end; q += 2) {
+    const Vec<T>* a = reinterpret_cast<const Vec<T>*>(dt + index[q] * w);
+    const Vec<T>* b = reinterpret_cast<const Vec<T>*>(dt + index[q + 1] * w);
+    const T va = val[q], vb = val[q + 1];
+    for (int u = 0; u < NV; ++u) even[u] += va * a[u], odd[u] += vb * b[u];
+  }
+  if (q < end) {
+    const Vec<T>* a = reinterpret_cast<const Vec<T>*>(dt + index[q] * w);
+    for (int u = 0; u < NV; ++u) even[u] += val[q] * a[u];
+  }
+  for (int u = 0; u < NV; ++u) sum[u] = even[u] + odd[u];
+}
+
 // One panel of C's rows [row0, row0 + rows), NV vectors wide, for every column n: dt is the
 // panel's D^T {K, NV lanes}.
 template <typename T, int NV>
@@ -202,21 +222,10 @@ void gather_panel(const SparseProduct& p, const SparseMatrix& s, const T* dt, st
   T* c = data<T>(p.c);
   const std::int64_t rs = p.c.strides[0], cs = p.c.strides[1];
   for (std::int64_t n = n0; n < n1; ++n) {
-    Vec<T> even[NV] = {}, odd[NV] = {};
-    std::int64_t q = ptr[n];
-    const std::int64_t end = ptr[n + 1];
-    for (; q + 1 < end; q += 2) {
-      const Vec<T>* a = reinterpret_cast<const Vec<T>*>(dt + idx[q] * w);
-      const Vec<T>* b = reinterpret_cast<const Vec<T>*>(dt + idx[q + 1] * w);
-      const T va = val[q], vb = val[q + 1];
-      for (int u = 0; u < NV; ++u) even[u] += va * a[u], odd[u] += vb * b[u];
-    }
-    if (q < end) {
-      const Vec<T>* a = reinterpret_cast<const Vec<T>*>(dt + idx[q] * w);
-      for (int u = 0; u < NV; ++u) even[u] += val[q] * a[u];
-    }
+    Vec<T> sum[NV];
+    gather_sum<T, NV>(idx, val, ptr[n], ptr[n + 1], dt, sum);
     alignas(64) T out[w];
-    for (int u = 0; u < NV; ++u) reinterpret_cast<Vec<T>*>(out)[u] = even[u] + odd[u];
+    for (int u = 0; u < NV; ++u) reinterpret_cast<Vec<T>*>(out)[u] = sum[u];
     if (accumulate)
       for (std::int64_t i = 0; i < rows; ++i) c[(row0 + i) * rs + n * cs] += alpha * out[i];
     else
@@ -264,22 +273,11 @@ void cross_panel(const SparseBlocks& x, std::int64_t b, std::int64_t n_cols, con
   const std::uint16_t* off = x.offset.data();
   const T* val = x.values<T>();
   for (std::int64_t n = 0; n < n_cols; ++n) {
-    std::int64_t q = ptr[n];
-    const std::int64_t end = ptr[n + 1];
-    if (q == end) continue;
-    Vec<T> even[NV] = {}, odd[NV] = {};
-    for (; q + 1 < end; q += 2) {
-      const Vec<T>* a = reinterpret_cast<const Vec<T>*>(tile + off[q] * w);
-      const Vec<T>* c = reinterpret_cast<const Vec<T>*>(tile + off[q + 1] * w);
-      const T va = val[q], vc = val[q + 1];
-      for (int u = 0; u < NV; ++u) even[u] += va * a[u], odd[u] += vc * c[u];
-    }
-    if (q < end) {
-      const Vec<T>* a = reinterpret_cast<const Vec<T>*>(tile + off[q] * w);
-      for (int u = 0; u < NV; ++u) even[u] += val[q] * a[u];
-    }
+    if (ptr[n] == ptr[n + 1]) continue;
+    Vec<T> sum[NV];
+    gather_sum<T, NV>(off, val, ptr[n], ptr[n + 1], tile, sum);
     Vec<T>* out = reinterpret_cast<Vec<T>*>(acc + n * w);
-    for (int u = 0; u < NV; ++u) out[u] += even[u] + odd[u];
+    for (int u = 0; u < NV; ++u) out[u] += sum[u];
   }
 }
 
