@@ -35,7 +35,10 @@ const char* Node::op_name() const { return op ? op->name : "?"; }
 
 const Node& Value::node() const {
   if (!valid()) throw GraphError("use of an empty gg::Value");
-  return graph->node(id);
+  const Node& n = graph->node(id);
+  if (port < 0 || port >= n.num_outputs)
+    throw GraphError("node '" + n.name + "' has no output " + std::to_string(port) + " (it has " + std::to_string(n.num_outputs) + ")");
+  return n;
 }
 Shape Value::shape() const { return node().out(port).shape; }
 DType Value::dtype() const { return node().out(port).dtype; }

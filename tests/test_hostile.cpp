@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
@@ -113,6 +114,45 @@ TEST_CASE("a feed with a null data pointer is an error naming the input", "[host
   const gg::TensorView null_x(nullptr, gg::f32, {20, 8});
   const std::string msg = message_of<std::invalid_argument>([&] { p.run({{net.X, null_x}, {net.Y, y}}); });
   CHECK_THAT(msg, Contains("'X'") && Contains("null pointer"));
+}
+
+// ---- ownership and forged handles --------------------------------------------------------------
+
+TEST_CASE("running a program after its graph is destroyed is a logic_error, not a use after free", "[hostile][ownership]") {
+  auto net = std::make_unique<Mlp>(gg::f32, 20, 7, 5);
+  gg::Program p(net->g, net->fetches(), one_thread());
+  const gg::Tensor x(gg::f32, {20, 8});
+  const gg::Tensor y = one_hot(gg::f32, 5, 8, 1);
+  p.run({{net->X, x}, {net->Y, y}});
+  net.reset();
+  const std::string msg = message_of<std::logic_error>([&] { p.run({}); });
+  CHECK_THAT(msg, Contains("Graph was destroyed"));
+  // The parameters live in the program: still there by name.
+  CHECK(p.param("W1").shape == gg::Shape{7, 20});
+}
+
+TEST_CASE("a forged Value naming a node the graph does not have is a GraphError", "[hostile][ownership]") {
+  gg::Graph g(gg::f32);
+  g.input("X", {2, 3});
+  const gg::Value forged{&g, 12345};
+  CHECK_THROWS_AS(forged.shape(), gg::GraphError);
+  CHECK_THROWS_AS(gg::relu(forged), gg::GraphError);
+  const gg::Value bad_port{&g, 0, 1};  // an input has one output
+  CHECK_THAT(message_of<gg::GraphError>([&] { bad_port.shape(); }), Contains("'X'") && Contains("no output 1"));
+  const gg::Value negative_port{&g, 0, -3};
+  CHECK_THROWS_AS(negative_port.dtype(), gg::GraphError);
+}
+
+TEST_CASE("get of a forged Value or of a node added after compiling is an error, not a read out of bounds", "[hostile][ownership]") {
+  Mlp net(gg::f32, 20, 7, 5);
+  gg::Program p(net.g, net.fetches(), one_thread());
+  const gg::Tensor x(gg::f32, {20, 8});
+  const gg::Tensor y = one_hot(gg::f32, 5, 8, 1);
+  p.run({{net.X, x}, {net.Y, y}});
+  const gg::Value later = gg::relu(net.X);  // made after the program was compiled
+  CHECK_THAT(message_of<std::invalid_argument>([&] { p.get(later); }), Contains("not computed by this program"));
+  CHECK_THROWS_AS(p.get(gg::Value{&net.g, 12345}), std::invalid_argument);
+  CHECK_THROWS_AS(p.get(gg::Value{&net.g, net.X.id, 7}), std::invalid_argument);
 }
 
 // ---- size arithmetic ---------------------------------------------------------------------------

@@ -578,3 +578,104 @@ TEST_CASE("mnist-train works without HOME, XDG_CACHE_HOME and GRADGRAPH_DATA giv
   CHECK(r.code == 0);
   check_one_error_line(run_tool("--iterations 1", bare.c_str()), 2, "--data");
 }
+
+// The hostile battery (issue #11): flags, files and paths a careless or hostile user may give.
+// Every one ends with exit 1 (bad data or file) or 2 (bad usage), one line naming the problem,
+// no sanitizer report (the suite also runs with the tools built under ASan and UBSan), and
+// nothing written in the directory every output flag points into.
+TEST_CASE("every invocation of the hostile battery ends in one line, exit 1 or 2, nothing written, no sanitizer report") {
+  TempDir dir;
+  write_dataset(dir);
+  const std::string out = dir / "out";
+  fs::create_directories(out);
+  REQUIRE(::mkfifo((dir / "fifo").c_str(), 0600) == 0);
+  write_file(dir / "garbage.st", Bytes{'n', 'o', 't', ' ', 'a', ' ', 'c', 'k', 'p', 't'});
+  write_file(dir / "huge-header.st", Bytes{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, '{', '}'});
+  write_file(dir / "image.pgm", Bytes{'P', '5', ' ', '2', ' ', '2', ' ', '2', '5', '5', '\n', 0, 0, 0, 0});
+  // Every output flag points into out/, unless the case sets that flag itself.
+  auto train = [&](const std::string& args) {
+    std::string s = args;
+    for (const auto& [flag, value] : {std::pair<std::string, std::string>{"--data", dir.path.string()},
+                                      {"--hidden", "8"}, {"--iterations", "2"}, {"--save", out + "/w.st"},
+                                      {"--metrics", out + "/m.csv"}, {"--plot", out + "/p.png"}})
+      if (args.find(flag + " ") == std::string::npos) s += " " + flag + " " + value;
+    return s;
+  };
+  const std::string f = dir.path.string() + "/";
+  struct Case {
+    const char* tool;
+    std::string args;
+    int code;
+    std::string needle;  // in the line: the error is the one meant
+  };
+  const std::vector<Case> battery = {
+      // usage
+      {MNIST_TRAIN_PATH, train("--iterations 1 5000"), 2, "positional"},
+      {MNIST_TRAIN_PATH, train("--iterations 1e12"), 2, "--iterations"},
+      {MNIST_TRAIN_PATH, train("--iterations 99999999999999"), 2, "--iterations"},
+      {MNIST_TRAIN_PATH, train("--batch-size 250 --epochs 1152921504606846976"), 2, "--epochs"},
+      {MNIST_TRAIN_PATH, train("--batch-size -5 --epochs 1"), 2, "--batch-size"},
+      {MNIST_TRAIN_PATH, train("--seed -1"), 2, "--seed"},
+      {MNIST_TRAIN_PATH, train("--test-divisor 1e-300"), 2, "--test-divisor"},
+      {MNIST_TRAIN_PATH, train("--test-divisor nan"), 2, "--test-divisor"},
+      {MNIST_TRAIN_PATH, train("--lr nan"), 2, "--lr"},
+      {MNIST_TRAIN_PATH, train("--lr inf"), 2, "--lr"},
+      {MNIST_TRAIN_PATH, train("--lr -1"), 2, "--lr"},
+      {MNIST_TRAIN_PATH, train("--hidden 4294967296"), 2, "--hidden"},
+      {MNIST_TRAIN_PATH, train("--layers 8,,8"), 2, "--layers"},
+      {MNIST_TRAIN_PATH, train("--layers 8,-1"), 2, "--layers"},
+      {MNIST_TRAIN_PATH, train("--model 'conv('"), 2, "conv("},
+      {MNIST_TRAIN_PATH, train("--model conv999999999999k3"), 2, "conv999999999999k3"},
+      {MNIST_TRAIN_PATH, train("--dtype float16"), 2, "--dtype"},
+      {MNIST_TRAIN_PATH, train("--optimizer foo"), 2, "foo"},
+      {MNIST_TRAIN_PATH, train("--schedule foo"), 2, "foo"},
+      {MNIST_TRAIN_PATH, train("--val-split 1.5"), 2, "--val-split"},
+      {MNIST_TRAIN_PATH, train("--dropout 1"), 2, "--dropout"},
+      {MNIST_TRAIN_PATH, train("--momentum nan"), 2, "--momentum"},
+      {MNIST_TRAIN_PATH, train("--shift 100"), 2, "--shift"},
+      {MNIST_TRAIN_PATH, train("--sparse-density 2"), 2, "--sparse-density"},
+      {MNIST_TRAIN_PATH, train("--max-param-abs 0"), 2, "--max-param-abs"},
+      {MNIST_TRAIN_PATH, train("--print-every 0"), 2, "--print-every"},
+      {MNIST_TRAIN_PATH, train("--export-onnx ''"), 2, "--export-onnx"},
+      {MNIST_TRAIN_PATH, train("--no-such-flag"), 2, "no-such-flag"},
+      // files
+      {MNIST_TRAIN_PATH, train("--data /nonexistent"), 1, "/nonexistent"},
+      {MNIST_TRAIN_PATH, train("--data /etc/passwd"), 1, "not a directory"},
+      {MNIST_TRAIN_PATH, train("--load " + f + "garbage.st"), 1, "garbage.st"},
+      {MNIST_TRAIN_PATH, train("--load " + f + "huge-header.st"), 1, "huge-header.st"},
+      {MNIST_TRAIN_PATH, train("--load " + f + "missing.st"), 1, "missing.st"},
+      {MNIST_TRAIN_PATH, train("--load " + f + "fifo"), 1, "FIFO"},
+      {MNIST_TRAIN_PATH, train("--resume " + f + "garbage.st"), 1, "garbage.st"},
+      {MNIST_TRAIN_PATH, train("--val-split 300"), 1, "validation"},
+      // paths
+      {MNIST_TRAIN_PATH, train("--save /dev/null"), 1, "character device"},
+      {MNIST_TRAIN_PATH, train("--save " + f + "fifo"), 1, "FIFO"},
+      {MNIST_TRAIN_PATH, train("--save " + dir.path.string()), 1, "directory"},
+      {MNIST_TRAIN_PATH, train("--metrics /nonexistent/m.csv"), 1, "/nonexistent"},
+      {MNIST_TRAIN_PATH, train("--plot " + f + "missing/p.png"), 1, "missing/p.png"},
+      {MNIST_TRAIN_PATH, train("--export-onnx " + f + "missing/m.onnx"), 1, "missing/m.onnx"},
+      // the other tools
+      {MNIST_EVAL_PATH, "", 2, "which checkpoint"},
+      {MNIST_EVAL_PATH, f + "garbage.st extra", 2, "positional"},
+      {MNIST_EVAL_PATH, f + "garbage.st --data " + dir.path.string() + " --plot " + (out + "/e"), 1, "garbage.st"},
+      {MNIST_EVAL_PATH, f + "huge-header.st --data " + dir.path.string(), 1, "huge-header.st"},
+      {MNIST_EVAL_PATH, f + "missing.st --data " + dir.path.string(), 1, "missing.st"},
+      {MNIST_PREDICT_PATH, "", 2, "usage"},
+      {MNIST_PREDICT_PATH, f + "garbage.st " + f + "image.pgm", 1, "garbage.st"},
+      {MNIST_PREDICT_PATH, f + "missing.st " + f + "image.pgm", 1, "missing.st"},
+  };
+  for (const Case& c : battery) {
+    const bool threads = std::string(c.tool) != MNIST_PREDICT_PATH;
+    // A hang (a FIFO opened for reading waits for a writer) fails the case instead of the suite.
+    const std::string bounded = std::string("timeout -k 5 120 ") + c.tool;
+    const Result r = run_tool(c.args, bounded.c_str(), threads);
+    INFO(fs::path(c.tool).filename().string() << " " << c.args << "\n" << r.out);
+    CHECK(r.code == c.code);
+    CHECK_THAT(r.out, Contains(c.needle));
+    CHECK(count_lines(r.out) == 1);
+    CHECK(r.out.rfind(fs::path(c.tool).filename().string() + ": ", 0) == 0);
+    CHECK(r.out.find("Sanitizer") == std::string::npos);
+    CHECK(r.out.find("runtime error") == std::string::npos);
+    CHECK(fs::is_empty(out));
+  }
+}

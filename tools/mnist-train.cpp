@@ -367,6 +367,9 @@ int train(const Options& o) {
                      std::to_string(total) + " (raise --epochs or --iterations)");
 
   gg::Program& step_program = trainer.train_program();
+  // Under mpirun the step is profiled (a clock read per kernel) to report what the all-reduce
+  // costs: packing the gradients into its buffer, waiting for the other ranks, summing, scaling.
+  if (mpi) step_program.set_profiling(true);
   if (o.verbose && rank0()) {
     std::fprintf(stderr, "# %s, network %s (%s), batch %lld, %lld steps, %d threads, %s init, %s, schedule %s\n",
                  gg::dtype_name(dt), spec.text().c_str(), gg::nn::layout_name(layout),
@@ -443,11 +446,19 @@ int train(const Options& o) {
   const std::int64_t done = fit.steps - first_step;
   if (mpi) {
     // The same gradients on every rank make the same parameters: a difference here is a bug.
-    const double reduce_seconds = mpi->seconds_in_sum();
+    double reduce_seconds = 0, kernel_seconds = 0;
+    for (const gg::Program::StepProfile& s : step_program.profile()) {
+      kernel_seconds += s.seconds;
+      if (s.op == "pack" || s.op == "all_reduce") reduce_seconds += s.seconds;
+    }
+    const double sum_seconds = mpi->seconds_in_sum();
     mpi->check_same({{"parameters after training", params_fingerprint()}});
     if (!rank0()) return 0;
-    std::fprintf(stderr, "# %d ranks x %d threads; rank 0 in the all-reduce %.3f s, %.1f%% of training\n", mpi->size(),
-                 step_program.threads(), reduce_seconds, 100.0 * reduce_seconds / train_seconds);
+    std::fprintf(stderr,
+                 "# %d ranks x %d threads; rank 0 in the all-reduce (pack, wait, sum, scale) %.3f s = %.1f%% of its "
+                 "kernels' time, %.1f%% of training (waiting and summing alone %.1f%%)\n",
+                 mpi->size(), step_program.threads(), reduce_seconds, 100.0 * reduce_seconds / kernel_seconds,
+                 100.0 * reduce_seconds / train_seconds, 100.0 * sum_seconds / train_seconds);
   }
   const double test_acc = test_accuracy();
   std::printf("Accuracy: %.2f %%\n", test_acc);

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <deque>
 #include <initializer_list>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -187,6 +188,7 @@ class Graph {
 
  private:
   friend struct GraphBuilder;  // lib/graph.cpp: the one door through which nodes are added
+  friend class Program;        // holds lifetime_ weakly, to refuse to run once the graph is gone
   Value add_leaf(const detail::OpDef& op, Node n, DType dtype, const Shape& shape);
   void check_unique_name(const std::string& name) const;
 
@@ -194,6 +196,7 @@ class Graph {
   std::deque<Node> nodes_;  // stable: a deque never moves its elements when it grows
   Structure structure_;
   bool building_backward_ = false;
+  std::shared_ptr<const int> lifetime_ = std::make_shared<const int>(0);  // expires with the graph
 };
 
 // One line per node ("Z1 = add(matmul#6, b1) -> float32 {64, dyn}"), attributes included:

@@ -7,7 +7,9 @@
 // do not overlap share memory; elementwise ops overwrite a dying operand in place). After the
 // first run() at a batch size, run() allocates nothing.
 //
-// A Program refers to its Graph (to match feeds and fetches): the graph must outlive it.
+// A Program refers to its Graph (to match feeds and fetches) and must not outlive it: run(),
+// get() and scalar() after the graph is destroyed throw std::logic_error (a lifetime token, not
+// a dangling pointer). Its parameters stay readable and settable by name.
 #pragma once
 
 #include <gradgraph/graph.hpp>
@@ -104,6 +106,8 @@ class Program {
   };
   void set_profiling(bool on);
   std::vector<StepProfile> profile(std::int64_t batch);
+  // Every batch size's plan so far, the steps of the same node added up.
+  std::vector<StepProfile> profile() const;
 
   // Which kernel each product with a sparse-capable operand used in the last run: the sparse
   // one when that input was fed with its nonzeros at most sparse_density dense.
@@ -128,7 +132,10 @@ class Program {
   void run_impl(const Feed* feeds, std::size_t n);
   int slot_of(Value v) const;
 
+  const Graph& graph() const;  // the graph, or std::logic_error once it is destroyed
+
   Graph* graph_ = nullptr;
+  std::weak_ptr<const int> graph_lifetime_;
   std::unique_ptr<detail::Compiled> code_;
   std::shared_ptr<detail::ParamStore> params_;
   std::map<std::int64_t, std::unique_ptr<detail::Plan>> plans_;

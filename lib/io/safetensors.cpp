@@ -200,9 +200,15 @@ Entry parse_entry(const std::string& path, const std::string& name, const json& 
 }  // namespace
 
 SafetensorsFile load_safetensors(const std::string& path) {
-  // A directory opens "successfully" as a stream on Linux; say what is wrong instead of a read error.
+  // Only regular files: a directory opens "successfully" as a stream on Linux, a FIFO blocks the
+  // open until a writer comes (forever), and a device has no size.
+  namespace fs = std::filesystem;
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) throw std::runtime_error(path + ": is a directory, not a safetensors file");
+  const fs::file_status st = fs::status(path, ec);
+  if (fs::exists(st) && !fs::is_regular_file(st)) {
+    const char* kind = fs::is_directory(st) ? "a directory" : fs::is_fifo(st) ? "a FIFO" : fs::is_character_file(st) ? "a character device" : fs::is_block_file(st) ? "a block device" : fs::is_socket(st) ? "a socket" : "not a regular file";
+    throw std::runtime_error(path + ": is " + std::string(kind) + ", not a safetensors file");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
   in.seekg(0, std::ios::end);

@@ -29,6 +29,15 @@ struct Communicator {
   // Sums `count` float32 or float64 elements at `data` over all ranks, in place. Every rank must
   // get the same bits, every run (a fixed summation order).
   virtual void sum(void* data, std::int64_t count, DType dtype) = 0;
+  // Optional, for ranks that can read each other's memory (one machine): where this rank puts
+  // the values of its next sum, so that sharing them costs no copy; nullptr (the default) when
+  // there is no such place and the values go through sum(). The same memory for every call until
+  // the sum_staged() that sums them: one staged sum at a time.
+  virtual void* staging(std::int64_t /*count*/, DType /*dtype*/) { return nullptr; }
+  // With staging(): the sum over ranks of their staged values, in the same fixed order, into `out`.
+  virtual void sum_staged(void* /*out*/, std::int64_t /*count*/, DType /*dtype*/) {
+    throw std::logic_error("Communicator::sum_staged without staging()");
+  }
 };
 // The values (float, one dtype) summed over the ranks of `comm`, packed into one message.
 std::vector<Value> all_reduce_sum(const std::vector<Value>& values, Communicator& comm);
@@ -42,8 +51,9 @@ namespace {
 
 struct PackAttrs {
   std::int64_t offset = 0;
-  bool weighted = false;  // times the shard's batch size
-  template <typename F> void visit(F&& f) { f("offset", offset), f("weighted", weighted); }
+  bool weighted = false;        // times the shard's batch size
+  std::int64_t communicator = 0;  // whose staging memory, if it has any, takes the values
+  template <typename F> void visit(F&& f) { f("offset", offset), f("weighted", weighted), f("communicator", communicator); }
 };
 
 // The communicator travels as its address: attributes are plain bytes, and the program that
@@ -54,8 +64,8 @@ struct AllReduceAttrs {
   template <typename F> void visit(F&& f) { f("communicator", communicator), f("mean", mean); }
 };
 
-Communicator& communicator_of(const KernelArgs& k) {
-  return *reinterpret_cast<Communicator*>(static_cast<std::intptr_t>(k.attrs<AllReduceAttrs>().communicator));
+Communicator& communicator_at(std::int64_t address) {
+  return *reinterpret_cast<Communicator*>(static_cast<std::intptr_t>(address));
 }
 
 Outputs infer_pack(const Graph& g, const Node& n) {
@@ -76,10 +86,13 @@ Outputs infer_all_reduce(const Graph& g, const Node& n) {
   return f;
 }
 
+// With a communicator that stages, the values go straight to its shared memory and the buffer is
+// left alone: the all_reduce writes the sums into it.
 template <typename T>
 void pack_kernel(const KernelArgs& k) {
   const PackAttrs& a = k.attrs<PackAttrs>();
-  T* f = data<T>(k.in[0]) + a.offset;
+  void* staged = communicator_at(a.communicator).staging(k.in[0].numel(), k.in[0].dtype);
+  T* f = (staged ? static_cast<T*>(staged) : data<T>(k.in[0])) + a.offset;
   const T* v = data<T>(k.in[1]);
   const T w = a.weighted && k.batch > 0 ? static_cast<T>(k.batch) : T(1);
   for (std::int64_t i = 0, n = k.in[1].numel(); i < n; ++i) f[i] = w * v[i];
@@ -88,14 +101,24 @@ void pack_kernel(const KernelArgs& k) {
 template <typename T>
 void all_reduce_kernel(const KernelArgs& k) {
   const AllReduceAttrs& a = k.attrs<AllReduceAttrs>();
+  Communicator& comm = communicator_at(a.communicator);
   T* f = data<T>(k.in[0]);
   const std::int64_t n = k.in[0].numel();
-  if (a.mean) f[n - 1] = k.batch > 0 ? static_cast<T>(k.batch) : T(1);
-  communicator_of(k).sum(f, n, k.in[0].dtype);
+  const DType dt = k.in[0].dtype;
+  T* staged = static_cast<T*>(comm.staging(n, dt));
+  const T m = k.batch > 0 ? static_cast<T>(k.batch) : T(1);
+  if (staged) {
+    if (a.mean) staged[n - 1] = m;
+    comm.sum_staged(f, n, dt);
+  } else {
+    if (a.mean) f[n - 1] = m;
+    comm.sum(f, n, dt);
+  }
   if (!a.mean) return;
-  // Every rank divides the same sums by the same count: the results agree bit for bit.
-  const T total = f[n - 1];
-  for (std::int64_t i = 0; i + 1 < n; ++i) f[i] /= total;
+  // Every rank scales the same sums by the same factor: the results agree bit for bit. (A product
+  // with the reciprocal, not a division: a division per element took as long as the sum itself.)
+  const T inverse = T(1) / f[n - 1];
+  for (std::int64_t i = 0; i + 1 < n; ++i) f[i] *= inverse;
 }
 
 }  // namespace
@@ -122,12 +145,13 @@ std::vector<Value> all_reduce(const std::vector<Value>& values, Communicator& co
   }
   // One more element for a mean: the shard's batch size, summed into the global one.
   Value f = g.fill(Shape{total + (mean ? 1 : 0)}, 0.0, dt);
+  const auto address = static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(&comm));
   std::int64_t at = 0;
   for (const Value& v : values) {
-    f = make(pack_op, {f, v}, Attrs(PackAttrs{at, mean}), "pack#" + std::to_string(g.size()));
+    f = make(pack_op, {f, v}, Attrs(PackAttrs{at, mean, address}), "pack#" + std::to_string(g.size()));
     at += v.shape().numel();
   }
-  const AllReduceAttrs ra{static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(&comm)), mean};
+  const AllReduceAttrs ra{address, mean};
   const Value r = make(all_reduce_op, {f}, Attrs(ra), "all_reduce#" + std::to_string(g.size()));
   std::vector<Value> out;
   at = 0;

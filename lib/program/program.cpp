@@ -12,7 +12,8 @@ namespace gg {
 
 using detail::Plan;
 
-Program::Program(Graph& g, const std::vector<Value>& fetches, const CompileOptions& opts) : graph_(&g) {
+Program::Program(Graph& g, const std::vector<Value>& fetches, const CompileOptions& opts)
+    : graph_(&g), graph_lifetime_(g.lifetime_) {
   select_blis_kernels();
   code_ = std::make_unique<detail::Compiled>(detail::compile(g, fetches, opts.fuse));
   if (opts.share_params_with) {
@@ -45,14 +46,24 @@ Plan& Program::plan_for(std::int64_t batch) {
 void Program::run(std::initializer_list<Feed> feeds) { run_impl(feeds.begin(), feeds.size()); }
 void Program::run(const std::vector<Feed>& feeds) { run_impl(feeds.data(), feeds.size()); }
 
+const Graph& Program::graph() const {
+  if (graph_lifetime_.expired()) throw std::logic_error("Program: its Graph was destroyed; a program must not outlive its graph");
+  return *graph_;
+}
+
 void Program::run_impl(const Feed* feeds, std::size_t n) {
-  Plan& p = plan_for(detail::batch_of(*code_, *graph_, feeds, n));
+  const Graph& g = graph();
+  Plan& p = plan_for(detail::batch_of(*code_, g, feeds, n));
   current_ = &p;
-  detail::execute(p, *code_, *graph_, feeds, n, threads_, training_, seed_, profiling_, sparse_density_);
+  detail::execute(p, *code_, g, feeds, n, threads_, training_, seed_, profiling_, sparse_density_);
 }
 
 int Program::slot_of(Value v) const {
-  if (!v.valid() || v.graph != graph_) throw std::invalid_argument("get: value of another graph");
+  if (!v.valid() || v.graph != &graph()) throw std::invalid_argument("get: value of another graph");
+  // Checked before indexing: a Value forged or made after compiling names no slot of ours.
+  if (static_cast<std::size_t>(v.id) >= code_->graph_to_ir.size() || v.port < 0 || v.port >= kMaxOutputs)
+    throw std::invalid_argument("get: node " + std::to_string(v.id) + " port " + std::to_string(v.port) +
+                                " is not computed by this program");
   const Operand o = code_->graph_to_ir[static_cast<std::size_t>(v.id)][static_cast<std::size_t>(v.port)];
   if (o.node < 0) throw std::invalid_argument("get: '" + v.name() + "' is not computed by this program");
   const detail::IrNode& x = code_->ir[static_cast<std::size_t>(o.node)];
@@ -122,6 +133,19 @@ std::vector<std::string> Program::schedule(std::int64_t batch) {
 }
 
 void Program::set_profiling(bool on) { profiling_ = on; }
+
+std::vector<Program::StepProfile> Program::profile() const {
+  std::vector<StepProfile> out;
+  for (const auto& [batch, plan] : plans_)
+    for (const detail::Step& s : plan->steps) {
+      auto same = [&](const StepProfile& p) { return p.name == s.node->name && p.op == s.node->op_name(); };
+      auto it = std::find_if(out.begin(), out.end(), same);
+      if (it == out.end()) it = out.insert(out.end(), {s.node->op_name(), s.node->name, 0, 0});
+      it->seconds += s.seconds;
+      it->calls += s.calls;
+    }
+  return out;
+}
 
 std::vector<Program::StepProfile> Program::profile(std::int64_t batch) {
   std::vector<StepProfile> out;
