@@ -116,6 +116,15 @@ TEST_CASE("a feed with a null data pointer is an error naming the input", "[host
   CHECK_THAT(msg, Contains("'X'") && Contains("null pointer"));
 }
 
+TEST_CASE("an empty batch is refused naming the input, not run to a NaN loss", "[hostile][feed]") {
+  Mlp net(gg::f32, 20, 7, 5);
+  gg::Program p(net.g, net.fetches(), one_thread());
+  const gg::Tensor x(gg::f32, {20, 0});
+  const gg::Tensor y(gg::f32, {5, 0});
+  const std::string msg = message_of<std::invalid_argument>([&] { p.run({{net.X, x}, {net.Y, y}}); });
+  CHECK_THAT(msg, (Contains("input 'X' fed {20, 0}") || Contains("input 'Y' fed {5, 0}")) && Contains("empty batch"));
+}
+
 // ---- ownership and forged handles --------------------------------------------------------------
 
 TEST_CASE("running a program after its graph is destroyed is a logic_error, not a use after free", "[hostile][ownership]") {

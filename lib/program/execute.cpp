@@ -78,6 +78,11 @@ std::int64_t batch_of(const Compiled& c, const Graph& g, const Program::Feed* fe
     bool ok = want.shape.rank == got.rank;
     for (int d = 0; ok && d < want.shape.rank; ++d) {
       if (want.shape[d] == dyn) {
+        // An empty batch is refused, not run: a mean over no examples is 0/0, a NaN loss that
+        // would pass for a result.
+        if (got[d] == 0)
+          throw std::invalid_argument("run: input '" + x.node.name + "' fed " + to_string(got) +
+                                      ": an empty batch (its open dimension must be at least 1)");
         if (batch < 0) batch = got[d];
         ok = got[d] == batch;
       } else {
