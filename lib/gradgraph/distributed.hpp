@@ -55,7 +55,7 @@ class Mpi : public Communicator {
   // Ranks all on one machine: this rank's buffer in the shared window (two used in turn), which
   // the others read directly, so the gradients are packed there and never copied. nullptr otherwise.
   void* staging(std::int64_t count, DType dtype) override;
-  void sum_staged(void* out, std::int64_t count, DType dtype) override;
+  void sum_staged(void* out, std::int64_t count, DType dtype, bool weighted) override;
   void set_timeout(double seconds) { timeout_ = seconds; }
   double timeout() const { return timeout_; }
   // Seconds spent in sum() (communication and waiting) since the last reset, for measurements.

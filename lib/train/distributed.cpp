@@ -152,7 +152,7 @@ void Mpi::sum(void* data, std::int64_t count, DType dtype) {
   // All ranks on this machine: the values go through the shared window (staging, sum_staged).
   if (impl_->one_node) {
     std::memcpy(staging(count, dtype), data, static_cast<std::size_t>(count) * es);
-    sum_staged(data, count, dtype);
+    sum_staged(data, count, dtype, false);
     return;
   }
   // Two ranks: one exchange of the whole buffer, and each adds the other's values to its own. a + b
@@ -217,28 +217,44 @@ void* Mpi::staging(std::int64_t count, DType dtype) {
   return impl_->buffer(rank(), impl_->arrivals & 1);
 }
 
-void Mpi::sum_staged(void* out, std::int64_t count, DType dtype) {
+void Mpi::sum_staged(void* out, std::int64_t count, DType dtype, bool weighted) {
   if (!impl_->one_node || impl_->win == MPI_WIN_NULL) throw std::logic_error("Mpi::sum_staged without staging()");
   const auto t0 = std::chrono::steady_clock::now();
   const int n = size();
   const std::uint64_t parity = impl_->arrivals & 1;  // the buffers staging() handed out
+  barrier_shared();                                  // every rank's values are there
   auto add_buffers = [&](auto* to) {
     using T = std::remove_pointer_t<decltype(to)>;
     auto buf = [&](int q) { return reinterpret_cast<const T*>(impl_->buffer(q, parity)); };
     // Rank order, on every rank: the same bits everywhere.
-    if (n == 2) {
-      const T* a = buf(0);
-      const T* b = buf(1);
-      for (std::int64_t i = 0; i < count; ++i) to[i] = a[i] + b[i];
+    if (!weighted) {
+      std::copy(buf(0), buf(0) + count, to);
+      for (int q = 1; q < n; ++q) {
+        const T* b = buf(q);
+        for (std::int64_t i = 0; i < count; ++i) to[i] += b[i];
+      }
       return;
     }
-    std::copy(buf(0), buf(0) + count, to);
-    for (int q = 1; q < n; ++q) {
-      const T* b = buf(q);
-      for (std::int64_t i = 0; i < count; ++i) to[i] += b[i];
+    const std::int64_t last = count - 1;
+    T total = 0;
+    for (int q = 0; q < n; ++q) total += buf(q)[last];
+    const T inverse = T(1) / total;
+    if (n == 2) {  // one pass
+      const T* a = buf(0);
+      const T* b = buf(1);
+      const T ma = a[last] * inverse, mb = b[last] * inverse;
+      for (std::int64_t i = 0; i < last; ++i) to[i] = ma * a[i] + mb * b[i];
+    } else {
+      const T m0 = buf(0)[last] * inverse;
+      for (std::int64_t i = 0; i < last; ++i) to[i] = m0 * buf(0)[i];
+      for (int q = 1; q < n; ++q) {
+        const T* b = buf(q);
+        const T mq = b[last] * inverse;
+        for (std::int64_t i = 0; i < last; ++i) to[i] += mq * b[i];
+      }
     }
+    to[last] = total;
   };
-  barrier_shared();  // every rank's values are there
   if (dtype == DType::f32)
     add_buffers(static_cast<float*>(out));
   else
@@ -301,7 +317,7 @@ int Mpi::rank() const { return 0; }
 int Mpi::size() const { return 1; }
 void Mpi::sum(void*, std::int64_t, DType) {}
 void* Mpi::staging(std::int64_t, DType) { return nullptr; }
-void Mpi::sum_staged(void*, std::int64_t, DType) { throw std::logic_error("Mpi::sum_staged without MPI"); }
+void Mpi::sum_staged(void*, std::int64_t, DType, bool) { throw std::logic_error("Mpi::sum_staged without MPI"); }
 void Mpi::check_same(const std::vector<std::pair<std::string, std::string>>&) {}
 void Mpi::abort(int code) { std::exit(code); }
 
