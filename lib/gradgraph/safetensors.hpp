@@ -37,6 +37,7 @@ struct SafetensorsFile {
 };
 
 // Reads and validates the whole file; every problem throws std::runtime_error "<path>: <problem>".
+// What save_safetensors refuses to write (an empty tensor name) is refused here too.
 SafetensorsFile load_safetensors(const std::string& path);
 
 // The same for a file's bytes already in memory, with the same checks and errors; `name` stands for

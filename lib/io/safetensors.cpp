@@ -263,6 +263,8 @@ SafetensorsFile parse(const std::string& path, const Source& src) {
       }
       continue;
     }
+    // save_safetensors refuses an empty name, so the loader does too: every file that loads saves.
+    if (key.empty()) throw std::runtime_error(path + ": a tensor with an empty name (names must be non-empty)");
     try {
       entries.push_back(parse_entry(path, key, value));
     } catch (const json::exception& e) {
