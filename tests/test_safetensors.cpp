@@ -351,3 +351,16 @@ TEST_CASE("parse_safetensors reads bytes in memory with load's checks; write_saf
     CHECK_THAT(e.what(), Catch::Matchers::StartsWith("mem: tensor \"b\": data_offsets"));
   }
 }
+
+// Found by tests/fuzz/fuzz_checkpoint (tests/fuzz/repro/checkpoint/finding-shape-entry-past-2p63): a
+// shape entry past 2^63 - 1 became a negative int64 dimension, and Shape's std::invalid_argument
+// escaped instead of the loader's error.
+TEST_CASE("loading a shape entry past 2^63 - 1 fails with the loader's error naming the entry") {
+  for (const char* dim : {"18446744073709551614", "9223372036854775808"}) {
+    check_load_error(make_file(std::string(R"({"w":{"dtype":"I64","shape":[)") + dim + R"(],"data_offsets":[0,8]}})",
+                               std::string(8, '\0')),
+                     std::string("shape entry ") + dim + " is past 2^63 - 1");
+    check_load_error(make_file(std::string(R"({"w":{"dtype":"U8","shape":[0,)") + dim + R"(],"data_offsets":[0,0]}})", ""),
+                     std::string("shape entry ") + dim + " is past 2^63 - 1");
+  }
+}

@@ -185,9 +185,10 @@ Entry parse_entry(const std::string& path, const std::string& name, const json& 
   for (std::size_t i = 0; i < sh.size(); ++i) {
     if (!sh[i].is_number_unsigned()) throw std::runtime_error(where + "shape entries must be non-negative integers");
     std::uint64_t d = sh[i].get<std::uint64_t>();
-    if (d > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) ||
-        __builtin_mul_overflow(bytes, d, &bytes))
-      overflow = true;
+    // A dimension is an int64: one past its range would turn negative (and make Shape throw).
+    if (d > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+      throw std::runtime_error(where + "shape entry " + std::to_string(d) + " is past 2^63 - 1");
+    if (__builtin_mul_overflow(bytes, d, &bytes)) overflow = true;
     dims[i] = static_cast<std::int64_t>(d);
   }
   e.shape = Shape::of(dims, static_cast<int>(sh.size()));
