@@ -5,7 +5,9 @@
 //     in float32 and in float64: a wrong name, dtype or shape must throw std::invalid_argument (the
 //     documented error), and a tensor that is taken must read back bit for bit;
 //   - a save/load round trip (write_safetensors, then parse_safetensors) must give the same names,
-//     dtypes, shapes, bytes and metadata, bit for bit.
+//     dtypes, shapes, bytes and metadata, bit for bit;
+//   - its metadata goes through gg::train::rebuild, which builds the network a checkpoint was saved
+//     from (what mnist-eval and mnist-predict do with --load): it documents std::runtime_error.
 // The documented load error is exactly std::runtime_error; anything else is a finding.
 #include "fuzz.hpp"
 
@@ -77,6 +79,16 @@ void round_trip(const gg::io::SafetensorsFile& f) {
   }
 }
 
+void rebuild(const gg::io::SafetensorsFile& f) {
+  try {
+    gg::train::rebuild(gg::train::CheckpointInfo{f.metadata});
+  } catch (const std::runtime_error& e) {
+    if (std::strchr(e.what(), '\n')) gg::fuzz::finding("a rebuild error of more than one line", e.what());
+  } catch (const std::exception& e) {
+    gg::fuzz::unexpected("gg::train::rebuild", e);
+  }
+}
+
 }  // namespace
 
 extern "C" int GG_FUZZ_ENTRY(const std::uint8_t* data, std::size_t size) {
@@ -92,5 +104,6 @@ extern "C" int GG_FUZZ_ENTRY(const std::uint8_t* data, std::size_t size) {
   set_params(f32, f);
   set_params(f64, f);
   round_trip(f);
+  rebuild(f);
   return 0;
 }

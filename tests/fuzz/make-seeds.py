@@ -78,6 +78,13 @@ e, d = tensors("I64", [("step", [])])
 e2, d2 = tensors("U8", [("mask", [2, 3])])
 e2 = [(n, t, s, b + len(d), x + len(d)) for n, t, s, b, x in e2]
 write("corpus/checkpoint", "i64-u8", safetensors(e + e2, d + d2))
+e, d = tensors("F32", [("dense0/W", [4, 3]), ("dense0/b", [3]), ("dense2/W", [3, 2]), ("dense2/b", [2])])
+write("corpus/checkpoint", "gradgraph-checkpoint", safetensors(e, d, metadata={
+    "format": "gradgraph checkpoint", "version": "1", "spec": "dense3,relu,dense2", "layout": "rows",
+    "dtype": "float32", "example": "{4}", "classes": "2", "normalization": "divisor=255 mean=0 std=1"}))
+write("corpus/checkpoint", "gradgraph-checkpoint-cnn", safetensors({}, b"", metadata={
+    "format": "gradgraph checkpoint", "version": "1", "spec": "conv4k3,relu,pool2,flatten,dropout0.5,dense10",
+    "layout": "columns", "dtype": "float64", "example": "{1, 8, 8}", "classes": "10"}))
 write("corpus/checkpoint", "empty-tensor", safetensors([("z", "F32", [0, 5], 0, 0)], b""))
 write("corpus/checkpoint", "no-tensors", safetensors({}, b""))
 
