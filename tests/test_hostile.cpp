@@ -296,3 +296,27 @@ TEST_CASE("a SIGTERM during a write removes the temporary file once the handlers
   CHECK(WTERMSIG(status) == SIGTERM);
   CHECK(d.entries() == 0);
 }
+
+// Found by tests/fuzz/fuzz_checkpoint (tests/fuzz/repro/checkpoint/finding-newline-in-spec): a
+// checkpoint whose metadata spec held a newline gave a two-line error, the spec echoed verbatim.
+// Text from files and flags is echoed with its control characters escaped, so errors stay one line.
+TEST_CASE("errors that echo a spec, layout, dtype or normalisation escape control characters", "[hostile]") {
+  const std::map<std::string, std::string> good = {{"spec", "dense3,relu,dense2"}, {"layout", "rows"},
+                                                    {"dtype", "float32"},         {"example", "{4}"},
+                                                    {"classes", "2"},             {"normalization", "divisor=255 mean=0 std=1"}};
+  REQUIRE_NOTHROW(gg::train::rebuild(gg::train::CheckpointInfo{good}));
+  const std::map<std::string, std::string> bad = {{"spec", "dense3,re\nlu,dense2"}, {"layout", "ro\nws"},
+                                                  {"dtype", "float\n32"},          {"example", "{4\n"},
+                                                  {"classes", "2\n"},              {"normalization", "divisor=\n"}};
+  for (const auto& [key, value] : bad) {
+    auto info = good;
+    info[key] = value;
+    const std::string msg =
+        message_of<std::runtime_error>([&] { gg::train::rebuild(gg::train::CheckpointInfo{info}); });
+    INFO(key << ": " << msg);
+    CHECK(msg.find('\n') == std::string::npos);
+    CHECK_THAT(msg, Contains("\\n"));
+  }
+  CHECK_THAT(message_of<std::invalid_argument>([] { gg::nn::parse("dense3,\x1b[2Jrelu,dense2"); }),
+             Contains("'\\x1b[2Jrelu'"));
+}

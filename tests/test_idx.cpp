@@ -4,14 +4,18 @@
 
 #include <gradgraph/idx.hpp>
 
+#include <sys/wait.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -51,6 +55,93 @@ void write_gz(const std::string& path, const Bytes& b) {
 Bytes read_raw(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   return Bytes(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+// A gzip of `head` then `blocks` x 16 MiB of zeros, made in a few MB: the zeros are deflated once,
+// after a full flush (so that their compressed form does not depend on what came before), and that
+// block is repeated; the trailer's CRC-32 and length are those of the whole content.
+Bytes gzip_head_then_zeros(const Bytes& head, std::size_t blocks) {
+  constexpr std::size_t kBlock = std::size_t{16} << 20;
+  z_stream zs{};
+  REQUIRE(deflateInit2(&zs, 9, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) == Z_OK);
+  Bytes out;
+  auto run = [&](const Bytes& in, int flush) {
+    zs.next_in = const_cast<Bytef*>(in.data());
+    zs.avail_in = static_cast<uInt>(in.size());
+    std::uint8_t buf[1 << 16];
+    do {
+      zs.next_out = buf;
+      zs.avail_out = sizeof buf;
+      REQUIRE(deflate(&zs, flush) != Z_STREAM_ERROR);
+      out.insert(out.end(), buf, buf + (sizeof buf - zs.avail_out));
+    } while (zs.avail_out == 0 || zs.avail_in != 0);
+  };
+  run(head, Z_FULL_FLUSH);
+  const Bytes zeros(kBlock);
+  std::size_t at = out.size();
+  run(zeros, Z_FULL_FLUSH);
+  const Bytes block(out.begin() + static_cast<std::ptrdiff_t>(at), out.end());
+  for (std::size_t i = 1; i < blocks; ++i) out.insert(out.end(), block.begin(), block.end());
+  run({}, Z_FINISH);  // the final (empty) block, then a trailer for head + one block: replaced
+  deflateEnd(&zs);
+  out.resize(out.size() - 8);
+  uLong crc = crc32(0, head.data(), static_cast<uInt>(head.size()));
+  const uLong zcrc = crc32(0, zeros.data(), static_cast<uInt>(zeros.size()));
+  for (std::size_t i = 0; i < blocks; ++i) crc = crc32_combine(crc, zcrc, static_cast<z_off_t>(kBlock));
+  const std::uint64_t size = head.size() + blocks * kBlock;
+  for (std::uint64_t v : {std::uint64_t{crc}, size})
+    for (int i = 0; i < 4; ++i) out.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
+  return out;
+}
+
+// Peak resident memory of this process so far (VmHWM), in KiB.
+long peak_rss_kib() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
+}
+
+struct ChildRead {
+  std::string error;     // the DataError's message, or what else happened
+  long peak_growth_kib;  // how much the peak RSS grew while reading
+};
+
+// read_idx(path) in a forked child, so that its peak memory is measured on its own (and a failure
+// to bound it cannot take the test process down): the child reports through a pipe.
+ChildRead read_idx_in_child(const std::string& path) {
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  std::fflush(nullptr);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    close(fds[0]);
+    long before = peak_rss_kib();
+    std::string what = "no error";
+    try {
+      gg::data::read_idx(path);
+    } catch (const DataError& e) {
+      what = e.what();
+    } catch (const std::exception& e) {
+      what = std::string("not a DataError: ") + e.what();
+    }
+    std::string report = std::to_string(peak_rss_kib() - before) + "\n" + what;
+    ssize_t w = write(fds[1], report.data(), report.size());
+    _exit(w == static_cast<ssize_t>(report.size()) ? 0 : 1);
+  }
+  close(fds[1]);
+  std::string report;
+  char buf[4096];
+  for (ssize_t r; (r = read(fds[0], buf, sizeof buf)) > 0;) report.append(buf, static_cast<std::size_t>(r));
+  close(fds[0]);
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  INFO(report);
+  REQUIRE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  std::size_t nl = report.find('\n');
+  REQUIRE(nl != std::string::npos);
+  return {report.substr(nl + 1), std::stol(report.substr(0, nl))};
 }
 
 // Runs f, requires it to throw a DataError and returns the message, which must be a single line.
@@ -314,4 +405,49 @@ TEST_CASE("default_data_dir follows GRADGRAPH_DATA, then XDG_CACHE_HOME, then HO
     else
       unsetenv(s.name);
   }
+}
+
+TEST_CASE("a small gzip that inflates far past what its IDX header announces is refused in bounded memory") {
+  TempDir dir;
+  // 1 GiB of zeros after an IDX header announcing 4 bytes, in about 1 MB of gzip (issue #11: today's
+  // reader inflated all of it before looking at the header).
+  write_raw(dir / "bomb.gz", gzip_head_then_zeros(idx({4}, Bytes{1, 2, 3, 4}), 64));
+  CHECK(fs::file_size(dir / "bomb.gz") < 4u << 20);
+  ChildRead r = read_idx_in_child(dir / "bomb.gz");
+  INFO(r.error);
+  CHECK_THAT(r.error, Contains(dir / "bomb.gz") && Contains("trailing bytes after the 4 data bytes of dims [4]") &&
+                          Contains("inflates to more than the 12 bytes its IDX header announces"));
+  CHECK(r.error.find('\n') == std::string::npos);
+  CHECK(r.peak_growth_kib < 256 * 1024);
+
+  // A header that announces 4 GiB over a few real bytes: the buffer follows the data, not the header.
+  write_gz(dir / "liar.gz", idx({65536, 65536}, Bytes{1, 2}));
+  r = read_idx_in_child(dir / "liar.gz");
+  CHECK_THAT(r.error, Contains("truncated: expected 4294967296 data bytes for dims [65536, 65536], found 2"));
+  CHECK(r.peak_growth_kib < 256 * 1024);
+}
+
+TEST_CASE("a raw file's header is checked against its size before its data is read") {
+  TempDir dir;
+  Bytes file = idx({4}, Bytes{1, 2, 3, 4});
+  file.resize(std::size_t{64} << 20);  // 64 MiB where 4 data bytes are announced
+  write_raw(dir / "long", file);
+  ChildRead r = read_idx_in_child(dir / "long");
+  CHECK_THAT(r.error, Contains(dir / "long") && Contains("67108852 trailing bytes after the 4 data bytes"));
+  CHECK(r.peak_growth_kib < 16 * 1024);
+}
+
+TEST_CASE("parse_idx_bytes parses raw and gzip bytes in memory as read_idx parses files") {
+  TempDir dir;
+  Bytes content = idx({3, 5}, iota_bytes(15));
+  write_gz(dir / "a.gz", content);
+  for (const Bytes& bytes : {content, read_raw(dir / "a.gz")}) {
+    gg::data::IdxFile f = gg::data::parse_idx_bytes("mem", bytes);
+    CHECK(f.dims == std::vector<std::uint32_t>{3, 5});
+    CHECK(f.bytes == iota_bytes(15));
+  }
+  std::string msg = data_error([&] { gg::data::parse_idx_bytes("<bytes>", idx({3, 5}, iota_bytes(14))); });
+  CHECK_THAT(msg, Contains("<bytes>: truncated: expected 15 data bytes"));
+  msg = data_error([&] { gg::data::parse_idx_bytes("<bytes>", Bytes{}); });
+  CHECK_THAT(msg, Contains("<bytes>: not an IDX file: 0 bytes"));
 }

@@ -321,3 +321,46 @@ TEST_CASE("loading a file with bytes no tensor covers fails") {
   check_load_error(make_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", std::string(8, '\0')),
                    "data bytes [0, 4) are not covered");
 }
+
+// Found by tests/fuzz/fuzz_checkpoint (tests/fuzz/repro/checkpoint/finding-empty-tensor-name): a
+// file with a tensor named "" loaded, and saving what it loaded then threw, since save_safetensors
+// refuses empty names. The loader refuses what the saver refuses, so every file that loads saves.
+TEST_CASE("loading a tensor with an empty name fails, as saving one does") {
+  check_load_error(make_file(R"({"":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "x"),
+                   "a tensor with an empty name");
+}
+
+TEST_CASE("parse_safetensors reads bytes in memory with load's checks; write_safetensors writes what save writes") {
+  ScratchDir d;
+  const std::string path = d.file("x.safetensors");
+  Tensor a = iota(gg::f32, {2, 3}), b = iota(gg::f64, {4});
+  gg::io::save_safetensors(path, {{"a", a}, {"b", b}}, {{"k", "v"}});
+  std::ostringstream os;
+  gg::io::write_safetensors(os, {{"a", a}, {"b", b}}, {{"k", "v"}});
+  const std::string bytes = os.str();
+  CHECK(bytes == slurp(path));
+  gg::io::SafetensorsFile f =
+      gg::io::parse_safetensors("mem", {reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()});
+  CHECK(same_tensor(f.at("a"), a));
+  CHECK(same_tensor(f.at("b"), b));
+  CHECK(f.metadata == std::map<std::string, std::string>{{"k", "v"}});
+  try {
+    gg::io::parse_safetensors("mem", {reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size() - 1});
+    FAIL("a file one byte short loaded");
+  } catch (const std::runtime_error& e) {
+    CHECK_THAT(e.what(), Catch::Matchers::StartsWith("mem: tensor \"b\": data_offsets"));
+  }
+}
+
+// Found by tests/fuzz/fuzz_checkpoint (tests/fuzz/repro/checkpoint/finding-shape-entry-past-2p63): a
+// shape entry past 2^63 - 1 became a negative int64 dimension, and Shape's std::invalid_argument
+// escaped instead of the loader's error.
+TEST_CASE("loading a shape entry past 2^63 - 1 fails with the loader's error naming the entry") {
+  for (const char* dim : {"18446744073709551614", "9223372036854775808"}) {
+    check_load_error(make_file(std::string(R"({"w":{"dtype":"I64","shape":[)") + dim + R"(],"data_offsets":[0,8]}})",
+                               std::string(8, '\0')),
+                     std::string("shape entry ") + dim + " is past 2^63 - 1");
+    check_load_error(make_file(std::string(R"({"w":{"dtype":"U8","shape":[0,)") + dim + R"(],"data_offsets":[0,0]}})", ""),
+                     std::string("shape entry ") + dim + " is past 2^63 - 1");
+  }
+}

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <limits>
 #include <memory>
+#include <optional>
 
 namespace gg::data {
 
@@ -51,6 +52,61 @@ std::uint32_t be32(const std::uint8_t* p) {
   return std::uint32_t{p[0]} << 24 | std::uint32_t{p[1]} << 16 | std::uint32_t{p[2]} << 8 | std::uint32_t{p[3]};
 }
 
+// What an IDX header says: the dims, its own length and the data length it announces.
+struct Header {
+  std::vector<std::uint32_t> dims;
+  std::size_t length = 0;  // 4 + 4 * rank
+  std::uint64_t numel = 0;  // product(dims), valid unless huge
+  bool huge = false;       // product(dims) > 2^64 - 1
+};
+
+// Bytes needed to parse the header, given the first n bytes: 4 for the magic, then 4 per dim.
+std::size_t header_need(const std::uint8_t* p, std::size_t n) { return n < 4 ? 4 : 4 + 4 * std::size_t{p[3]}; }
+
+// Parses the header from the first n bytes at p, where n is at least header_need(p, n) or else the
+// whole content's size (so "too short" and "truncated header" report the real size).
+Header parse_header(const std::string& path, const std::uint8_t* p, std::size_t n) {
+  if (n < 4)
+    throw DataError(path + ": not an IDX file: " + std::to_string(n) + " bytes, too short for the 4-byte magic");
+  std::uint32_t magic = be32(p);
+  if (magic >> 16 != 0)
+    throw DataError(path + ": not an IDX file: magic " + hex32(magic) +
+                    ", expected 0x0000TTRR (two zero bytes, element type TT, rank RR)");
+  unsigned type = p[2], rank = p[3];
+  if (type != 0x08)
+    throw DataError(path + ": unsupported IDX element type " + hex8(type) + " (" + idx_type_name(type) +
+                    ") in magic " + hex32(magic) + "; only 0x08 (unsigned byte) is supported");
+  Header h;
+  h.length = 4 + 4 * std::size_t{rank};
+  if (n < h.length)
+    throw DataError(path + ": truncated header: rank " + std::to_string(rank) + " needs " + std::to_string(h.length) +
+                    " header bytes, found " + std::to_string(n));
+  h.dims.resize(rank);
+  // Saturating product: 255 dimensions of 2^32-1 must read as "too big", not wrap around.
+  h.numel = 1;
+  for (unsigned i = 0; i < rank; ++i) {
+    h.dims[i] = be32(p + 4 + 4 * i);
+    if (h.dims[i] != 0 && h.numel > std::numeric_limits<std::uint64_t>::max() / h.dims[i]) h.huge = true;
+    h.numel *= h.dims[i];
+  }
+  for (std::uint32_t d : h.dims)
+    if (d == 0) h.numel = 0, h.huge = false;
+  return h;
+}
+
+// Throws unless `data` (the bytes after the header) is exactly what the header announces.
+void check_data_size(const std::string& path, const Header& h, std::uint64_t data) {
+  if (h.huge || data < h.numel)
+    throw DataError(path + ": truncated: expected " + (h.huge ? std::string("more than 2^64") : std::to_string(h.numel)) +
+                    " data bytes for dims " + dims_string(h.dims) + ", found " + std::to_string(data));
+  if (data > h.numel)
+    throw DataError(path + ": " + std::to_string(data - h.numel) + " trailing bytes after the " +
+                    std::to_string(h.numel) + " data bytes of dims " + dims_string(h.dims));
+}
+
+// The file's bytes, with one fread of the whole file: the loader must stay fast on the 47 MB
+// training images. A raw IDX file's header is checked against the file's size before its data is
+// read, so a 4 GB file whose header announces 10 bytes is refused after reading its header alone.
 std::vector<std::uint8_t> read_file(const std::string& path) {
   std::error_code ec;
   fs::file_status st = fs::status(path, ec);
@@ -60,109 +116,98 @@ std::vector<std::uint8_t> read_file(const std::string& path) {
   if (!f) throw DataError(path + ": cannot open: " + std::strerror(errno));
   std::uintmax_t size = fs::file_size(path, ec);
   if (ec) throw DataError(path + ": cannot determine size: " + ec.message());
-  // One fread of the whole file: the loader must stay fast on the 47 MB training images.
-  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
-  std::size_t got = size ? std::fread(bytes.data(), 1, bytes.size(), f.get()) : 0;
-  if (got != bytes.size())
-    throw DataError(path + ": read " + std::to_string(got) + " of " + std::to_string(size) + " bytes: " +
-                    (std::ferror(f.get()) ? std::strerror(errno) : "file shrank while reading"));
+  auto read = [&](std::vector<std::uint8_t>& bytes, std::size_t from) {
+    std::size_t got = from + std::fread(bytes.data() + from, 1, bytes.size() - from, f.get());
+    if (got != bytes.size())
+      throw DataError(path + ": read " + std::to_string(got) + " of " + std::to_string(size) + " bytes: " +
+                      (std::ferror(f.get()) ? std::strerror(errno) : "file shrank while reading"));
+  };
+  // The longest IDX header (rank 255) is 1024 bytes.
+  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(std::min<std::uintmax_t>(size, 1024)));
+  if (bytes.empty()) return bytes;
+  read(bytes, 0);
+  if (!(bytes.size() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b)) {
+    Header h = parse_header(path, bytes.data(), bytes.size());
+    check_data_size(path, h, size - h.length);
+  }
+  std::size_t head = bytes.size();
+  bytes.resize(static_cast<std::size_t>(size));
+  read(bytes, head);
   return bytes;
 }
 
 bool is_gzip(const std::vector<std::uint8_t>& b) { return b.size() >= 2 && b[0] == 0x1f && b[1] == 0x8b; }
 
-// Inflates a whole gzip file held in memory (zlib's inflate rather than gzread so that corruption,
-// truncation and trailing garbage can each be told apart and reported as such).
-std::vector<std::uint8_t> gunzip(const std::string& path, const std::vector<std::uint8_t>& in) {
+// Inflates an IDX file held in memory as gzip and parses it, never holding more than the smaller of
+// what its header announces and what the stream really holds, plus one chunk: a 2 MB gzip of a few
+// announced bytes that inflates to 2 GiB is refused after its first chunk. zlib's inflate rather
+// than gzread, so that corruption, truncation and trailing garbage are each told apart and reported
+// as such.
+IdxFile gunzip_idx(const std::string& path, const std::vector<std::uint8_t>& in) {
   z_stream zs{};
   if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK) throw DataError(path + ": zlib inflateInit2 failed");
   std::unique_ptr<z_stream, int (*)(z_stream*)> guard(&zs, &inflateEnd);
 
-  // The gzip trailer's ISIZE (uncompressed size mod 2^32) sizes the output in one allocation; the +1
-  // leaves room for inflate to reach end-of-stream without a spurious regrowth. Capped at deflate's
-  // maximum ratio so a corrupted trailer cannot ask for gigabytes.
-  std::size_t n = in.size(), hint = 0;
-  if (n >= 18)  // 10-byte header + 8-byte trailer: anything shorter is caught by inflate below
-    hint = std::size_t{in[n - 4]} | std::size_t{in[n - 3]} << 8 | std::size_t{in[n - 2]} << 16 |
-           std::size_t{in[n - 1]} << 24;
-  hint = std::min(hint, n * 1032 + 1024);
-  std::vector<std::uint8_t> out(std::max<std::size_t>(hint + 1, 1 << 16));
-
-  constexpr std::size_t kChunk = 1u << 30;  // avail_in / avail_out are 32-bit
+  // The buffer grows as data arrives (doubling, from kChunk), never beyond the announced size:
+  // nothing in a gzip (not the header's dims, not the trailer's ISIZE) is trusted to size it.
+  constexpr std::size_t kChunk = 1u << 16;
+  std::vector<std::uint8_t> out;
+  std::uint8_t spill[kChunk];  // where output past the announced size lands, to be counted
+  std::size_t limit = std::numeric_limits<std::size_t>::max();  // header + data, once known
+  std::optional<Header> h;
+  const std::size_t n = in.size();
   std::size_t in_pos = 0, produced = 0;
-  for (;;) {
+  bool ended = false;  // the last member has ended: `produced` is the whole content
+  auto need_header = [&] { return !h && produced >= header_need(out.data(), produced); };
+  auto overrun = [&] {
+    throw DataError(path + ": trailing bytes after the " + std::to_string(h->numel) + " data bytes of dims " +
+                    dims_string(h->dims) + ": the gzip stream inflates to more than the " + std::to_string(limit) +
+                    " bytes its IDX header announces");
+  };
+  while (!ended) {
     if (zs.avail_in == 0 && in_pos < n) {
-      std::size_t c = std::min(n - in_pos, kChunk);
+      std::size_t c = std::min<std::size_t>(n - in_pos, 1u << 30);  // avail_in is 32-bit
       zs.next_in = const_cast<Bytef*>(in.data() + in_pos);
       zs.avail_in = static_cast<uInt>(c);
       in_pos += c;
     }
-    if (produced == out.size()) out.resize(out.size() * 2);
-    std::size_t room = std::min(out.size() - produced, kChunk);
-    zs.next_out = out.data() + produced;
+    bool past = produced >= limit;
+    if (!past && produced == out.size()) out.resize(std::min(limit, std::max(out.size() * 2, kChunk)));
+    std::size_t room = past ? kChunk : std::min<std::size_t>(std::min(out.size(), limit) - produced, 1u << 30);
+    zs.next_out = past ? spill : out.data() + produced;
     zs.avail_out = static_cast<uInt>(room);
     int rc = inflate(&zs, Z_NO_FLUSH);
-    produced += room - zs.avail_out;
+    std::size_t got = room - zs.avail_out;
+    if (past && got > 0) overrun();
+    produced += got;
     if (rc == Z_STREAM_END) {
       std::size_t rest = zs.avail_in + (n - in_pos);
-      if (rest == 0) break;
-      std::size_t at = n - rest;
-      // gzip allows several members back to back (e.g. `cat a.gz b.gz`); anything else is junk.
-      if (rest >= 2 && in[at] == 0x1f && in[at + 1] == 0x8b) {
+      if (rest == 0) {
+        ended = true;
+      } else {
+        std::size_t at = n - rest;
+        // gzip allows several members back to back (e.g. `cat a.gz b.gz`); anything else is junk.
+        if (!(rest >= 2 && in[at] == 0x1f && in[at + 1] == 0x8b))
+          throw DataError(path + ": " + std::to_string(rest) + " trailing bytes after the end of the gzip stream");
         inflateReset(&zs);
-        continue;
       }
-      throw DataError(path + ": " + std::to_string(rest) + " trailing bytes after the end of the gzip stream");
-    }
-    if (rc == Z_BUF_ERROR && zs.avail_in == 0 && in_pos == n)
+    } else if (rc == Z_BUF_ERROR && zs.avail_in == 0 && in_pos == n) {
       throw DataError(path + ": gzip stream truncated: input ends before the end of the compressed data");
-    if (rc != Z_OK && rc != Z_BUF_ERROR)
+    } else if (rc != Z_OK && rc != Z_BUF_ERROR) {
       throw DataError(path + ": gzip stream corrupted (zlib: " + (zs.msg ? zs.msg : zError(rc)) + ")");
+    }
+    // The header is checked as soon as it has arrived (or the content has ended short of it).
+    if (need_header() || (!h && ended)) {
+      h = parse_header(path, out.data(), produced);
+      if (!h->huge && h->numel <= std::numeric_limits<std::size_t>::max() - h->length)
+        limit = h->length + static_cast<std::size_t>(h->numel);
+      if (produced > limit) overrun();  // the first chunk already holds more than announced
+    }
   }
+  check_data_size(path, *h, produced - h->length);
   out.resize(produced);
-  return out;
-}
-
-IdxFile parse_idx(const std::string& path, std::vector<std::uint8_t> file) {
-  if (file.size() < 4)
-    throw DataError(path + ": not an IDX file: " + std::to_string(file.size()) +
-                    " bytes, too short for the 4-byte magic");
-  std::uint32_t magic = be32(file.data());
-  if (magic >> 16 != 0)
-    throw DataError(path + ": not an IDX file: magic " + hex32(magic) +
-                    ", expected 0x0000TTRR (two zero bytes, element type TT, rank RR)");
-  unsigned type = file[2], rank = file[3];
-  if (type != 0x08)
-    throw DataError(path + ": unsupported IDX element type " + hex8(type) + " (" + idx_type_name(type) +
-                    ") in magic " + hex32(magic) + "; only 0x08 (unsigned byte) is supported");
-  std::size_t header = 4 + 4 * std::size_t{rank};
-  if (file.size() < header)
-    throw DataError(path + ": truncated header: rank " + std::to_string(rank) + " needs " + std::to_string(header) +
-                    " header bytes, found " + std::to_string(file.size()));
-
-  IdxFile idx;
-  idx.dims.resize(rank);
-  // Saturating product: 255 dimensions of 2^32-1 must read as "too big", not wrap around.
-  std::uint64_t numel = 1;
-  bool huge = false;
-  for (unsigned i = 0; i < rank; ++i) {
-    idx.dims[i] = be32(file.data() + 4 + 4 * i);
-    if (idx.dims[i] != 0 && numel > std::numeric_limits<std::uint64_t>::max() / idx.dims[i]) huge = true;
-    numel *= idx.dims[i];
-  }
-  for (std::uint32_t d : idx.dims)
-    if (d == 0) numel = 0, huge = false;
-  std::uint64_t data = file.size() - header;
-  if (huge || data < numel)
-    throw DataError(path + ": truncated: expected " + (huge ? std::string("more than 2^64") : std::to_string(numel)) +
-                    " data bytes for dims " + dims_string(idx.dims) + ", found " + std::to_string(data));
-  if (data > numel)
-    throw DataError(path + ": " + std::to_string(data - numel) + " trailing bytes after the " + std::to_string(numel) +
-                    " data bytes of dims " + dims_string(idx.dims));
-  // Dropping the header in place costs one memmove, far less than a second buffer for 47 MB.
-  file.erase(file.begin(), file.begin() + static_cast<std::ptrdiff_t>(header));
-  idx.bytes = std::move(file);
-  return idx;
+  out.erase(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(h->length));
+  return IdxFile{std::move(h->dims), std::move(out)};
 }
 
 std::string rank_magic(std::size_t rank) { return hex32(0x0800u | static_cast<std::uint32_t>(rank)); }
@@ -180,11 +225,16 @@ std::string find_idx(const std::string& dir, const std::string& name) {
 
 }  // namespace
 
-IdxFile read_idx(const std::string& path) {
-  std::vector<std::uint8_t> file = read_file(path);
-  if (is_gzip(file)) file = gunzip(path, file);
-  return parse_idx(path, std::move(file));
+IdxFile parse_idx_bytes(const std::string& name, std::vector<std::uint8_t> bytes) {
+  if (is_gzip(bytes)) return gunzip_idx(name, bytes);
+  Header h = parse_header(name, bytes.data(), bytes.size());
+  check_data_size(name, h, bytes.size() - h.length);
+  // Dropping the header in place costs one memmove, far less than a second buffer for 47 MB.
+  bytes.erase(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(h.length));
+  return IdxFile{std::move(h.dims), std::move(bytes)};
 }
+
+IdxFile read_idx(const std::string& path) { return parse_idx_bytes(path, read_file(path)); }
 
 Split load_split(const std::string& dir, const std::string& prefix) {
   std::error_code ec;

@@ -29,8 +29,17 @@ struct IdxFile {
 };
 
 // Reads a whole IDX file, raw or gzip (1f 8b magic). Checks the magic, the element type and that the
-// data is exactly product(dims) bytes long.
+// data is exactly product(dims) bytes long. Memory stays bounded for hostile files: a raw file's
+// header is checked against the file's size before its data is read, and a gzip stream is inflated
+// as it arrives, its header checked first, and refused as soon as it inflates to more than the header
+// announces (so a small gzip that would inflate to gigabytes costs at most what it announces plus a
+// 64 KiB chunk, the buffer growing with the data actually inflated).
 IdxFile read_idx(const std::string& path);
+
+// The same for an IDX file already in memory, raw or gzip (detected by content), with the same checks
+// and errors; `name` stands for the path at the start of every message. read_idx reads the file and
+// hands its bytes here; fuzzers and callers with bytes from elsewhere call it directly.
+IdxFile parse_idx_bytes(const std::string& name, std::vector<std::uint8_t> bytes);
 
 struct Split {
   std::int64_t count = 0, rows = 0, cols = 0;

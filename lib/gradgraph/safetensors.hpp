@@ -8,7 +8,10 @@
 
 #include <gradgraph/tensor.hpp>
 
+#include <cstdint>
+#include <iosfwd>
 #include <map>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,6 +25,10 @@ namespace gg::io {
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, TensorView>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
+// The bytes save_safetensors writes, to a stream instead of a file (errors start "write_safetensors: ").
+void write_safetensors(std::ostream& os, const std::vector<std::pair<std::string, TensorView>>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
 struct SafetensorsFile {
   std::vector<std::pair<std::string, Tensor>> tensors;  // in file (data offset) order
   std::map<std::string, std::string> metadata;
@@ -30,6 +37,11 @@ struct SafetensorsFile {
 };
 
 // Reads and validates the whole file; every problem throws std::runtime_error "<path>: <problem>".
+// What save_safetensors refuses to write (an empty tensor name) is refused here too.
 SafetensorsFile load_safetensors(const std::string& path);
+
+// The same for a file's bytes already in memory, with the same checks and errors; `name` stands for
+// the path at the start of every message (fuzzers feed bytes here without files).
+SafetensorsFile parse_safetensors(const std::string& name, std::span<const std::uint8_t> bytes);
 
 }  // namespace gg::io

@@ -16,6 +16,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace gg {
@@ -82,6 +83,10 @@ struct Shape {
 
 // "{64, 784}", "{784, dyn}", "{}" for a scalar.
 std::string to_string(const Shape& s);
+
+// Text from files and flags as error messages echo it: control characters escaped (\n, \t, \r,
+// \xNN), so that a message stays on one line whatever the text holds.
+std::string printable(std::string_view text);
 
 struct Strides {
   std::int64_t s[kMaxRank] = {};

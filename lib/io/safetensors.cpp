@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <set>
 #include <stdexcept>
@@ -62,9 +63,13 @@ std::uint64_t byte_size(const TensorView& v) {
 
 }  // namespace
 
-void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, TensorView>>& tensors,
-                      const std::map<std::string, std::string>& metadata) {
-  const std::string where = "save_safetensors: " + path + ": ";
+namespace {
+
+// The header save_safetensors and write_safetensors write, checked (`where` starts its errors),
+// padded with spaces to a multiple of 8 as the reference implementation does, so the data starts
+// 8-byte aligned.
+std::string make_header(const std::string& where, const std::vector<std::pair<std::string, TensorView>>& tensors,
+                        const std::map<std::string, std::string>& metadata) {
   ordered_json header = ordered_json::object();
   if (!metadata.empty()) {
     ordered_json meta = ordered_json::object();
@@ -97,22 +102,35 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
     // The only way dump() fails is a name or metadata string that is not valid UTF-8.
     throw std::invalid_argument(where + "a name or metadata entry is not valid UTF-8 (" + e.what() + ")");
   }
-  // The reference implementation pads with spaces so the data starts 8-byte aligned.
   text.append((8 - text.size() % 8) % 8, ' ');
+  return text;
+}
 
-  write_file_atomic(path, [&](std::ostream& os) {
-    put_u64_le(os, text.size());
-    os.write(text.data(), static_cast<std::streamsize>(text.size()));
-    for (const auto& [name, view] : tensors) {
-      if (view.numel() == 0) continue;
-      if (view.is_contiguous()) {
-        os.write(static_cast<const char*>(view.data), static_cast<std::streamsize>(byte_size(view)));
-      } else {
-        Tensor packed = Tensor::copy_of(view);  // row-major copy of the strided view
-        os.write(static_cast<const char*>(packed.data()), static_cast<std::streamsize>(byte_size(packed)));
-      }
+void write_body(std::ostream& os, const std::string& text, const std::vector<std::pair<std::string, TensorView>>& tensors) {
+  put_u64_le(os, text.size());
+  os.write(text.data(), static_cast<std::streamsize>(text.size()));
+  for (const auto& [name, view] : tensors) {
+    if (view.numel() == 0) continue;
+    if (view.is_contiguous()) {
+      os.write(static_cast<const char*>(view.data), static_cast<std::streamsize>(byte_size(view)));
+    } else {
+      Tensor packed = Tensor::copy_of(view);  // row-major copy of the strided view
+      os.write(static_cast<const char*>(packed.data()), static_cast<std::streamsize>(byte_size(packed)));
     }
-  });
+  }
+}
+
+}  // namespace
+
+void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, TensorView>>& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  const std::string text = make_header("save_safetensors: " + path + ": ", tensors, metadata);
+  write_file_atomic(path, [&](std::ostream& os) { write_body(os, text, tensors); });
+}
+
+void write_safetensors(std::ostream& os, const std::vector<std::pair<std::string, TensorView>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  write_body(os, make_header("write_safetensors: ", tensors, metadata), tensors);
 }
 
 const Tensor& SafetensorsFile::at(const std::string& name) const {
@@ -167,9 +185,10 @@ Entry parse_entry(const std::string& path, const std::string& name, const json& 
   for (std::size_t i = 0; i < sh.size(); ++i) {
     if (!sh[i].is_number_unsigned()) throw std::runtime_error(where + "shape entries must be non-negative integers");
     std::uint64_t d = sh[i].get<std::uint64_t>();
-    if (d > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) ||
-        __builtin_mul_overflow(bytes, d, &bytes))
-      overflow = true;
+    // A dimension is an int64: one past its range would turn negative (and make Shape throw).
+    if (d > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+      throw std::runtime_error(where + "shape entry " + std::to_string(d) + " is past 2^63 - 1");
+    if (__builtin_mul_overflow(bytes, d, &bytes)) overflow = true;
     dims[i] = static_cast<std::int64_t>(d);
   }
   e.shape = Shape::of(dims, static_cast<int>(sh.size()));
@@ -199,39 +218,31 @@ Entry parse_entry(const std::string& path, const std::string& name, const json& 
 
 }  // namespace
 
-SafetensorsFile load_safetensors(const std::string& path) {
-  // Only regular files: a directory opens "successfully" as a stream on Linux, a FIFO blocks the
-  // open until a writer comes (forever), and a device has no size.
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  const fs::file_status st = fs::status(path, ec);
-  if (fs::exists(st) && !fs::is_regular_file(st)) {
-    const char* kind = fs::is_directory(st) ? "a directory" : fs::is_fifo(st) ? "a FIFO" : fs::is_character_file(st) ? "a character device" : fs::is_block_file(st) ? "a block device" : fs::is_socket(st) ? "a socket" : "not a regular file";
-    throw std::runtime_error(path + ": is " + std::string(kind) + ", not a safetensors file");
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
-  in.seekg(0, std::ios::end);
-  const std::streamoff file_size = in.tellg();
-  in.seekg(0, std::ios::beg);
-  if (file_size < 0) throw std::runtime_error(path + ": cannot determine the file size");
-  if (file_size < 8)
-    throw std::runtime_error(path + ": file is " + std::to_string(file_size) +
+namespace {
+
+// Where the bytes come from: a file read with seeks, or memory. read() fills dst with n bytes at
+// offset `at` (within size, which the parser checks first) or throws naming `what` was being read.
+struct Source {
+  std::uint64_t size = 0;
+  std::function<void(std::uint64_t at, void* dst, std::size_t n, const std::string& what)> read;
+};
+
+SafetensorsFile parse(const std::string& path, const Source& src) {
+  if (src.size < 8)
+    throw std::runtime_error(path + ": file is " + std::to_string(src.size) +
                              " bytes, too short for the 8-byte header length");
 
   unsigned char len_bytes[8];
-  in.read(reinterpret_cast<char*>(len_bytes), 8);
-  if (!in) throw std::runtime_error(path + ": read error in the header length");
+  src.read(0, len_bytes, 8, "the header length");
   const std::uint64_t header_len = get_u64_le(len_bytes);
-  const std::uint64_t after_len = static_cast<std::uint64_t>(file_size) - 8;
+  const std::uint64_t after_len = src.size - 8;
   if (header_len > after_len)
     throw std::runtime_error(path + ": header length " + std::to_string(header_len) + " exceeds the " +
                              std::to_string(after_len) + " bytes that follow it");
   const std::uint64_t data_size = after_len - header_len;
 
   std::string text(header_len, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(header_len));
-  if (!in) throw std::runtime_error(path + ": read error in the JSON header");
+  src.read(8, text.data(), text.size(), "the JSON header");
 
   json header;
   try {
@@ -253,6 +264,8 @@ SafetensorsFile load_safetensors(const std::string& path) {
       }
       continue;
     }
+    // save_safetensors refuses an empty name, so the loader does too: every file that loads saves.
+    if (key.empty()) throw std::runtime_error(path + ": a tensor with an empty name (names must be non-empty)");
     try {
       entries.push_back(parse_entry(path, key, value));
     } catch (const json::exception& e) {
@@ -286,14 +299,50 @@ SafetensorsFile load_safetensors(const std::string& path) {
   const std::uint64_t data_start = 8 + header_len;
   for (const Entry& e : entries) {
     Tensor t(e.dtype, e.shape);
-    if (e.end > e.begin) {
-      in.seekg(static_cast<std::streamoff>(data_start + e.begin));
-      in.read(static_cast<char*>(t.data()), static_cast<std::streamsize>(e.end - e.begin));
-      if (!in) throw std::runtime_error(path + ": read error in the data of tensor " + quoted(e.name));
-    }
+    if (e.end > e.begin)
+      src.read(data_start + e.begin, t.data(), static_cast<std::size_t>(e.end - e.begin), "the data of tensor " + quoted(e.name));
     out.tensors.emplace_back(e.name, std::move(t));
   }
   return out;
+}
+
+
+}  // namespace
+
+SafetensorsFile load_safetensors(const std::string& path) {
+  // Only regular files: a directory opens "successfully" as a stream on Linux, a FIFO blocks the
+  // open until a writer comes (forever), and a device has no size.
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (fs::exists(st) && !fs::is_regular_file(st)) {
+    const char* kind = fs::is_directory(st)        ? "a directory"
+                       : fs::is_fifo(st)           ? "a FIFO"
+                       : fs::is_character_file(st) ? "a character device"
+                       : fs::is_block_file(st)     ? "a block device"
+                       : fs::is_socket(st)         ? "a socket"
+                                                   : "not a regular file";
+    throw std::runtime_error(path + ": is " + std::string(kind) + ", not a safetensors file");
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
+  in.seekg(0, std::ios::end);
+  const std::streamoff file_size = in.tellg();
+  in.seekg(0, std::ios::beg);
+  if (file_size < 0) throw std::runtime_error(path + ": cannot determine the file size");
+  Source src{static_cast<std::uint64_t>(file_size), [&](std::uint64_t at, void* dst, std::size_t n, const std::string& what) {
+               in.seekg(static_cast<std::streamoff>(at));
+               in.read(static_cast<char*>(dst), static_cast<std::streamsize>(n));
+               if (!in) throw std::runtime_error(path + ": read error in " + what);
+             }};
+  return parse(path, src);
+}
+
+SafetensorsFile parse_safetensors(const std::string& name, std::span<const std::uint8_t> bytes) {
+  Source src{bytes.size(), [&](std::uint64_t at, void* dst, std::size_t n, const std::string&) {
+               if (n) std::memcpy(dst, bytes.data() + at, n);
+             }};
+  return parse(name, src);
 }
 
 }  // namespace gg::io

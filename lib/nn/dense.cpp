@@ -21,7 +21,7 @@ const char* layout_name(Layout l) {
 Layout parse_layout(std::string_view name) {
   for (Layout l : {Layout::columns, Layout::rows, Layout::nchw})
     if (name == layout_name(l)) return l;
-  throw std::invalid_argument("layout must be columns, rows or nchw, not '" + std::string(name) + "'");
+  throw std::invalid_argument("layout must be columns, rows or nchw, not '" + printable(name) + "'");
 }
 
 const char* activation_name(Activation a) {
@@ -37,7 +37,7 @@ const char* activation_name(Activation a) {
 Activation parse_activation(std::string_view name) {
   for (Activation a : {Activation::none, Activation::relu, Activation::tanh, Activation::sigmoid})
     if (name == activation_name(a)) return a;
-  throw std::invalid_argument("activation must be relu, tanh, sigmoid or none, not '" + std::string(name) + "'");
+  throw std::invalid_argument("activation must be relu, tanh, sigmoid or none, not '" + printable(name) + "'");
 }
 
 Value activate(Value x, Activation a) {
@@ -225,8 +225,8 @@ Spec parse(std::string_view text) {
   while (start <= text.size()) {
     const std::size_t end = std::min(text.find(',', start), text.size());
     const std::string_view tok = text.substr(start, end - start);
-    const std::string where = "model spec '" + std::string(text) + "': layer " + std::to_string(spec.layers.size() + 1) +
-                              " '" + std::string(tok) + "'";
+    const std::string where = "model spec '" + printable(text) + "': layer " + std::to_string(spec.layers.size() + 1) +
+                              " '" + printable(tok) + "'";
     Layer l;
     auto named = [&](std::string_view name) { return tok.rfind(name, 0) == 0 && tok.size() > name.size(); };
     try {
@@ -283,9 +283,9 @@ Spec parse(std::string_view text) {
     spec.layers.push_back(l);
     start = end + 1;
   }
-  if (spec.outputs() == 0) throw std::invalid_argument("model spec '" + std::string(text) + "' has no dense layer");
+  if (spec.outputs() == 0) throw std::invalid_argument("model spec '" + printable(text) + "' has no dense layer");
   if (spec.layers.back().kind != Layer::Kind::dense)
-    throw std::invalid_argument("model spec '" + std::string(text) + "' must end in the dense layer of the logits");
+    throw std::invalid_argument("model spec '" + printable(text) + "' must end in the dense layer of the logits");
   return spec;
 }
 

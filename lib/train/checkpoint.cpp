@@ -23,7 +23,7 @@ std::int64_t to_int(const CheckpointInfo& info, const std::string& key) {
     if (used != v.size()) throw std::invalid_argument("");
     return x;
   } catch (const std::exception&) {
-    throw std::runtime_error("metadata '" + key + "' is not an integer: '" + v + "'");
+    throw std::runtime_error("metadata '" + key + "' is not an integer: '" + printable(v) + "'");
   }
 }
 
@@ -52,20 +52,20 @@ Rebuilt rebuild(const CheckpointInfo& info) {
   if (d == "float64")
     dt = DType::f64;
   else if (d != "float32")
-    throw std::runtime_error("metadata 'dtype' is '" + d + "', not float32 or float64");
+    throw std::runtime_error("metadata 'dtype' is '" + printable(d) + "', not float32 or float64");
   // "{28, 28}"
   std::vector<std::int64_t> dims;
   const std::string ex = info.get("example");
   std::istringstream is(ex);
   char c = 0;
   is >> c;
-  if (c != '{') throw std::runtime_error("metadata 'example' is '" + ex + "', not a shape like {28, 28}");
+  if (c != '{') throw std::runtime_error("metadata 'example' is '" + printable(ex) + "', not a shape like {28, 28}");
   for (std::int64_t v = 0; is >> v;) {
     dims.push_back(v);
     is >> c;
   }
   if (dims.empty() || dims.size() > static_cast<std::size_t>(kMaxRank) || c != '}')
-    throw std::runtime_error("metadata 'example' is '" + ex + "', not a shape like {28, 28}");
+    throw std::runtime_error("metadata 'example' is '" + printable(ex) + "', not a shape like {28, 28}");
   try {
     r.graph = std::make_unique<Graph>(dt);
     r.model = classifier(*r.graph, nn::parse(info.get("spec")), Shape(dims), to_int(info, "classes"),
@@ -139,7 +139,7 @@ void Trainer::load_tensors(const std::string& path, bool optimizer_state_require
     const CheckpointInfo info{f.metadata};
     if (f.metadata.count("format") && f.metadata.at("format") == kFormat) {
       if (info.get("spec") != model_.spec)
-        throw std::runtime_error("a checkpoint of another network: '" + info.get("spec") + "', this one is '" + model_.spec + "'");
+        throw std::runtime_error("a checkpoint of another network: '" + printable(info.get("spec")) + "', this one is '" + printable(model_.spec) + "'");
       if (info.get("dtype") != dtype_name(model_.x.dtype()))
         throw std::runtime_error("a " + info.get("dtype") + " checkpoint, this network is " + dtype_name(model_.x.dtype()));
     }

@@ -29,10 +29,10 @@ Normalization Normalization::parse(const std::string& text) {
     n.mean = std::stod(m.substr(5));
     n.std = std::stod(s.substr(4));
   } catch (const std::exception&) {
-    throw std::invalid_argument("normalisation '" + text + "' is not 'divisor=D mean=M std=S'");
+    throw std::invalid_argument("normalisation '" + printable(text) + "' is not 'divisor=D mean=M std=S'");
   }
   if (!(n.divisor > 0) || !(n.std > 0) || !std::isfinite(n.mean))
-    throw std::invalid_argument("normalisation '" + text + "': divisor and std must be positive");
+    throw std::invalid_argument("normalisation '" + printable(text) + "': divisor and std must be positive");
   return n;
 }
 
