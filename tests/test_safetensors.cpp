@@ -364,3 +364,10 @@ TEST_CASE("loading a shape entry past 2^63 - 1 fails with the loader's error nam
                      std::string("shape entry ") + dim + " is past 2^63 - 1");
   }
 }
+
+// Found by tests/fuzz/fuzz_checkpoint (tests/fuzz/repro/checkpoint/finding-newline-in-tensor-name): a
+// tensor name holding a newline (JSON "\n") made the loader's error two lines.
+TEST_CASE("loading errors that name a tensor escape control characters in its name") {
+  check_load_error(make_file(R"({"a\nb":{"dtype":"I64","shape":[],"data_offsets":[0,16]}})", std::string(16, '\0')),
+                   "tensor \"a\\nb\": shape {} of I64 needs 8 bytes");
+}

@@ -39,7 +39,14 @@ const char* st_dtype(DType t) {
   return "?";
 }
 
-std::string quoted(const std::string& s) { return "\"" + s + "\""; }
+// A name or string from the file as errors quote it: control characters escaped, so that the
+// message stays one line whatever the (untrusted) header holds.
+std::string quoted(const std::string& s) {
+  std::string q = "\"";  // appended, not "\"" + ... + "\"": gcc 12 warns falsely on that (-Wrestrict)
+  q += printable(s);
+  q += '"';
+  return q;
+}
 
 std::string range_text(std::uint64_t begin, std::uint64_t end) {
   return "[" + std::to_string(begin) + ", " + std::to_string(end) + ")";
