@@ -33,8 +33,10 @@ using gg::test::values;
 namespace train = gg::train;
 namespace nn = gg::nn;
 
-// Learnable fake images: 4x4 pixels, class c brightens row c (of 3 classes), plus noise.
-train::Dataset fake_data(std::int64_t n) {
+// Learnable fake images: 4x4 pixels, class c brightens row c (of 3 classes), plus noise on
+// every pixel, or with `sparse` on one pixel in eight (then 30% of the pixels are nonzero, and
+// the products that read the images take the sparse kernels).
+train::Dataset fake_data(std::int64_t n, bool sparse = false) {
   train::Dataset d;
   d.name = "fake";
   d.count = n;
@@ -46,7 +48,8 @@ train::Dataset fake_data(std::int64_t n) {
     d.labels.push_back(c);
     for (int p = 0; p < 16; ++p) {
       state = state * 1664525u + 1013904223u;
-      d.pixels.push_back(static_cast<std::uint8_t>((state >> 27) + (p / 4 == c ? 180 : 0)));
+      const std::uint32_t noise = sparse && (state >> 20) % 8 != 0 ? 0 : state >> 27;
+      d.pixels.push_back(static_cast<std::uint8_t>(noise + (p / 4 == c ? 180 : 0)));
     }
   }
   return d;
@@ -115,6 +118,7 @@ train::BatchOptions batches_of(std::int64_t size, int shard = 0, int shards = 1)
 struct Trained {
   std::vector<std::vector<double>> params;
   std::vector<double> losses;
+  std::vector<gg::Program::ProductChoice> products;  // of the last step
 };
 
 // `shards` ranks (threads) fit `steps` steps of batches of `batch` on d; each rank's parameters
@@ -143,6 +147,7 @@ std::vector<Trained> fit_on_ranks(const train::Dataset& d, int shards, std::int6
           return true;
         };
         t.fit(b, {.steps = steps}, cb);
+        mine.products = t.train_program().product_choices();
         for (const std::string& name : t.train_program().param_names())
           mine.params.push_back(values(t.train_program().param(name)));
       } catch (const std::exception& e) {
@@ -198,7 +203,7 @@ TEST_CASE("all_reduce refuses values of different dtypes or with an open dimensi
   CHECK_THROWS_WITH(gg::all_reduce_sum({gg::sum(x), i}, ranks), Contains("one float dtype"));
 }
 
-TEST_CASE("a data-parallel step sums before the update: the SGD update is not folded into the GEMM", "[distributed]") {
+TEST_CASE("a data-parallel step sums before the update: the weight gradients' GEMMs write into the all-reduce buffer, not into the update", "[distributed]") {
   FakeRanks ranks;
   auto schedule = [&](gg::Communicator* comm) {
     gg::Graph g(gg::f64);
@@ -217,7 +222,9 @@ TEST_CASE("a data-parallel step sums before the update: the SGD update is not fo
   CHECK(count(parallel, "gemm_sgd_update") == 0);
   CHECK(count(parallel, "all_reduce") == 1);
   CHECK(count(parallel, "sgd_update") == 4);
-  CHECK(count(parallel, "pack") == 6);  // four gradients, the loss and the accuracy
+  // Four gradients, the loss and the accuracy: the two weight gradients' GEMMs pack as they go.
+  CHECK(count(parallel, "gemm_pack") == 2);
+  CHECK(count(parallel, "pack") == 4);
 }
 
 TEST_CASE("the shards of a batch are exactly the batch one process sees, unequal shards included", "[distributed][batches]") {
@@ -268,6 +275,22 @@ TEST_CASE("ranks that each train on a shard end with the parameters of one proce
     for (std::size_t s = 0; s < rank.losses.size(); ++s) CHECK_THAT(rank.losses[s], Catch::Matchers::WithinRel(one[0].losses[s], 1e-12));
   }
   CHECK(one[0].params[0] != fit_on_ranks(d, 1, 16, 6)[0].params[0]);  // the steps did move them
+}
+
+TEST_CASE("with sparse images the weight gradient's GEMM packs through the sparse kernel, to one process's parameters", "[distributed]") {
+  const train::Dataset d = fake_data(46, true);
+  const std::vector<Trained> one = fit_on_ranks(d, 1, 16, 7);
+  const std::vector<Trained> three = fit_on_ranks(d, 3, 16, 7);
+  auto packed_sparse = [](const Trained& t) {
+    return std::any_of(t.products.begin(), t.products.end(),
+                       [](const gg::Program::ProductChoice& c) { return c.op == "gemm_pack" && c.sparse; });
+  };
+  for (const Trained& rank : three) {
+    CHECK(packed_sparse(rank));
+    REQUIRE(rank.params.size() == one[0].params.size());
+    for (std::size_t i = 0; i < rank.params.size(); ++i) CHECK(relative_difference(one[0].params[i], rank.params[i]) < 1e-12);
+    CHECK(rank.params == three[0].params);
+  }
 }
 
 #ifdef GG_MPIRUN  // the build found MPI: these run, they are never skipped

@@ -17,7 +17,7 @@
 //
 // The communication itself is the Communicator's (lib/train/distributed.cpp over MPI, or a test's
 // fake): this file has no MPI in it, and a program without collectives never calls one.
-#include "kernels.hpp"
+#include "collective.hpp"
 
 #include <cstdint>
 
@@ -56,24 +56,11 @@ std::vector<Value> all_reduce_mean(const std::vector<Value>& values, Communicato
 namespace detail {
 namespace {
 
-struct PackAttrs {
-  std::int64_t offset = 0;
-  bool weighted = false;        // times the shard's batch size
-  std::int64_t communicator = 0;  // whose staging memory, if it has any, takes the values
-  template <typename F> void visit(F&& f) { f("offset", offset), f("weighted", weighted), f("communicator", communicator); }
-};
-
-// The communicator travels as its address: attributes are plain bytes, and the program that
-// holds the node must not outlive it (Communicator's contract).
 struct AllReduceAttrs {
   std::int64_t communicator = 0;
   bool mean = false;
   template <typename F> void visit(F&& f) { f("communicator", communicator), f("mean", mean); }
 };
-
-Communicator& communicator_at(std::int64_t address) {
-  return *reinterpret_cast<Communicator*>(static_cast<std::intptr_t>(address));
-}
 
 Outputs infer_pack(const Graph& g, const Node& n) {
   const Port& f = operand(g, n, 0);
@@ -97,13 +84,11 @@ Outputs infer_all_reduce(const Graph& g, const Node& n) {
 // left alone: the all_reduce writes the sums into it.
 template <typename T>
 void pack_kernel(const KernelArgs& k) {
-  const PackAttrs& a = k.attrs<PackAttrs>();
-  void* staged = communicator_at(a.communicator).staging(k.in[0].numel(), k.in[0].dtype);
-  T* f = (staged ? static_cast<T*>(staged) : data<T>(k.in[0])) + a.offset;
+  T w;
+  T* f = pack_destination<T>(k, k.attrs<PackAttrs>(), w);
   const T* v = data<T>(k.in[1]);
-  // Staged values are weighted in sum_staged's pass. (A loop, not std::copy: glibc's memmove
-  // took 70 us for these 200 KB on this machine's AMD cores, the loop 13.)
-  const T w = a.weighted && !staged && k.batch > 0 ? static_cast<T>(k.batch) : T(1);
+  // A loop, not std::copy: glibc's memmove took 70 us for these 200 KB into the shared window
+  // on this machine's AMD cores, the loop 13.
   for (std::int64_t i = 0, n = k.in[1].numel(); i < n; ++i) f[i] = w * v[i];
 }
 

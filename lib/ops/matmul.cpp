@@ -7,6 +7,7 @@
 //
 // VJP, with C = op(A) op(B):  d op(A) = G op(B)^T,  d op(B) = op(A)^T G, transposing back where
 // op() transposed; alpha scales both.
+#include "collective.hpp"
 #include "fusion.hpp"
 #include "onnx.hpp"
 #include "op.hpp"
@@ -643,6 +644,89 @@ bool fold_sgd_into_gemm(Rewriter& r, int i) {
 }  // namespace
 
 GG_FUSION(fold_sgd_into_gemm_rule) = {"fold_sgd_into_gemm", 2, fold_sgd_into_gemm};
+
+// ---- a gradient GEMM written straight into its all-reduce buffer ----------------------------------
+//
+// gemm_pack(f, A, B): f[o : o + n] = w alpha op(A) op(B), into the communicator's staging memory
+// when it has some (pack_destination): the pack of a GEMM read by nothing else, made by the rule
+// below, so that the product (the largest gradient, dW1) is written once, where the other ranks
+// read it, instead of stored, read and copied.
+namespace {
+
+struct GemmPackAttrs {
+  bool trans_a = false, trans_b = false;
+  double alpha = 1;
+  int batch_power = 0;
+  PackAttrs pack;
+  template <typename F> void visit(F&& f) {
+    f("trans_a", trans_a), f("trans_b", trans_b), f("alpha", alpha), f("batch_power", batch_power);
+    pack.visit(f);
+  }
+  MatMulAttrs gemm() const { return {trans_a, trans_b, alpha, batch_power}; }
+};
+
+Outputs infer_gemm_pack(const Graph& g, const Node& n) { return operand(g, n, 0); }
+
+// The product's destination, {M, N} contiguous inside f or the staging memory, and its alpha.
+template <typename T>
+TensorView gemm_pack_destination(const KernelArgs& k, T& alpha) {
+  const GemmPackAttrs& at = k.attrs<GemmPackAttrs>();
+  T weight;
+  T* c = pack_destination<T>(k, at.pack, weight);
+  const Shape& sa = k.in[1].shape;
+  const Shape& sb = k.in[2].shape;
+  alpha = weight * static_cast<T>(batch_factor(at.alpha, at.batch_power, k.batch));
+  return TensorView(c, k.in[0].dtype, Shape{at.trans_a ? sa[1] : sa[0], at.trans_b ? sb[0] : sb[1]});
+}
+
+template <typename T>
+void gemm_pack_fwd(const KernelArgs& k) {
+  T alpha;
+  const TensorView c = gemm_pack_destination<T>(k, alpha);
+  gemm_into<T>(k.in[1], k.in[2], c, k.attrs<GemmPackAttrs>().gemm(), alpha, T(0), k.threads);
+}
+
+template <typename T>
+void gemm_pack_sparse(const KernelArgs& k) {
+  T alpha;
+  const TensorView c = gemm_pack_destination<T>(k, alpha);
+  if (!run_sparse<T>(k, k.in[1], k.in[2], c, k.attrs<GemmPackAttrs>().gemm(), k.sparse_operand - 1, alpha, false))
+    gemm_pack_fwd<T>(k);
+}
+
+std::size_t gemm_pack_scratch(const Node& n, const Shape* in, int, int sparse_operand, int major) {
+  return sparse_scratch_of(n.attrs.as<GemmPackAttrs>().gemm(), n.out().dtype, in[1], in[2], sparse_operand - 1, major);
+}
+
+}  // namespace
+
+GG_OP(gemm_pack_op) = {.name = "gemm_pack", .arity = 3, .flags = kInternal | kNonDifferentiable | kStrided,
+                       .writes = 0b1, .alias = 0, .kernels = {.f32 = gemm_pack_fwd<float>, .f64 = gemm_pack_fwd<double>},
+                       .infer = infer_gemm_pack,
+                       .sparse_kernels = {.f32 = gemm_pack_sparse<float>, .f64 = gemm_pack_sparse<double>},
+                       .sparse_operands = 0b110, .sparse_workspace = gemm_pack_scratch};
+
+namespace {
+
+bool fold_gemm_into_pack(Rewriter& r, int i) {
+  IrNode& u = r.at(i);
+  if (u.node.op != &pack_op) return false;
+  const int g = u.node.inputs[1].node;
+  if (r.op(g) != &matmul_op || r.fetched(g) || r.readers(g).size() != 1) return false;
+  const Node& mm = r.at(g).node;
+  const MatMulAttrs& ma = mm.attrs.as<MatMulAttrs>();
+  const GemmPackAttrs at{ma.trans_a, ma.trans_b, ma.alpha, ma.batch_power, u.node.attrs.as<PackAttrs>()};
+  u.node.inputs = {u.node.inputs[0], mm.inputs[0], mm.inputs[1]};
+  u.node.op = &gemm_pack_op;
+  u.node.attrs = Attrs(at);
+  u.node.fused = true;
+  r.kill(g);
+  return true;
+}
+
+}  // namespace
+
+GG_FUSION(fold_gemm_into_pack_rule) = {"fold_gemm_into_pack", 2, fold_gemm_into_pack};
 
 }  // namespace detail
 
