@@ -10,6 +10,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <omp.h>
+
 #include <algorithm>
 #include <array>
 #include <barrier>
@@ -413,6 +415,20 @@ TEST_CASE("mpirun -np 3 mnist-train (the ring) ends with the parameters of one p
   const auto a = saved_params(dir / "one.st"), b = saved_params(dir / "three.st");
   REQUIRE(a.size() == b.size());
   for (std::size_t i = 0; i < a.size(); ++i) CHECK(relative_difference(a[i], b[i]) < 1e-9);
+}
+
+TEST_CASE("under mpirun, mnist-train's default threads share the machine's cores among its ranks", "[distributed][mpi]") {
+  TempDir dir;
+  write_digits(dir);
+  const std::string args = "--data " + dir.path.string() + " --iterations 2 --hidden 8 --no-progress";
+  // Unbound ranks (--bind-to none) see every core: without the division each would take them all.
+  const Run r = shell(mpirun("-np 2 --bind-to none " + std::string(MNIST_TRAIN_PATH) + " " + args));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  const int per_rank = std::max(1, omp_get_num_procs() / 2);
+  CHECK_THAT(r.out, Contains("# 2 ranks x " + std::to_string(per_rank) + " threads"));
+  const Run pinned = shell(mpirun("-np 2 " + std::string(MNIST_TRAIN_PATH) + " " + args + " --threads 3"));
+  CHECK_THAT(pinned.out, Contains("# 2 ranks x 3 threads"));  // an explicit count is taken as given
 }
 
 TEST_CASE("mpirun -np 2 mnist-train --resume continues a run exactly", "[distributed][mpi]") {

@@ -44,6 +44,9 @@ class Mpi : public Communicator {
 
   int rank() const override;
   int size() const override;
+  // How many ranks of the job run on this machine (this one included): with threads per rank,
+  // what shares the cores.
+  int ranks_on_node() const;
   // An all-reduce of float32 or float64 data in place, the same bits on every rank, every run.
   // Ranks all on one machine add each other's segments of a shared-memory window in rank order
   // (GRADGRAPH_MPI_SHARED=0 turns that off); otherwise two ranks exchange their buffers and add,

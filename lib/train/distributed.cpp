@@ -69,13 +69,12 @@ struct Mpi::Impl {
   unsigned char* buffer(int q, std::uint64_t parity) const {
     return segment[static_cast<std::size_t>(q)] + kLine + parity * win_bytes;
   }
+  int on_node = 1;  // ranks on this machine
   Impl(int& argc, char**& argv) : env(argc, argv, boost::mpi::threading::funneled, true) {
-    const char* shared = std::getenv("GRADGRAPH_MPI_SHARED");
-    if (shared != nullptr && std::string(shared) == "0") return;
     MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, world.rank(), MPI_INFO_NULL, &node);
-    int on_node = 0;
     MPI_Comm_size(node, &on_node);
-    one_node = on_node == world.size();
+    const char* shared = std::getenv("GRADGRAPH_MPI_SHARED");
+    one_node = on_node == world.size() && !(shared != nullptr && std::string(shared) == "0");
   }
   ~Impl() {  // before env finalises MPI
     if (win != MPI_WIN_NULL) {
@@ -90,6 +89,8 @@ Mpi::Mpi(int& argc, char**& argv) : impl_(std::make_unique<Impl>(argc, argv)) {}
 Mpi::~Mpi() = default;
 
 int Mpi::rank() const { return impl_->world.rank(); }
+
+int Mpi::ranks_on_node() const { return impl_->on_node; }
 int Mpi::size() const { return impl_->world.size(); }
 
 void Mpi::abort(int code) {
@@ -314,6 +315,7 @@ Mpi::Mpi(int&, char**&) {
 }
 Mpi::~Mpi() = default;
 int Mpi::rank() const { return 0; }
+int Mpi::ranks_on_node() const { return 1; }
 int Mpi::size() const { return 1; }
 void Mpi::sum(void*, std::int64_t, DType) {}
 void* Mpi::staging(std::int64_t, DType) { return nullptr; }
