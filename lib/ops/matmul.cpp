@@ -16,6 +16,8 @@
 
 #include <blis.h>
 
+#include <utility>
+
 namespace gg {
 
 #ifdef GG_PUBLIC_API  // collected into <gradgraph/ops.hpp> by lib/ops/gen_ops.py
@@ -569,6 +571,35 @@ bool fold_scale_of_gemm(Rewriter& r, int i) {
 GG_FUSION(fold_scale_into_gemms_rule) = {"fold_scale_into_gemms", 0, fold_scale_into_readers};
 GG_FUSION(fold_scale_of_gemm_rule) = {"fold_scale_of_gemm", 0, fold_scale_of_gemm};
 
+// ---- a GEMM folded into its one consumer ------------------------------------------------------------
+//
+// gemm_sgd_update and gemm_pack below: a consumer (op, operand 0 its destination) of a matmul that
+// nothing else reads and nobody fetches takes the product's operands and runs the GEMM itself.
+namespace {
+
+// Whether the matmul `g` can be absorbed by its one reader.
+bool product_for_one_reader(Rewriter& r, int g) {
+  return r.op(g) == &matmul_op && !r.fetched(g) && r.readers(g).size() == 1;
+}
+
+// u(dst, G = matmul(A, B)) -> op(dst, A, B) with `attrs`; the matmul is gone.
+void absorb_product(Rewriter& r, IrNode& u, int g, const OpDef& op, Attrs attrs) {
+  const Node& mm = r.at(g).node;
+  u.node.inputs = {u.node.inputs[0], mm.inputs[0], mm.inputs[1]};
+  u.node.op = &op;
+  u.node.attrs = std::move(attrs);
+  u.node.fused = true;
+  r.kill(g);
+}
+
+// The sparse kernels' workspace of such an op: the GEMM's, with operands 1 and 2 as A and B.
+template <typename A>
+std::size_t absorbed_gemm_scratch(const Node& n, const Shape* in, int, int sparse_operand, int major) {
+  return sparse_scratch_of(n.attrs.as<A>().gemm(), n.out().dtype, in[1], in[2], sparse_operand - 1, major);
+}
+
+}  // namespace
+
 // ---- plain SGD folded into the weight gradient's GEMM ------------------------------------------------
 //
 // gemm_sgd_update(P, A, B): P -= lr alpha op(A) op(B). An SGD update without weight decay whose
@@ -607,17 +638,13 @@ void gemm_sgd_sparse(const KernelArgs& k) {
     gemm_sgd_fwd<T>(k);
 }
 
-std::size_t gemm_sgd_scratch(const Node& n, const Shape* in, int, int sparse_operand, int major) {
-  return sparse_scratch_of(n.attrs.as<GemmSgdAttrs>().gemm(), n.out().dtype, in[1], in[2], sparse_operand - 1, major);
-}
-
 }  // namespace
 
 GG_OP(gemm_sgd_update_op) = {.name = "gemm_sgd_update", .arity = 3, .flags = kInternal | kNonDifferentiable | kStrided,
                              .writes = 0b1, .alias = 0, .kernels = {.f32 = gemm_sgd_fwd<float>, .f64 = gemm_sgd_fwd<double>},
                              .infer = infer_gemm_sgd,
                              .sparse_kernels = {.f32 = gemm_sgd_sparse<float>, .f64 = gemm_sgd_sparse<double>},
-                             .sparse_operands = 0b110, .sparse_workspace = gemm_sgd_scratch};
+                             .sparse_operands = 0b110, .sparse_workspace = absorbed_gemm_scratch<GemmSgdAttrs>};
 
 namespace {
 
@@ -627,17 +654,12 @@ bool fold_sgd_into_gemm(Rewriter& r, int i) {
   const SgdAttrs& sa = u.node.attrs.as<SgdAttrs>();
   if (sa.weight_decay != 0) return false;
   const int g = u.node.inputs[1].node;
-  if (r.op(g) != &matmul_op || r.fetched(g) || r.readers(g).size() != 1) return false;
+  if (!product_for_one_reader(r, g)) return false;
   const Node& mm = r.at(g).node;
   for (const Operand& o : mm.inputs)
     if (o.node == u.node.inputs[0].node) return false;  // the product reads the parameter it would overwrite
   const MatMulAttrs& ma = mm.attrs.as<MatMulAttrs>();
-  const GemmSgdAttrs at{ma.trans_a, ma.trans_b, ma.alpha, ma.batch_power, sa.lr};
-  u.node.inputs = {u.node.inputs[0], mm.inputs[0], mm.inputs[1]};
-  u.node.op = &gemm_sgd_update_op;
-  u.node.attrs = Attrs(at);
-  u.node.fused = true;
-  r.kill(g);
+  absorb_product(r, u, g, gemm_sgd_update_op, Attrs(GemmSgdAttrs{ma.trans_a, ma.trans_b, ma.alpha, ma.batch_power, sa.lr}));
   return true;
 }
 
@@ -694,17 +716,13 @@ void gemm_pack_sparse(const KernelArgs& k) {
     gemm_pack_fwd<T>(k);
 }
 
-std::size_t gemm_pack_scratch(const Node& n, const Shape* in, int, int sparse_operand, int major) {
-  return sparse_scratch_of(n.attrs.as<GemmPackAttrs>().gemm(), n.out().dtype, in[1], in[2], sparse_operand - 1, major);
-}
-
 }  // namespace
 
 GG_OP(gemm_pack_op) = {.name = "gemm_pack", .arity = 3, .flags = kInternal | kNonDifferentiable | kStrided,
                        .writes = 0b1, .alias = 0, .kernels = {.f32 = gemm_pack_fwd<float>, .f64 = gemm_pack_fwd<double>},
                        .infer = infer_gemm_pack,
                        .sparse_kernels = {.f32 = gemm_pack_sparse<float>, .f64 = gemm_pack_sparse<double>},
-                       .sparse_operands = 0b110, .sparse_workspace = gemm_pack_scratch};
+                       .sparse_operands = 0b110, .sparse_workspace = absorbed_gemm_scratch<GemmPackAttrs>};
 
 namespace {
 
@@ -712,15 +730,10 @@ bool fold_gemm_into_pack(Rewriter& r, int i) {
   IrNode& u = r.at(i);
   if (u.node.op != &pack_op) return false;
   const int g = u.node.inputs[1].node;
-  if (r.op(g) != &matmul_op || r.fetched(g) || r.readers(g).size() != 1) return false;
-  const Node& mm = r.at(g).node;
-  const MatMulAttrs& ma = mm.attrs.as<MatMulAttrs>();
-  const GemmPackAttrs at{ma.trans_a, ma.trans_b, ma.alpha, ma.batch_power, u.node.attrs.as<PackAttrs>()};
-  u.node.inputs = {u.node.inputs[0], mm.inputs[0], mm.inputs[1]};
-  u.node.op = &gemm_pack_op;
-  u.node.attrs = Attrs(at);
-  u.node.fused = true;
-  r.kill(g);
+  if (!product_for_one_reader(r, g)) return false;
+  const MatMulAttrs& ma = r.at(g).node.attrs.as<MatMulAttrs>();
+  absorb_product(r, u, g, gemm_pack_op,
+                 Attrs(GemmPackAttrs{ma.trans_a, ma.trans_b, ma.alpha, ma.batch_power, u.node.attrs.as<PackAttrs>()}));
   return true;
 }
 

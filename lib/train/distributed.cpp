@@ -117,8 +117,14 @@ void Mpi::sum(void* data, std::int64_t count, DType dtype) {
   if (!is_float(dtype)) throw std::invalid_argument("Mpi::sum: float32 or float64 only");
   const int n = size(), r = rank();
   if (n == 1 || count == 0) return;
-  const auto t0 = std::chrono::steady_clock::now();
   const std::size_t es = dtype_size(dtype);
+  // All ranks on this machine: the values go through the shared window (staging, sum_staged).
+  if (impl_->one_node) {
+    std::memcpy(staging(count, dtype), data, static_cast<std::size_t>(count) * es);
+    sum_staged(data, count, dtype, false);
+    return;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
   const MPI_Datatype type = dtype == DType::f32 ? MPI_FLOAT : MPI_DOUBLE;
   auto* bytes = static_cast<unsigned char*>(data);
   auto first = [&](int c) { return count * c / n; };
@@ -150,12 +156,6 @@ void Mpi::sum(void* data, std::int64_t count, DType dtype) {
       }
     }
   };
-  // All ranks on this machine: the values go through the shared window (staging, sum_staged).
-  if (impl_->one_node) {
-    std::memcpy(staging(count, dtype), data, static_cast<std::size_t>(count) * es);
-    sum_staged(data, count, dtype, false);
-    return;
-  }
   // Two ranks: one exchange of the whole buffer, and each adds the other's values to its own. a + b
   // and b + a are the same bits (IEEE addition commutes), so both ranks hold the same sum; the
   // ring below would take two exchanges of half the buffer, twice the latency for these sizes.
