@@ -48,17 +48,16 @@ class Mpi : public Communicator {
   // what shares the cores.
   int ranks_on_node() const;
   // An all-reduce of float32 or float64 data in place, the same bits on every rank, every run.
-  // Ranks all on one machine add each other's segments of a shared-memory window in rank order
+  // Ranks all on one machine each stream their values into their segment of a shared-memory
+  // window, pass a barrier, and add all segments in rank order, their own values read in place
   // (GRADGRAPH_MPI_SHARED=0 turns that off); otherwise two ranks exchange their buffers and add,
   // and more run a ring (reduce-scatter, then all-gather), each chunk summed along the ring in one
   // fixed order and copied to every rank: per rank it sends and receives 2 (N - 1) / N of the bytes.
   // A peer silent for longer than the timeout ends the whole job (MPI_Abort) with a message: a
   // rank that died or went a different way never leaves the others hanging.
   void sum(void* data, std::int64_t count, DType dtype) override;
-  // Ranks all on one machine: this rank's buffer in the shared window (two used in turn), which
-  // the others read directly, so the gradients are packed there and never copied. nullptr otherwise.
-  void* staging(std::int64_t count, DType dtype) override;
-  void sum_staged(void* out, std::int64_t count, DType dtype, bool weighted) override;
+  // Communicator::mean; ranks all on one machine do it in one pass, as for sum().
+  void mean(void* data, std::int64_t count, DType dtype) override;
   void set_timeout(double seconds) { timeout_ = seconds; }
   double timeout() const { return timeout_; }
   // Seconds spent in sum() (communication and waiting) since the last reset, for measurements.
@@ -74,6 +73,7 @@ class Mpi : public Communicator {
 
  private:
   void barrier_shared();
+  void sum_shared(void* data, std::int64_t count, DType dtype, bool weighted);
   struct Impl;
   std::unique_ptr<Impl> impl_;
   double timeout_ = 300;

@@ -2,24 +2,24 @@
 // between backward and update. The values go into one flat buffer (one message per step, not one
 // per gradient: at MNIST sizes a message's latency costs more than its bytes), the buffer is
 // summed across ranks in place, and the summed values are views of it (no copy back).
-//   pack(f, v):     f[offset : offset + n] = w v,  w = 1 or, for a mean, the shard's batch size m
-//   all_reduce(f):  f = sum over ranks of f (in place); for a mean, f[last] = m before the sum
-//                   and f[:last] /= f[last] after it (the global batch size B = sum of m)
+//   pack(f, v):     f[offset : offset + n] = v
+//   all_reduce(f):  f = sum over ranks of f (in place); for a mean, f[last] = m, the shard's batch
+//                   size, and f = (sum over ranks of m f) / (sum of m), f[last] = that sum B
 // So all_reduce_mean turns values that are means over each rank's shard (a mean loss, its
 // gradients, an accuracy) into means over the global batch, (1/B) sum_r m_r v_r: the same math
 // as one process fed the whole batch, shards of unequal sizes included. Only the order of the
 // summation differs. Both ops write their operand in place (declared: they run after every other
 // reader of it) and their output is that operand's memory.
 //
-// A communicator whose ranks can read each other's memory (MPI on one machine) offers staging
-// memory: the packs then write there, and one pass of sum_staged weights, adds and scales into
-// the buffer, so the values cross between cores once and the buffer is never copied.
-//
 // The communication itself is the Communicator's (lib/train/distributed.cpp over MPI, or a test's
-// fake): this file has no MPI in it, and a program without collectives never calls one.
+// fake): this file has no MPI in it, and a program without collectives never calls one. How the
+// weighted mean is done is the communicator's too: by default weigh, sum, scale; MPI ranks on one
+// machine do it in one pass over each other's memory.
 #include "collective.hpp"
 
+#include <algorithm>
 #include <cstdint>
+#include <stdexcept>
 
 namespace gg {
 
@@ -33,18 +33,12 @@ struct Communicator {
   // Sums `count` float32 or float64 elements at `data` over all ranks, in place. Every rank must
   // get the same bits, every run (a fixed summation order).
   virtual void sum(void* data, std::int64_t count, DType dtype) = 0;
-  // Optional, for ranks that can read each other's memory (one machine): where this rank puts
-  // the values of its next sum, so that sharing them costs no copy; nullptr (the default) when
-  // there is no such place and the values go through sum(). The same memory for every call until
-  // the sum_staged() that sums them: one staged sum at a time.
-  virtual void* staging(std::int64_t /*count*/, DType /*dtype*/) { return nullptr; }
-  // With staging(): the sum over ranks r of their staged values x_r, in the same fixed order, into
-  // `out`. With `weighted`, the last staged element is each rank's weight m_r and the others are
-  // averaged: out[i] = (sum_r m_r x_r[i]) / (sum_r m_r), out[count - 1] = sum_r m_r (one pass
-  // over the bytes instead of a weighting pass before and a scaling pass after).
-  virtual void sum_staged(void* /*out*/, std::int64_t /*count*/, DType /*dtype*/, bool /*weighted*/) {
-    throw std::logic_error("Communicator::sum_staged without staging()");
-  }
+  // The weighted mean over ranks, in place: `data` holds this rank's values x_r and, last, its
+  // weight m_r (count - 1 values, then m_r). Afterwards data[i] = (sum_r m_r x_r[i]) / B for the
+  // values and data[count - 1] = B = sum_r m_r, the same bits on every rank. The default weighs,
+  // sum()s and scales (three passes over the bytes); a communicator that reads the other ranks'
+  // memory does it in one.
+  virtual void mean(void* data, std::int64_t count, DType dtype);
 };
 // The values (float, one dtype) summed over the ranks of `comm`, packed into one message.
 std::vector<Value> all_reduce_sum(const std::vector<Value>& values, Communicator& comm);
@@ -80,35 +74,29 @@ Outputs infer_all_reduce(const Graph& g, const Node& n) {
   return f;
 }
 
-// With a communicator that stages, the values go straight to its shared memory and the buffer is
-// left alone: the all_reduce writes the sums into it.
 template <typename T>
 void pack_kernel(const KernelArgs& k) {
-  T w;
-  T* f = pack_destination<T>(k, k.attrs<PackAttrs>(), w);
+  T* f = data<T>(k.in[0]) + k.attrs<PackAttrs>().offset;
   const T* v = data<T>(k.in[1]);
-  // A loop, not std::copy: glibc's memmove took 70 us for these 200 KB into the shared window
-  // on this machine's AMD cores, the loop 13.
-  for (std::int64_t i = 0, n = k.in[1].numel(); i < n; ++i) f[i] = w * v[i];
+  std::copy(v, v + k.in[1].numel(), f);
 }
 
 template <typename T>
 void all_reduce_kernel(const KernelArgs& k) {
   const AllReduceAttrs& a = k.attrs<AllReduceAttrs>();
-  Communicator& comm = communicator_at(a.communicator);
+  Communicator& comm = *reinterpret_cast<Communicator*>(static_cast<std::intptr_t>(a.communicator));
   T* f = data<T>(k.in[0]);
   const std::int64_t n = k.in[0].numel();
-  const DType dt = k.in[0].dtype;
-  T* staged = static_cast<T*>(comm.staging(n, dt));
-  const T m = k.batch > 0 ? static_cast<T>(k.batch) : T(1);
-  if (staged) {
-    if (a.mean) staged[n - 1] = m;
-    comm.sum_staged(f, n, dt, a.mean);
-    return;
-  }
-  if (a.mean) f[n - 1] = m;
-  comm.sum(f, n, dt);
-  if (!a.mean) return;
+  if (!a.mean) return comm.sum(f, n, k.in[0].dtype);
+  f[n - 1] = k.batch > 0 ? static_cast<T>(k.batch) : T(1);
+  comm.mean(f, n, k.in[0].dtype);
+}
+
+template <typename T>
+void weigh_sum_scale(Communicator& comm, T* f, std::int64_t n) {
+  const T m = f[n - 1];
+  for (std::int64_t i = 0; i + 1 < n; ++i) f[i] *= m;
+  comm.sum(f, n, dtype_of<T>());
   // Every rank scales the same sums by the same factor: the results agree bit for bit. (A product
   // with the reciprocal, not a division: a division per element took as long as the sum itself.)
   const T inverse = T(1) / f[n - 1];
@@ -116,6 +104,20 @@ void all_reduce_kernel(const KernelArgs& k) {
 }
 
 }  // namespace
+
+}  // namespace detail
+
+void Communicator::mean(void* data, std::int64_t count, DType dtype) {
+  if (count < 1) throw std::invalid_argument("Communicator::mean: no weight");
+  if (dtype == DType::f32)
+    detail::weigh_sum_scale(*this, static_cast<float*>(data), count);
+  else if (dtype == DType::f64)
+    detail::weigh_sum_scale(*this, static_cast<double*>(data), count);
+  else
+    throw std::invalid_argument("Communicator::mean: float32 or float64 only");
+}
+
+namespace detail {
 
 GG_OP(pack_op) = {.name = "pack", .arity = 2, .flags = kInternal | kNonDifferentiable, .writes = 0b01, .alias = 0,
                   .kernels = {.f32 = pack_kernel<float>, .f64 = pack_kernel<double>}, .infer = infer_pack};
@@ -142,7 +144,7 @@ std::vector<Value> all_reduce(const std::vector<Value>& values, Communicator& co
   const auto address = static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(&comm));
   std::int64_t at = 0;
   for (const Value& v : values) {
-    f = make(pack_op, {f, v}, Attrs(PackAttrs{at, mean, address}), "pack#" + std::to_string(g.size()));
+    f = make(pack_op, {f, v}, Attrs(PackAttrs{at}), "pack#" + std::to_string(g.size()));
     at += v.shape().numel();
   }
   const AllReduceAttrs ra{address, mean};

@@ -669,10 +669,9 @@ GG_FUSION(fold_sgd_into_gemm_rule) = {"fold_sgd_into_gemm", 2, fold_sgd_into_gem
 
 // ---- a gradient GEMM written straight into its all-reduce buffer ----------------------------------
 //
-// gemm_pack(f, A, B): f[o : o + n] = w alpha op(A) op(B), into the communicator's staging memory
-// when it has some (pack_destination): the pack of a GEMM read by nothing else, made by the rule
-// below, so that the product (the largest gradient, dW1) is written once, where the other ranks
-// read it, instead of stored, read and copied.
+// gemm_pack(f, A, B): f[o : o + n] = alpha op(A) op(B): the pack of a GEMM read by nothing else,
+// made by the rule below, so that the product (the largest gradient, dW1) is written once, where
+// the all-reduce reads it, instead of stored, read and copied.
 namespace {
 
 struct GemmPackAttrs {
@@ -689,16 +688,15 @@ struct GemmPackAttrs {
 
 Outputs infer_gemm_pack(const Graph& g, const Node& n) { return operand(g, n, 0); }
 
-// The product's destination, {M, N} contiguous inside f or the staging memory, and its alpha.
+// The product's destination, {M, N} contiguous inside f, and its alpha.
 template <typename T>
 TensorView gemm_pack_destination(const KernelArgs& k, T& alpha) {
   const GemmPackAttrs& at = k.attrs<GemmPackAttrs>();
-  T weight;
-  T* c = pack_destination<T>(k, at.pack, weight);
   const Shape& sa = k.in[1].shape;
   const Shape& sb = k.in[2].shape;
-  alpha = weight * static_cast<T>(batch_factor(at.alpha, at.batch_power, k.batch));
-  return TensorView(c, k.in[0].dtype, Shape{at.trans_a ? sa[1] : sa[0], at.trans_b ? sb[0] : sb[1]});
+  alpha = static_cast<T>(batch_factor(at.alpha, at.batch_power, k.batch));
+  return TensorView(data<T>(k.in[0]) + at.pack.offset, k.in[0].dtype,
+                    Shape{at.trans_a ? sa[1] : sa[0], at.trans_b ? sb[0] : sb[1]});
 }
 
 template <typename T>
