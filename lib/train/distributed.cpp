@@ -72,10 +72,17 @@ struct Mpi::Impl {
   std::vector<unsigned char*> segment;  // each rank's segment, as this process sees it
   std::uint64_t arrivals = 0;             // this rank's barriers so far (the first line of its segment)
   std::vector<const void*> sources;       // what a shared sum reads: each rank's values, in rank order
-  // Staged values of rank q in buffer `parity` (0 or 1) of its segment.
-  unsigned char* buffer(int q, std::uint64_t parity) const {
-    return segment[static_cast<std::size_t>(q)] + kLine + parity * win_bytes;
+  std::uint64_t buffers = 2;              // per segment, used in turn
+  // Rank q's values for the sum after `arrival` barriers.
+  unsigned char* buffer(int q, std::uint64_t arrival) const {
+    return segment[static_cast<std::size_t>(q)] + kLine + (arrival % buffers) * win_bytes;
   }
+  // How this rank copies its values into the window (Copier, below).
+  struct Copier {
+    bool stream = true;                 // non-temporal stores, else ordinary ones
+    double seconds[2] = {-1, -1};       // recent cost of each way (ordinary, streamed); -1: not yet
+    std::uint64_t copies = 0;
+  } copier;
   int on_node = 1;  // ranks on this machine
   Impl(int& argc, char**& argv) : env(argc, argv, boost::mpi::threading::funneled, true) {
     MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, world.rank(), MPI_INFO_NULL, &node);
@@ -198,22 +205,26 @@ void Mpi::mean(void* data, std::int64_t count, DType dtype) {
 
 namespace {
 
-// Copies with non-temporal stores: the lines go to memory, and any copy another core holds is
-// dropped on the way. With ordinary stores, rewriting lines that the other ranks read at the
-// last steps costs an invalidation per line, paid in this rank's stores: 200 KB took ~20 us here
-// with both cores under one L3, and ~90 us when the virtual machine's cores sat on different dies
-// (a state this machine enters and leaves), against 7-8 us streamed in both; the readers then
-// load from memory, which cost them about what loading from the other core's cache did.
-void stream_copy(void* to, const void* from, std::size_t bytes) {
+// Copies with ordinary stores or with non-temporal ones (`stream`): those send the lines to
+// memory and drop any copy another core holds on the way, without a read for ownership. Not
+// memcpy: glibc's (rep movsb) took 50-70 us for 200 KB into the shared window on this machine's
+// AMD cores, where this loop takes 5.
+void copy_to_window(void* to, const void* from, std::size_t bytes, bool stream) {
   auto* d = static_cast<unsigned char*>(to);
   const auto* s = static_cast<const unsigned char*>(from);
 #if defined(__SSE2__)
   for (; bytes > 0 && (reinterpret_cast<std::uintptr_t>(d) & 15) != 0; --bytes) *d++ = *s++;
-  for (; bytes >= 16; bytes -= 16, d += 16, s += 16)
-    _mm_stream_si128(reinterpret_cast<__m128i*>(d), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
-  std::memcpy(d, s, bytes);
-  _mm_sfence();  // the streamed stores are weakly ordered: all of them before the barrier's release
+  if (stream) {
+    for (; bytes >= 16; bytes -= 16, d += 16, s += 16)
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
+  } else {
+    for (; bytes >= 16; bytes -= 16, d += 16, s += 16)
+      _mm_store_si128(reinterpret_cast<__m128i*>(d), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
+  }
+  for (; bytes > 0; --bytes) *d++ = *s++;
+  _mm_sfence();  // streamed stores are weakly ordered: all of them before the barrier's release
 #else
+  (void)stream;
   std::memcpy(d, s, bytes);
 #endif
 }
@@ -274,21 +285,52 @@ void combine(T* to, const std::vector<const void*>& sources, std::int64_t count,
 
 }  // namespace
 
-// Each rank's segment of the shared window: a cache line for its barrier counter, then two
-// buffers, used in turn. A rank writes buffer p of step k only after the barrier of step k - 1,
-// which every rank passes only once done reading step k - 2's buffer p: so one barrier per sum
-// suffices, where one buffer would need a second to keep the values until all ranks have read them.
+// Which way a rank copies its values into the window, chosen by measuring both as it goes: the
+// cheaper one differs between machines and, on this virtual machine, over time. Ordinary stores
+// into lines that another core has read pay for invalidating its copies. With both cores under
+// one L3 that is cheap once the reader's copies have been evicted to the L3 (hence 8 buffers in
+// turn, not 2): the MLP's 200 KB took ~5 us, and the other rank then read them from this core's
+// cache in ~6 us. With the cores on different dies (the other die's L3 keeps the lines), the
+// same stores took 45-80 us. Non-temporal stores skip the invalidations (8-14 us either way) but
+// send the lines to memory, where the readers fetch them (~13 us). Every 128th copy goes the
+// other way to keep its cost current; the bytes are the same either way, so the choice is each
+// rank's own.
+void Mpi::publish(void* to, const void* from, std::size_t bytes) {
+  Impl::Copier& c = impl_->copier;
+  bool stream = c.stream;
+  if (c.seconds[1] < 0)
+    stream = true;  // each way once first
+  else if (c.seconds[0] < 0)
+    stream = false;
+  else if (c.copies % 128 == 127)
+    stream = !c.stream;
+  const auto t0 = std::chrono::steady_clock::now();
+  copy_to_window(to, from, bytes, stream);
+  const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  double& cost = c.seconds[stream ? 1 : 0];
+  cost = cost < 0 ? t : 0.875 * cost + 0.125 * t;
+  if (c.seconds[0] >= 0 && c.seconds[1] >= 0) c.stream = c.seconds[1] < c.seconds[0];
+  ++c.copies;
+}
+
+// Each rank's segment of the shared window: a cache line for its barrier counter, then K
+// buffers (2 to 8), used in turn. A rank writes buffer k mod K of step k only after the barrier
+// of step k - 1, which every rank passes only once done reading step k - 2's buffers: so one
+// barrier per sum suffices, where one buffer would need a second to keep the values until all
+// ranks have read them.
 void Mpi::sum_shared(void* data, std::int64_t count, DType dtype, bool weighted) {
   const auto t0 = std::chrono::steady_clock::now();
   const std::size_t bytes = static_cast<std::size_t>(count) * dtype_size(dtype);
   const std::size_t padded = (bytes + kLine - 1) / kLine * kLine;
   if (impl_->win_bytes < padded) {  // the first sum (collective: every rank sums the same counts)
+    impl_->buffers = std::clamp<std::size_t>((std::size_t{16} << 20) / padded, 2, 8);
     if (impl_->win != MPI_WIN_NULL) {
       MPI_Win_unlock_all(impl_->win);
       MPI_Win_free(&impl_->win);
     }
     void* mine = nullptr;
-    MPI_Win_allocate_shared(static_cast<MPI_Aint>(kLine + 2 * padded), 1, MPI_INFO_NULL, impl_->node, &mine, &impl_->win);
+    MPI_Win_allocate_shared(static_cast<MPI_Aint>(kLine + impl_->buffers * padded), 1, MPI_INFO_NULL, impl_->node, &mine,
+                            &impl_->win);
     new (mine) std::atomic<std::uint64_t>(0);
     impl_->arrivals = 0;
     impl_->segment.assign(static_cast<std::size_t>(size()), nullptr);
@@ -303,13 +345,14 @@ void Mpi::sum_shared(void* data, std::int64_t count, DType dtype, bool weighted)
     impl_->win_bytes = padded;
     MPI_Barrier(impl_->node);  // every counter is set up before any rank waits on it
   }
-  const std::uint64_t parity = impl_->arrivals & 1;
-  stream_copy(impl_->buffer(rank(), parity), data, bytes);
+  const std::uint64_t arrival = impl_->arrivals;
+  publish(impl_->buffer(rank(), arrival), data, bytes);
   barrier_shared();  // every rank's values are there
   auto run = [&](auto* to) {
     std::vector<const void*>& src = impl_->sources;  // sized once: no allocation per step
     src.resize(static_cast<std::size_t>(size()));
-    for (int q = 0; q < size(); ++q) src[static_cast<std::size_t>(q)] = q == rank() ? static_cast<const void*>(to) : impl_->buffer(q, parity);
+    for (int q = 0; q < size(); ++q)
+      src[static_cast<std::size_t>(q)] = q == rank() ? static_cast<const void*>(to) : impl_->buffer(q, arrival);
     combine(to, src, count, weighted);
   };
   if (dtype == DType::f32)
