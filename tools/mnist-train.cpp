@@ -374,7 +374,8 @@ int train(const Options& o) {
   gg::Program& step_program = trainer.train_program();
   // Under mpirun the step is profiled (a clock read per kernel) to report what the all-reduce
   // costs: packing the values into its buffer (the weight gradients' GEMMs write there
-  // themselves, gemm_pack, and count as compute), waiting for the other ranks, summing.
+  // themselves, gemm_pack, and count as compute), then the communicator's copy where the other
+  // ranks read it, the wait for them and the sum.
   if (mpi) step_program.set_profiling(true);
   if (o.verbose && rank0()) {
     std::fprintf(stderr, "# %s, network %s (%s), batch %lld, %lld steps, %d threads, %s init, %s, schedule %s\n",
@@ -461,8 +462,8 @@ int train(const Options& o) {
     mpi->check_same({{"parameters after training", params_fingerprint()}});
     if (!rank0()) return 0;
     std::fprintf(stderr,
-                 "# %d ranks x %d threads; rank 0 in the all-reduce (packs, wait, sum) %.3f s = %.1f%% of its "
-                 "kernels' time, %.1f%% of training (waiting and summing alone %.1f%%)\n",
+                 "# %d ranks x %d threads; rank 0 in the all-reduce (packs, copy, wait, sum) %.3f s = %.1f%% of its "
+                 "kernels' time, %.1f%% of training (copy, wait and sum alone %.1f%%)\n",
                  mpi->size(), step_program.threads(), reduce_seconds, 100.0 * reduce_seconds / kernel_seconds,
                  100.0 * reduce_seconds / train_seconds, 100.0 * sum_seconds / train_seconds);
   }

@@ -74,7 +74,7 @@ class Mpi : public Communicator {
  private:
   void barrier_shared();
   void sum_shared(void* data, std::int64_t count, DType dtype, bool weighted);
-  void publish(void* to, const void* from, std::size_t bytes);
+  void choose_copy(std::uint64_t epoch);
   struct Impl;
   std::unique_ptr<Impl> impl_;
   double timeout_ = 300;

@@ -57,7 +57,18 @@ std::string hex(std::uint64_t v) {
 
 bool mpi_available() { return true; }
 
-constexpr std::size_t kLine = 64;  // the shared segments' counter line
+constexpr std::size_t kLine = 64;  // the shared segments' first line: their Header
+
+// The first line of each rank's segment. `arrivals` is its barrier counter; before arriving, the
+// rank also writes there its recent cost of each way of copying into the window (ordinary,
+// streamed), in the slot of that barrier's parity, so that every rank reads the same figures
+// after the barrier and they all pick the same way. (A rank rewrites that slot before the barrier
+// after next, which it reaches only once every rank has arrived at the next: all have read it.)
+struct Header {
+  std::atomic<std::uint64_t> arrivals{0};
+  std::atomic<double> seconds[2][2] = {{-1.0, -1.0}, {-1.0, -1.0}};  // [parity][way]
+};
+static_assert(sizeof(Header) <= kLine && std::atomic<double>::is_always_lock_free);
 
 struct Mpi::Impl {
   boost::mpi::environment env;
@@ -73,16 +84,16 @@ struct Mpi::Impl {
   std::uint64_t arrivals = 0;             // this rank's barriers so far (the first line of its segment)
   std::vector<const void*> sources;       // what a shared sum reads: each rank's values, in rank order
   std::uint64_t buffers = 2;              // per segment, used in turn
+  Header* header(std::size_t q) const { return reinterpret_cast<Header*>(segment[q]); }
   // Rank q's values for the sum after `arrival` barriers.
   unsigned char* buffer(int q, std::uint64_t arrival) const {
     return segment[static_cast<std::size_t>(q)] + kLine + (arrival % buffers) * win_bytes;
   }
-  // How this rank copies its values into the window (Copier, below).
-  struct Copier {
-    bool stream = true;                 // non-temporal stores, else ordinary ones
-    double seconds[2] = {-1, -1};       // recent cost of each way (ordinary, streamed); -1: not yet
-    std::uint64_t copies = 0;
-  } copier;
+  // How the ranks copy their values into the window (choose_copy, below): all the same way.
+  bool stream = true;              // this step: non-temporal stores, else ordinary ones
+  bool exploring = false;          // this step goes the way that is not the cheaper one
+  double seconds[2] = {-1, -1};    // this rank's recent cost per step of each way (ordinary, streamed)
+  std::uint64_t steps[2] = {0, 0};  // steps gone each way
   int on_node = 1;  // ranks on this machine
   Impl(int& argc, char**& argv) : env(argc, argv, boost::mpi::threading::funneled, true) {
     MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, world.rank(), MPI_INFO_NULL, &node);
@@ -285,35 +296,31 @@ void combine(T* to, const std::vector<const void*>& sources, std::int64_t count,
 
 }  // namespace
 
-// Which way a rank copies its values into the window, chosen by measuring both as it goes: the
-// cheaper one differs between machines and, on this virtual machine, over time. Ordinary stores
-// into lines that another core has read pay for invalidating its copies. With both cores under
-// one L3 that is cheap once the reader's copies have been evicted to the L3 (hence 8 buffers in
-// turn, not 2): the MLP's 200 KB took ~5 us, and the other rank then read them from this core's
-// cache in ~6 us. With the cores on different dies (the other die's L3 keeps the lines), the
-// same stores took 45-80 us. Non-temporal stores skip the invalidations (8-14 us either way) but
-// send the lines to memory, where the readers fetch them (~13 us). Every 128th copy goes the
-// other way to keep its cost current; the bytes are the same either way, so the choice is each
-// rank's own.
-void Mpi::publish(void* to, const void* from, std::size_t bytes) {
-  Impl::Copier& c = impl_->copier;
-  bool stream = c.stream;
-  if (c.seconds[1] < 0)
-    stream = true;  // each way once first
-  else if (c.seconds[0] < 0)
-    stream = false;
-  else if (c.copies % 128 == 127)
-    stream = !c.stream;
-  const auto t0 = std::chrono::steady_clock::now();
-  copy_to_window(to, from, bytes, stream);
-  const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  double& cost = c.seconds[stream ? 1 : 0];
-  cost = cost < 0 ? t : 0.875 * cost + 0.125 * t;
-  if (c.seconds[0] >= 0 && c.seconds[1] >= 0) c.stream = c.seconds[1] < c.seconds[0];
-  ++c.copies;
+// Which way the ranks copy their values into the window, chosen by measuring both as they go:
+// the cheaper one differs between machines and, on this virtual machine, over time. Ordinary
+// stores into lines that another core has read pay for invalidating its copies; with both cores
+// under one L3 that is cheap once the reader's copies have gone to the L3 (hence 8 buffers in
+// turn, not 2), and the other rank then reads the lines from this core's cache: copy and sum of
+// the MLP's 200 KB ~11 us. With the cores on different dies (the other die's L3 keeps the lines)
+// the same stores took 45-80 us. Non-temporal stores skip the invalidations but send the lines to
+// memory, where the readers fetch them: ~20 us in both states. A way's cost is a rank's copy and
+// sum (not its wait), summed over the ranks, who publish theirs at each barrier so that all
+// decide alike (their reads differ with the others' stores); every 128th step goes the other way.
+void Mpi::choose_copy(std::uint64_t epoch) {
+  double total[2] = {0, 0};
+  bool known[2] = {true, true};
+  for (std::size_t q = 0; q < impl_->segment.size(); ++q)
+    for (int way = 0; way < 2; ++way) {
+      const double t = impl_->header(q)->seconds[epoch & 1][way].load(std::memory_order_relaxed);
+      known[way] = known[way] && t >= 0;
+      total[way] += t;
+    }
+  const bool cheaper = known[1] && known[0] ? total[1] < total[0] : !known[1];  // each way once first
+  impl_->exploring = known[0] && known[1] && epoch % 128 == 0;
+  impl_->stream = impl_->exploring ? !cheaper : cheaper;
 }
 
-// Each rank's segment of the shared window: a cache line for its barrier counter, then K
+// Each rank's segment of the shared window: a line for its Header, then K
 // buffers (2 to 8), used in turn. A rank writes buffer k mod K of step k only after the barrier
 // of step k - 1, which every rank passes only once done reading step k - 2's buffers: so one
 // barrier per sum suffices, where one buffer would need a second to keep the values until all
@@ -331,7 +338,9 @@ void Mpi::sum_shared(void* data, std::int64_t count, DType dtype, bool weighted)
     void* mine = nullptr;
     MPI_Win_allocate_shared(static_cast<MPI_Aint>(kLine + impl_->buffers * padded), 1, MPI_INFO_NULL, impl_->node, &mine,
                             &impl_->win);
-    new (mine) std::atomic<std::uint64_t>(0);
+    // Touched now, not in the first steps: their page faults would count as the copies' cost.
+    std::memset(mine, 0, kLine + impl_->buffers * padded);
+    new (mine) Header;
     impl_->arrivals = 0;
     impl_->segment.assign(static_cast<std::size_t>(size()), nullptr);
     for (int q = 0; q < size(); ++q) {
@@ -344,10 +353,23 @@ void Mpi::sum_shared(void* data, std::int64_t count, DType dtype, bool weighted)
     MPI_Win_lock_all(MPI_MODE_NOCHECK, impl_->win);
     impl_->win_bytes = padded;
     MPI_Barrier(impl_->node);  // every counter is set up before any rank waits on it
+    // The other segments' pages mapped now too (a read of each): the first sums would be slow.
+    unsigned char sink = 0;
+    for (int q = 0; q < size(); ++q)
+      for (std::size_t at = 0; at < kLine + impl_->buffers * padded; at += 4096)
+        sink ^= *static_cast<volatile unsigned char*>(impl_->segment[static_cast<std::size_t>(q)] + at);
+    (void)sink;
   }
   const std::uint64_t arrival = impl_->arrivals;
-  publish(impl_->buffer(rank(), arrival), data, bytes);
-  barrier_shared();  // every rank's values are there
+  copy_to_window(impl_->buffer(rank(), arrival), data, bytes, impl_->stream);
+  const double copy_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  Header* mine = impl_->header(static_cast<std::size_t>(rank()));
+  for (int way = 0; way < 2; ++way)
+    mine->seconds[(arrival + 1) & 1][way].store(impl_->seconds[way], std::memory_order_relaxed);
+  barrier_shared();  // every rank's values (and figures) are there
+  const auto t1 = std::chrono::steady_clock::now();
+  const bool stream = impl_->stream, exploring = impl_->exploring;
+  choose_copy(arrival + 1);  // for the next step
   auto run = [&](auto* to) {
     std::vector<const void*>& src = impl_->sources;  // sized once: no allocation per step
     src.resize(static_cast<std::size_t>(size()));
@@ -359,7 +381,14 @@ void Mpi::sum_shared(void* data, std::int64_t count, DType dtype, bool weighted)
     run(static_cast<float*>(data));
   else
     run(static_cast<double*>(data));
-  seconds_in_sum_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const auto t2 = std::chrono::steady_clock::now();
+  // The way in use is timed at every step, the other only every 128th: its one sample counts more.
+  // A way's first step is not counted: the first step of all took milliseconds here.
+  const int way = stream ? 1 : 0;
+  double& cost = impl_->seconds[way];
+  const double t = copy_seconds + std::chrono::duration<double>(t2 - t1).count(), keep = exploring ? 0.5 : 0.875;
+  if (impl_->steps[way]++ > 0) cost = cost < 0 ? t : keep * cost + (1 - keep) * t;
+  seconds_in_sum_ += std::chrono::duration<double>(t2 - t0).count();
 }
 
 // A barrier of the ranks on this machine through counters in their segments (release/acquire
@@ -368,7 +397,7 @@ void Mpi::sum_shared(void* data, std::int64_t count, DType dtype, bool weighted)
 // of microseconds here, as long as the sum.
 void Mpi::barrier_shared() {
   const std::uint64_t epoch = ++impl_->arrivals;
-  auto counter = [&](std::size_t q) { return reinterpret_cast<std::atomic<std::uint64_t>*>(impl_->segment[q]); };
+  auto counter = [&](std::size_t q) { return &impl_->header(q)->arrivals; };
   counter(static_cast<std::size_t>(rank()))->store(epoch, std::memory_order_release);
   const auto start = std::chrono::steady_clock::now();
   for (std::size_t q = 0; q < impl_->segment.size(); ++q)
