@@ -581,6 +581,35 @@ TEST_CASE("a non-finite loss stops fit naming the step, and the last checkpoint 
   CHECK(gg::test::slurp(ck) == before);
 }
 
+TEST_CASE("the divergence guard holds float parameters to the limit exactly, not to the limit rounded to a float", "[train][fit]") {
+  const train::Dataset d = fake_data(32);
+  Net net(gg::f32, "dense4,relu,dense3", nn::Layout::columns, options(train::Optimizer::Kind::sgd, 0.0));
+  gg::Program& p = net.trainer->train_program();
+  auto fit_with = [&](float w, double limit) {  // W1[0] = w, then one step that changes nothing
+    gg::Tensor t = gg::Tensor::copy_of(p.param("W1"), gg::f32);
+    t.view().ptr<float>()[0] = w;
+    p.set_param("W1", t.view());
+    train::Batches b(d, batch_options(8, nn::Layout::columns, gg::f32));
+    train::FitOptions fo;
+    fo.steps = net.trainer->steps_done() + 1;  // the run's length, not this call's
+    fo.max_param_abs = limit;
+    try {
+      net.trainer->fit(b, fo);
+      return std::string("within");
+    } catch (const train::Diverged& e) {
+      return std::string(e.what());
+    }
+  };
+  // 100 + 1e-10 and 100 - 1e-10 both round to the float 100.
+  CHECK(fit_with(100.0f, 100 + 1e-10) == "within");
+  CHECK_THAT(fit_with(std::nextafter(100.0f, 200.0f), 100 + 1e-10), Contains("'W1'"));
+  CHECK_THAT(fit_with(100.0f, 100 - 1e-10), Contains("'W1'"));
+  CHECK_THAT(fit_with(-100.0f, 100 - 1e-10), Contains("'W1'"));
+  CHECK(fit_with(std::nextafter(100.0f, 0.0f), 100 - 1e-10) == "within");
+  // A limit past the largest float: every finite float is within it.
+  CHECK(fit_with(3e38f, 1e300) == "within");
+}
+
 // ---- checkpoints --------------------------------------------------------------------------------------------------
 
 TEST_CASE("a checkpoint round trip restores parameters and optimizer state bit for bit", "[train][checkpoint]") {
