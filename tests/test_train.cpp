@@ -244,14 +244,31 @@ train::Dataset sparse_images(std::int64_t n) {
 }
 }  // namespace
 
-TEST_CASE("each batch carries its nonzeros, equal to the gathered values, in either layout, shifted or not",
+// 5x7 images, most with one lit pixel and every seventh lit all over: rows whose every 16
+// consecutive values are nonzero, and widths that are no multiple of 16.
+train::Dataset sparse_with_full_images(std::int64_t n) {
+  train::Dataset d;
+  d.name = "sparse, some full";
+  d.count = n;
+  d.example = Shape{5, 7};
+  d.classes = 2;
+  for (std::int64_t i = 0; i < n; ++i) {
+    d.labels.push_back(i % 2);
+    for (int p = 0; p < 35; ++p)
+      d.pixels.push_back(i % 7 == 0 || p == i % 35 ? static_cast<std::uint8_t>(1 + (p * 13 + i) % 255) : std::uint8_t{0});
+  }
+  return d;
+}
+
+TEST_CASE("each batch carries its nonzeros, equal to the gathered values, in either layout and dtype, shifted or not",
           "[train][batches][sparse]") {
-  const train::Dataset d = sparse_images(23);
+  for (const train::Dataset& d : {sparse_images(23), sparse_with_full_images(40)})
+  for (gg::DType dt : {gg::f64, gg::f32})
   for (nn::Layout layout : {nn::Layout::columns, nn::Layout::rows})
     for (int shift : {0, 1})
       for (std::int64_t size : {std::int64_t{5}, std::int64_t{0}}) {
-        CAPTURE(nn::layout_name(layout), shift, size);
-        train::BatchOptions o = batch_options(size);
+        CAPTURE(d.name, gg::dtype_name(dt), nn::layout_name(layout), shift, size);
+        train::BatchOptions o = batch_options(size, layout, dt);
         o.layout = layout;
         o.shift = shift;
         o.threads = 2;

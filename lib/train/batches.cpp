@@ -7,6 +7,11 @@
 #include <algorithm>
 #include <functional>
 #include <numeric>
+#include <type_traits>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace gg::train {
 
@@ -61,8 +66,10 @@ void normalise_rows(const Dataset& d, const std::int64_t* order, std::int64_t co
     // ones ahead, each waited for memory line by line, a quarter of an MLP step at batch 64 here
     // (the step is 12% shorter with it).
     if (j + kAhead < count) {
-      const std::uint8_t* next = d.pixels.data() + order[j + kAhead] * f;
+      const std::int64_t ahead = order[j + kAhead];
+      const std::uint8_t* next = d.pixels.data() + ahead * f;
       for (std::int64_t at = 0; at < f; at += 64) __builtin_prefetch(next + at, 0, 0);
+      __builtin_prefetch(d.labels.data() + ahead, 0, 0);  // as scattered (480 KB of int64 for MNIST)
     }
     T* row = x + j * f;
     if (o.shift == 0) {
@@ -81,10 +88,29 @@ void normalise_rows(const Dataset& d, const std::int64_t* order, std::int64_t co
           }
     }
     if (nz.ptr) {
+      std::int64_t at = nz.ptr[j];
+      std::int64_t i0 = 0;
+#if defined(__AVX512F__)
+      // 16 entries at a time: compare, compress the nonzeros (and their indices) to the front of
+      // a register, store as many as there are (a masked store: the next example's nonzeros,
+      // perhaps another thread's, start right after). The loop below, one step per nonzero,
+      // made the gather of an MLP epoch 30 ms instead of 19 (with the labels' prefetch).
+      if constexpr (std::is_same_v<T, float>) {
+        __m512i index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for (; i0 + 16 <= f; i0 += 16, index = _mm512_add_epi32(index, _mm512_set1_epi32(16))) {
+          const __m512 v = _mm512_loadu_ps(row + i0);
+          const __mmask16 k = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ);  // NaN counts, -0 does not
+          const int c = __builtin_popcount(static_cast<unsigned>(k));
+          const auto first = static_cast<__mmask16>((1u << c) - 1);
+          _mm512_mask_storeu_ps(nz.values + at, first, _mm512_maskz_compress_ps(k, v));
+          _mm512_mask_storeu_epi32(nz.index + at, first, _mm512_maskz_compress_epi32(k, index));
+          at += c;
+        }
+      }
+#endif
       // 64 entries at a time: a bit mask of the nonzeros (a branch-free compare the compiler
       // vectorises), then one step per set bit. A branch per entry mispredicts on one in five.
-      std::int64_t at = nz.ptr[j];
-      for (std::int64_t i0 = 0; i0 < f; i0 += 64) {
+      for (; i0 < f; i0 += 64) {
         const std::int64_t n = std::min<std::int64_t>(64, f - i0);
         std::uint64_t mask = 0;
         for (std::int64_t i = 0; i < n; ++i) mask |= static_cast<std::uint64_t>(row[i0 + i] != T(0)) << i;
