@@ -427,8 +427,10 @@ TEST_CASE("under mpirun, mnist-train's default threads share the machine's cores
   REQUIRE(r.code == 0);
   const int per_rank = std::max(1, omp_get_num_procs() / 2);
   CHECK_THAT(r.out, Contains("# 2 ranks x " + std::to_string(per_rank) + " threads"));
+  CHECK_THAT(r.out, !Contains("warning"));
   const Run pinned = shell(mpirun("-np 2 " + std::string(MNIST_TRAIN_PATH) + " " + args + " --threads 3"));
   CHECK_THAT(pinned.out, Contains("# 2 ranks x 3 threads"));  // an explicit count is taken as given
+  CHECK_THAT(pinned.out, Contains("mnist-train: warning: 2 ranks x 3 threads on"));  // but more than the cores are said
 }
 
 TEST_CASE("mpirun -np 2 mnist-train --resume continues a run exactly", "[distributed][mpi]") {

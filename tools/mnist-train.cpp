@@ -17,6 +17,7 @@
 
 #include <boost/program_options.hpp>
 #include <omp.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -301,6 +302,17 @@ int train(const Options& o) {
   // spinning threads then take turns (354 ms per step instead of 0.2 on 2 cores, 2 ranks). The
   // default shares the machine's cores among the ranks on it.
   if (mpi && o.threads == 0) to.compile.threads = std::max(1, omp_get_num_procs() / mpi->ranks_on_node());
+  // An explicit count is taken as given, but one that puts more threads than cores on this
+  // machine (or than this rank may use) is said, once: it is rarely meant.
+  if (mpi && o.threads > 0 && mpi->rank() == 0) {
+    const long cores = std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+    const long threads = static_cast<long>(o.threads) * mpi->ranks_on_node();
+    if (threads > cores || o.threads > omp_get_num_procs())
+      std::fprintf(stderr,
+                   "mnist-train: warning: %d ranks x %d threads on %ld cores (%d this rank may use): the threads will "
+                   "take turns, which is slow; the default --threads 0 shares the cores\n",
+                   mpi->ranks_on_node(), o.threads, cores, omp_get_num_procs());
+  }
   to.compile.sparse_density = o.sparse_density;
   to.compile.seed = o.seed;
   to.compile.rng = o.init == "numpy" ? gg::RngKind::numpy : gg::RngKind::standard;
