@@ -225,40 +225,38 @@ TEST_CASE("a full batch is gathered once and reused", "[train][batches]") {
 }
 
 namespace {
-// Sparse 6x6 images: a bright square at a position that depends on the example.
-train::Dataset sparse_images(std::int64_t n) {
+// n images of h x w bytes, two classes: pixel p of example i is value(i, p), 0 where it is dark.
+template <typename Value>
+train::Dataset images(const std::string& name, int h, int w, std::int64_t n, Value value) {
   train::Dataset d;
-  d.name = "sparse";
+  d.name = name;
   d.count = n;
-  d.example = Shape{6, 6};
+  d.example = Shape{h, w};
   d.classes = 2;
   for (std::int64_t i = 0; i < n; ++i) {
     d.labels.push_back(i % 2);
-    for (int p = 0; p < 36; ++p) {
-      const int y = p / 6, x = p % 6;
-      const bool on = y >= i % 4 && y < i % 4 + 2 && x >= i % 3 && x < i % 3 + 2 + i % 2;
-      d.pixels.push_back(on ? static_cast<std::uint8_t>(40 + (p * 7 + i) % 200) : std::uint8_t{0});
-    }
+    for (int p = 0; p < h * w; ++p) d.pixels.push_back(value(i, p));
   }
   return d;
 }
-}  // namespace
+
+// Sparse 6x6 images: a bright square at a position that depends on the example.
+train::Dataset sparse_images(std::int64_t n) {
+  return images("sparse", 6, 6, n, [](std::int64_t i, int p) {
+    const int y = p / 6, x = p % 6;
+    const bool on = y >= i % 4 && y < i % 4 + 2 && x >= i % 3 && x < i % 3 + 2 + i % 2;
+    return on ? static_cast<std::uint8_t>(40 + (p * 7 + i) % 200) : std::uint8_t{0};
+  });
+}
 
 // 5x7 images, most with one lit pixel and every seventh lit all over: rows whose every 16
 // consecutive values are nonzero, and widths that are no multiple of 16.
 train::Dataset sparse_with_full_images(std::int64_t n) {
-  train::Dataset d;
-  d.name = "sparse, some full";
-  d.count = n;
-  d.example = Shape{5, 7};
-  d.classes = 2;
-  for (std::int64_t i = 0; i < n; ++i) {
-    d.labels.push_back(i % 2);
-    for (int p = 0; p < 35; ++p)
-      d.pixels.push_back(i % 7 == 0 || p == i % 35 ? static_cast<std::uint8_t>(1 + (p * 13 + i) % 255) : std::uint8_t{0});
-  }
-  return d;
+  return images("sparse, some full", 5, 7, n, [](std::int64_t i, int p) {
+    return i % 7 == 0 || p == i % 35 ? static_cast<std::uint8_t>(1 + (p * 13 + i) % 255) : std::uint8_t{0};
+  });
 }
+}  // namespace
 
 TEST_CASE("each batch carries its nonzeros, equal to the gathered values, in either layout and dtype, shifted or not",
           "[train][batches][sparse]") {

@@ -48,7 +48,7 @@ class Mpi : public Communicator {
   // what shares the cores.
   int ranks_on_node() const;
   // An all-reduce of float32 or float64 data in place, the same bits on every rank, every run.
-  // Ranks all on one machine each stream their values into their segment of a shared-memory
+  // Ranks all on one machine each copy their values into their segment of a shared-memory
   // window, pass a barrier, and add all segments in rank order, their own values read in place
   // (GRADGRAPH_MPI_SHARED=0 turns that off); otherwise two ranks exchange their buffers and add,
   // and more run a ring (reduce-scatter, then all-gather), each chunk summed along the ring in one
@@ -75,6 +75,7 @@ class Mpi : public Communicator {
   void barrier_shared();
   void sum_shared(void* data, std::int64_t count, DType dtype, bool weighted);
   void choose_copy(std::uint64_t epoch);
+  void make_window(std::size_t padded);
   struct Impl;
   std::unique_ptr<Impl> impl_;
   double timeout_ = 300;

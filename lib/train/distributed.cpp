@@ -241,9 +241,11 @@ void copy_to_window(void* to, const void* from, std::size_t bytes, bool stream) 
 }
 
 // to = the sum over ranks q of src[q] (rank order, the same bits on every rank), or with `weighted`
-// the weighted mean of Communicator::mean. One of the sources is `to` itself (this rank's values):
-// the work goes in blocks through a small buffer, so that every source is read before `to` is
-// written and the loops vectorise (no aliasing for the compiler to guard against).
+// the weighted mean of Communicator::mean. A plain sum weighs by 1: 1 x is x, and x + 1 y is
+// x + y, fused or not. One of the sources is `to` itself (this rank's values): with two ranks,
+// one loop per place of `to` among the operands, so that the compiler sees no aliasing to guard
+// against and vectorises; with more, blocks through a small buffer, every source read before
+// `to` is written.
 template <typename T>
 void combine(T* to, const std::vector<const void*>& sources, std::int64_t count, bool weighted) {
   const std::size_t n = sources.size();
@@ -252,44 +254,32 @@ void combine(T* to, const std::vector<const void*>& sources, std::int64_t count,
   T total = 0;
   for (std::size_t q = 0; weighted && q < n; ++q) total += src(q)[count - 1];
   const T inverse = weighted ? T(1) / total : T(1);
-  auto m = [&](std::size_t q) { return src(q)[count - 1] * inverse; };
+  auto m = [&](std::size_t q) { return weighted ? src(q)[count - 1] * inverse : T(1); };
   if (n == 2) {  // one pass, two streams, `to` read and written at the same index
-    const bool first = src(0) == to;
-    const T* y = src(first ? 1 : 0);
-    const T m0 = weighted ? m(0) : T(1), m1 = weighted ? m(1) : T(1);
-    // Both ranks evaluate m0 x0 + m1 x1 (or x0 + x1) with the same operands in the same places.
-    if (weighted && first)
-      for (std::int64_t i = 0; i < values; ++i) to[i] = m0 * to[i] + m1 * y[i];
-    else if (weighted)
-      for (std::int64_t i = 0; i < values; ++i) to[i] = m0 * y[i] + m1 * to[i];
-    else if (first)
-      for (std::int64_t i = 0; i < values; ++i) to[i] = to[i] + y[i];
-    else
-      for (std::int64_t i = 0; i < values; ++i) to[i] = y[i] + to[i];
-    if (weighted) to[count - 1] = total;
-    return;
-  }
-  constexpr std::int64_t kBlock = 1024;
-  T block[kBlock];
-  for (std::int64_t b = 0; b < values; b += kBlock) {
-    const std::int64_t len = std::min(kBlock, values - b);
-    if (weighted) {
-      const T* x = src(0) + b;
+    const T m0 = m(0), m1 = m(1);
+    // Both ranks evaluate m0 x0 + m1 x1 with the same operands in the same places.
+    if (src(0) == to) {
+      const T* x1 = src(1);
+      for (std::int64_t i = 0; i < values; ++i) to[i] = m0 * to[i] + m1 * x1[i];
+    } else {
+      const T* x0 = src(0);
+      for (std::int64_t i = 0; i < values; ++i) to[i] = m0 * x0[i] + m1 * to[i];
+    }
+  } else {
+    constexpr std::int64_t kBlock = 1024;
+    T block[kBlock];
+    for (std::int64_t b = 0; b < values; b += kBlock) {
+      const std::int64_t len = std::min(kBlock, values - b);
+      const T* x0 = src(0) + b;
       const T m0 = m(0);
-      for (std::int64_t i = 0; i < len; ++i) block[i] = m0 * x[i];
+      for (std::int64_t i = 0; i < len; ++i) block[i] = m0 * x0[i];
       for (std::size_t q = 1; q < n; ++q) {
         const T* y = src(q) + b;
         const T mq = m(q);
         for (std::int64_t i = 0; i < len; ++i) block[i] += mq * y[i];
       }
-    } else {
-      std::copy(src(0) + b, src(0) + b + len, block);
-      for (std::size_t q = 1; q < n; ++q) {
-        const T* y = src(q) + b;
-        for (std::int64_t i = 0; i < len; ++i) block[i] += y[i];
-      }
+      std::copy(block, block + len, to + b);
     }
-    std::copy(block, block + len, to + b);
   }
   if (weighted) to[count - 1] = total;
 }
@@ -320,46 +310,50 @@ void Mpi::choose_copy(std::uint64_t epoch) {
   impl_->stream = impl_->exploring ? !cheaper : cheaper;
 }
 
-// Each rank's segment of the shared window: a line for its Header, then K
-// buffers (2 to 8), used in turn. A rank writes buffer k mod K of step k only after the barrier
-// of step k - 1, which every rank passes only once done reading step k - 2's buffers: so one
-// barrier per sum suffices, where one buffer would need a second to keep the values until all
-// ranks have read them.
+// Each rank's segment of the shared window: a line for its Header, then K buffers (2 to 8), used
+// in turn. A rank writes buffer k mod K of step k only after the barrier of step k - 1, which
+// every rank passes only once done reading step k - 2's buffers: so one barrier per sum
+// suffices, where one buffer would need a second to keep the values until all ranks have read
+// them. Made by the first sum (collective: every rank sums the same counts).
+void Mpi::make_window(std::size_t padded) {
+  if (impl_->win_bytes >= padded) return;
+  impl_->buffers = std::clamp<std::size_t>((std::size_t{16} << 20) / padded, 2, 8);
+  if (impl_->win != MPI_WIN_NULL) {
+    MPI_Win_unlock_all(impl_->win);
+    MPI_Win_free(&impl_->win);
+  }
+  void* mine = nullptr;
+  MPI_Win_allocate_shared(static_cast<MPI_Aint>(kLine + impl_->buffers * padded), 1, MPI_INFO_NULL, impl_->node, &mine,
+                          &impl_->win);
+  // Touched now, not in the first steps: their page faults would count as the copies' cost.
+  std::memset(mine, 0, kLine + impl_->buffers * padded);
+  new (mine) Header;
+  impl_->arrivals = 0;
+  impl_->segment.assign(static_cast<std::size_t>(size()), nullptr);
+  for (int q = 0; q < size(); ++q) {
+    MPI_Aint seg_size = 0;
+    int unit = 0;
+    void* base = nullptr;
+    MPI_Win_shared_query(impl_->win, q, &seg_size, &unit, &base);
+    impl_->segment[static_cast<std::size_t>(q)] = static_cast<unsigned char*>(base);
+  }
+  MPI_Win_lock_all(MPI_MODE_NOCHECK, impl_->win);
+  impl_->win_bytes = padded;
+  MPI_Barrier(impl_->node);  // every counter is set up before any rank waits on it
+  // The other segments' pages mapped now too (a read of each): the first sums would be slow.
+  unsigned char sink = 0;
+  for (int q = 0; q < size(); ++q)
+    for (std::size_t at = 0; at < kLine + impl_->buffers * padded; at += 4096)
+      sink ^= *static_cast<volatile unsigned char*>(impl_->segment[static_cast<std::size_t>(q)] + at);
+  (void)sink;
+}
+
+// One sum through the window: this rank's values copied into its current buffer, a barrier,
+// then every rank's buffer combined in rank order, this rank's own values read in place.
 void Mpi::sum_shared(void* data, std::int64_t count, DType dtype, bool weighted) {
   const auto t0 = std::chrono::steady_clock::now();
   const std::size_t bytes = static_cast<std::size_t>(count) * dtype_size(dtype);
-  const std::size_t padded = (bytes + kLine - 1) / kLine * kLine;
-  if (impl_->win_bytes < padded) {  // the first sum (collective: every rank sums the same counts)
-    impl_->buffers = std::clamp<std::size_t>((std::size_t{16} << 20) / padded, 2, 8);
-    if (impl_->win != MPI_WIN_NULL) {
-      MPI_Win_unlock_all(impl_->win);
-      MPI_Win_free(&impl_->win);
-    }
-    void* mine = nullptr;
-    MPI_Win_allocate_shared(static_cast<MPI_Aint>(kLine + impl_->buffers * padded), 1, MPI_INFO_NULL, impl_->node, &mine,
-                            &impl_->win);
-    // Touched now, not in the first steps: their page faults would count as the copies' cost.
-    std::memset(mine, 0, kLine + impl_->buffers * padded);
-    new (mine) Header;
-    impl_->arrivals = 0;
-    impl_->segment.assign(static_cast<std::size_t>(size()), nullptr);
-    for (int q = 0; q < size(); ++q) {
-      MPI_Aint seg_size = 0;
-      int unit = 0;
-      void* base = nullptr;
-      MPI_Win_shared_query(impl_->win, q, &seg_size, &unit, &base);
-      impl_->segment[static_cast<std::size_t>(q)] = static_cast<unsigned char*>(base);
-    }
-    MPI_Win_lock_all(MPI_MODE_NOCHECK, impl_->win);
-    impl_->win_bytes = padded;
-    MPI_Barrier(impl_->node);  // every counter is set up before any rank waits on it
-    // The other segments' pages mapped now too (a read of each): the first sums would be slow.
-    unsigned char sink = 0;
-    for (int q = 0; q < size(); ++q)
-      for (std::size_t at = 0; at < kLine + impl_->buffers * padded; at += 4096)
-        sink ^= *static_cast<volatile unsigned char*>(impl_->segment[static_cast<std::size_t>(q)] + at);
-    (void)sink;
-  }
+  make_window((bytes + kLine - 1) / kLine * kLine);
   const std::uint64_t arrival = impl_->arrivals;
   copy_to_window(impl_->buffer(rank(), arrival), data, bytes, impl_->stream);
   const double copy_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
