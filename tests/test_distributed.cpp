@@ -87,6 +87,7 @@ struct ThreadRank : gg::Communicator {
   int size() const override { return world->size; }
   void sum(void* data, std::int64_t count, gg::DType) override {
     world->buffers[static_cast<std::size_t>(r)] = data;
+    run_while_waiting();  // as MPI ranks do: the trainer gathers its next batch
     world->sync.arrive_and_wait();
     if (r == 0)
       for (int k = 1; k < world->size; ++k)
@@ -395,6 +396,18 @@ TEST_CASE("mpirun -np 2 mnist-train ends with the parameters and prints the line
   CHECK(lines_matching(two.out, accuracy) == lines_matching(one.out, accuracy));
   const auto a = saved_params(dir / "one.st"), b = saved_params(dir / "two.st");
   for (std::size_t i = 0; i < a.size(); ++i) CHECK(relative_difference(a[i], b[i]) < 1e-9);
+}
+
+// tests/mpi_sum_check.cpp: sums and means of float32 and float64 values with lines of zeros, -0s
+// and a NaN, counts that end inside a line; through the shared window, the formula's bits.
+TEST_CASE("mpirun: every rank's sum and mean are the same bits, through the shared window exactly the rank-order formula",
+          "[distributed][mpi]") {
+  const std::string ranks = GENERATE(std::string("2"), std::string("3"));
+  const bool shared = GENERATE(true, false);
+  const Run r = shell(mpirun("-np " + ranks + " " MPI_SUM_CHECK_PATH, shared));
+  INFO(ranks << " ranks, " << (shared ? "shared memory" : "messages") << "\n" << r.out);
+  CHECK(r.code == 0);
+  CHECK(r.out.find("every rank the same bits") != std::string::npos);
 }
 
 // Without the shared window, two ranks exchange whole buffers and three or more sum around the

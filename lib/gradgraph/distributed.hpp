@@ -60,9 +60,11 @@ class Mpi : public Communicator {
   void mean(void* data, std::int64_t count, DType dtype) override;
   void set_timeout(double seconds) { timeout_ = seconds; }
   double timeout() const { return timeout_; }
-  // Seconds spent in sum() (communication and waiting) since the last reset, for measurements.
+  // Seconds spent in sum() and mean() (communication and waiting) since the last reset, for
+  // measurements; without the work run while waiting (set_while_waiting), which is counted apart.
   double seconds_in_sum() const { return seconds_in_sum_; }
-  void reset_timer() { seconds_in_sum_ = 0; }
+  double seconds_while_waiting() const { return seconds_while_waiting_; }
+  void reset_timer() { seconds_in_sum_ = seconds_while_waiting_ = 0; }
 
   // Every rank passes the same keys; returns when every value agrees on every rank, else throws
   // CollectiveError on every rank naming the keys that differ and the values of rank 0 and of the
@@ -72,14 +74,16 @@ class Mpi : public Communicator {
   [[noreturn]] void abort(int code);
 
  private:
-  void barrier_shared();
+  void arrive_shared();
+  void wait_shared();
+  double overlap_wait();
   void sum_shared(void* data, std::int64_t count, DType dtype, bool weighted);
   void choose_copy(std::uint64_t epoch);
-  void make_window(std::size_t padded);
+  void make_window(std::int64_t values, DType dtype);
   struct Impl;
   std::unique_ptr<Impl> impl_;
   double timeout_ = 300;
-  double seconds_in_sum_ = 0;
+  double seconds_in_sum_ = 0, seconds_while_waiting_ = 0;
 };
 
 // A 64-bit hash of bytes (FNV-1a over 8-byte words), to compare data and parameters across ranks.

@@ -13,12 +13,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <cmath>
 #include <string>
 #include <type_traits>
 #include <vector>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
+#if defined(__SSE2__) || defined(__AVX512F__)
+#include <immintrin.h>
 #endif
 
 #if GG_HAVE_MPI
@@ -82,7 +83,10 @@ struct Mpi::Impl {
   std::size_t win_bytes = 0;
   std::vector<unsigned char*> segment;  // each rank's segment, as this process sees it
   std::uint64_t arrivals = 0;             // this rank's barriers so far (the first line of its segment)
-  std::vector<const void*> sources;       // what a shared sum reads: each rank's values, in rank order
+  // What a shared sum reads and writes, sized once: no allocation per step.
+  std::vector<const unsigned char*> sources;  // each rank's buffer, in rank order
+  std::vector<const void*> cursors;           // where combine is in each rank's lines
+  std::vector<std::uint64_t> my_bits;         // this rank's, gathered before they go to the window
   std::uint64_t buffers = 2;              // per segment, used in turn
   Header* header(std::size_t q) const { return reinterpret_cast<Header*>(segment[q]); }
   // Rank q's values for the sum after `arrival` barriers.
@@ -151,6 +155,7 @@ void Mpi::sum(void* data, std::int64_t count, DType dtype) {
   auto length = [&](int c) { return first(c + 1) - first(c); };
   auto at = [&](int c) { return bytes + static_cast<std::size_t>(first(c)) * es; };
   auto mod = [n](int c) { return ((c % n) + n) % n; };
+  double overlapped = 0;  // seconds of the work run while waiting
   const int next = mod(r + 1), prev = mod(r - 1);
   // A chunk received (the last is the longest), or the whole buffer with two ranks.
   impl_->scratch.resize(static_cast<std::size_t>(n == 2 ? count : length(n - 1)) * es + es);
@@ -161,6 +166,7 @@ void Mpi::sum(void* data, std::int64_t count, DType dtype) {
     MPI_Request req[2];
     MPI_Irecv(recv, static_cast<int>(nr), type, prev, step, comm, &req[0]);
     MPI_Isend(send, static_cast<int>(ns), type, next, step, comm, &req[1]);
+    if (step == 0) overlapped += overlap_wait();
     const auto start = std::chrono::steady_clock::now();
     for (long spins = 0;; ++spins) {
       int done = 0;
@@ -185,7 +191,7 @@ void Mpi::sum(void* data, std::int64_t count, DType dtype) {
       add_into<float>(data, impl_->scratch.data(), count);
     else
       add_into<double>(data, impl_->scratch.data(), count);
-    seconds_in_sum_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    seconds_in_sum_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - overlapped;
     return;
   }
   // Reduce-scatter: after step s, rank r holds chunk r - s - 1 summed over s + 2 ranks; after
@@ -203,7 +209,7 @@ void Mpi::sum(void* data, std::int64_t count, DType dtype) {
     const int out = mod(r + 1 - s), in = mod(r - s);
     exchange(at(out), length(out), at(in), length(in), n + s);
   }
-  seconds_in_sum_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  seconds_in_sum_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - overlapped;
 }
 
 void Mpi::mean(void* data, std::int64_t count, DType dtype) {
@@ -216,72 +222,204 @@ void Mpi::mean(void* data, std::int64_t count, DType dtype) {
 
 namespace {
 
-// Copies with ordinary stores or with non-temporal ones (`stream`): those send the lines to
-// memory and drop any copy another core holds on the way, without a read for ownership. Not
-// memcpy: glibc's (rep movsb) took 50-70 us for 200 KB into the shared window on this machine's
-// AMD cores, where this loop takes 5.
-void copy_to_window(void* to, const void* from, std::size_t bytes, bool stream) {
-  auto* d = static_cast<unsigned char*>(to);
-  const auto* s = static_cast<const unsigned char*>(from);
-#if defined(__SSE2__)
-  for (; bytes > 0 && (reinterpret_cast<std::uintptr_t>(d) & 15) != 0; --bytes) *d++ = *s++;
-  if (stream) {
-    for (; bytes >= 16; bytes -= 16, d += 16, s += 16)
-      _mm_stream_si128(reinterpret_cast<__m128i*>(d), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
-  } else {
-    for (; bytes >= 16; bytes -= 16, d += 16, s += 16)
-      _mm_store_si128(reinterpret_cast<__m128i*>(d), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
-  }
-  for (; bytes > 0; --bytes) *d++ = *s++;
-  _mm_sfence();  // streamed stores are weakly ordered: all of them before the barrier's release
+// A buffer of the window holds a rank's values line by line (16 float32 or 8 float64 a line),
+// without the lines that are all zeros: a bit per line says which are there.
+//   [BufferHead: a line] [a bit per line of values, in 64-bit words] [the lines not all zeros]
+// Gradients of sparse inputs have many: a pixel dark in every image of a rank's shard zeroes its
+// weights' gradients, a ReLU unit off for all of them its row (23% of the MLP's lines at 64 images
+// a rank, 36% in the rows layout), and lines that travel between cores cost more than a test.
+// (Packing the nonzero values themselves, 49% of them, cost more in compress and expand
+// instructions than it saved in bytes.) A line of zeros and -0s is left out too, and read as +0s,
+// by the other ranks and by the rank itself: every rank sums the same operands, so all get the
+// same bits (a -0 read as +0 by some ranks only could give -0 on one and +0 on another).
+struct BufferHead {
+  double weight = 1;  // the rank's m_r, for a mean
+};
+static_assert(sizeof(BufferHead) <= kLine);
+
+constexpr std::size_t round_to_line(std::size_t bytes) { return (bytes + kLine - 1) / kLine * kLine; }
+std::size_t lines_of(std::int64_t values, std::size_t es) { return round_to_line(static_cast<std::size_t>(values) * es) / kLine; }
+std::size_t words_of(std::size_t lines) { return (lines + 63) / 64; }
+std::size_t lines_at(std::size_t lines) { return kLine + round_to_line(words_of(lines) * sizeof(std::uint64_t)); }
+std::size_t buffer_bytes(std::int64_t values, std::size_t es) { return lines_at(lines_of(values, es)) + lines_of(values, es) * kLine; }
+
+template <typename T>
+constexpr std::int64_t kLanes = static_cast<std::int64_t>(kLine / sizeof(T));
+template <typename T>
+unsigned lanes_mask(std::int64_t len) { return len >= kLanes<T> ? (1u << kLanes<T>) - 1 : (1u << len) - 1; }
+
+// One line of values in registers, and what the window's format needs of it. Every rank computes
+// the same operations in the same order, so the vector and the scalar versions give the same
+// bits (a fused multiply-add in both).
+#if defined(__AVX512F__)
+template <typename T>
+struct Line;
+template <>
+struct Line<float> {
+  __m512 v;
+  // The values of `lanes` (a bit each) at p, zeros for the others: p is not read for lanes 0.
+  static Line load(const float* p, unsigned lanes) { return {_mm512_maskz_loadu_ps(static_cast<__mmask16>(lanes), p)}; }
+  void store(float* p, unsigned lanes) const { _mm512_mask_storeu_ps(p, static_cast<__mmask16>(lanes), v); }
+  bool zero() const { return _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ) == 0; }  // NaN is not zero
+  void put(float* line, bool stream) const { stream ? _mm512_stream_ps(line, v) : _mm512_store_ps(line, v); }
+  Line times(float m) const { return {_mm512_mul_ps(_mm512_set1_ps(m), v)}; }
+  Line plus_times(float m, Line x) const { return {_mm512_fmadd_ps(_mm512_set1_ps(m), x.v, v)}; }  // this + m x
+};
+template <>
+struct Line<double> {
+  __m512d v;
+  static Line load(const double* p, unsigned lanes) { return {_mm512_maskz_loadu_pd(static_cast<__mmask8>(lanes), p)}; }
+  void store(double* p, unsigned lanes) const { _mm512_mask_storeu_pd(p, static_cast<__mmask8>(lanes), v); }
+  bool zero() const { return _mm512_cmp_pd_mask(v, _mm512_setzero_pd(), _CMP_NEQ_UQ) == 0; }
+  void put(double* line, bool stream) const { stream ? _mm512_stream_pd(line, v) : _mm512_store_pd(line, v); }
+  Line times(double m) const { return {_mm512_mul_pd(_mm512_set1_pd(m), v)}; }
+  Line plus_times(double m, Line x) const { return {_mm512_fmadd_pd(_mm512_set1_pd(m), x.v, v)}; }
+};
 #else
-  (void)stream;
-  std::memcpy(d, s, bytes);
+template <typename T>
+struct Line {
+  T v[kLanes<T>] = {};
+  static Line load(const T* p, unsigned lanes) {
+    Line l;
+    for (std::int64_t j = 0; j < kLanes<T>; ++j) l.v[j] = (lanes >> j) & 1 ? p[j] : T(0);
+    return l;
+  }
+  void store(T* p, unsigned lanes) const {
+    for (std::int64_t j = 0; j < kLanes<T>; ++j)
+      if ((lanes >> j) & 1) p[j] = v[j];
+  }
+  bool zero() const {
+    for (std::int64_t j = 0; j < kLanes<T>; ++j)
+      if (v[j] != T(0)) return false;  // NaN != 0
+    return true;
+  }
+  void put(T* line, bool) const { std::memcpy(line, v, kLine); }
+  Line times(T m) const {
+    Line l;
+    for (std::int64_t j = 0; j < kLanes<T>; ++j) l.v[j] = m * v[j];
+    return l;
+  }
+  Line plus_times(T m, const Line& x) const {
+    Line l;
+    for (std::int64_t j = 0; j < kLanes<T>; ++j) l.v[j] = std::fma(m, x.v[j], v[j]);
+    return l;
+  }
+};
+#endif
+
+// Writes this rank's `values` (and its weight) into its buffer of the window, without its lines
+// of zeros, with ordinary stores or non-temporal ones (`stream`): those send the lines to memory
+// and drop any copy another core holds on the way, without a read for ownership. The bits are
+// gathered in `bits` (this rank's, sized for the window) and go out after the lines. Whole aligned
+// lines only, and not memcpy: glibc's (rep movsb) took 50-70 us for 200 KB into the shared window
+// on this machine's AMD cores, where a loop of stores takes 5.
+template <typename T>
+void pack_to_window(unsigned char* buffer, const T* x, std::int64_t values, T weight, bool stream, std::uint64_t* bits) {
+  const std::size_t lines = lines_of(values, sizeof(T)), words = words_of(lines);
+  const auto full = static_cast<std::size_t>(values / kLanes<T>);  // lines without a tail
+  T* out = reinterpret_cast<T*>(buffer + lines_at(lines));
+  // With ordinary stores every line is written where the next kept one goes, and kept only if it
+  // is not zeros: no branch to mispredict (copying took 8 us with one, 6 without). Streamed stores
+  // to one line twice cost ten times more than the branch.
+  auto put = [&](std::size_t c, unsigned lanes) {
+    const Line<T> l = Line<T>::load(x + c * kLanes<T>, lanes);
+    const bool kept = !l.zero();
+    if (stream) {
+      if (kept) l.put(out, true), out += kLanes<T>;
+    } else {
+      l.put(out, false);
+      out += kept ? kLanes<T> : 0;
+    }
+    return std::uint64_t{kept};
+  };
+  for (std::size_t w = 0; w < words; ++w) {
+    std::uint64_t word = 0;
+    const std::size_t first = 64 * w, end = std::min(full, first + 64);
+    for (std::size_t c = first; c < end; ++c) word |= put(c, lanes_mask<T>(kLanes<T>)) << (c - first);
+    if (full < lines && full / 64 == w) word |= put(full, lanes_mask<T>(values - static_cast<std::int64_t>(full) * kLanes<T>)) << (full - first);
+    bits[w] = word;
+  }
+  // The bits and the head, whole lines moved as they are.
+  auto put_line = [&](unsigned char* to, const void* from) {
+    Line<T>::load(static_cast<const T*>(from), lanes_mask<T>(kLanes<T>)).put(reinterpret_cast<T*>(to), stream);
+  };
+  for (std::size_t b = 0; b < words * sizeof(std::uint64_t); b += kLine)
+    put_line(buffer + kLine + b, reinterpret_cast<const unsigned char*>(bits) + b);
+  alignas(64) unsigned char head[kLine] = {};
+  new (head) BufferHead{static_cast<double>(weight)};
+  put_line(buffer, head);
+#if defined(__SSE2__)
+  _mm_sfence();  // streamed stores are weakly ordered: all of them before the barrier's release
 #endif
 }
 
-// to = the sum over ranks q of src[q] (rank order, the same bits on every rank), or with `weighted`
-// the weighted mean of Communicator::mean. A plain sum weighs by 1: 1 x is x, and x + 1 y is
-// x + y, fused or not. One of the sources is `to` itself (this rank's values): with two ranks,
-// one loop per place of `to` among the operands, so that the compiler sees no aliasing to guard
-// against and vectorises; with more, blocks through a small buffer, every source read before
-// `to` is written.
+// to = the sum over ranks q of their values (rank order, the same bits on every rank), or with
+// `weighted` the weighted mean of Communicator::mean: acc = m_0 x_0, then acc = acc + m_q x_q
+// (fused) for q = 1, 2, ...; a plain sum weighs by 1, and 1 x is x. This rank's values (`self`)
+// are read in place from `to`, its lines left out (`own`: its bits) as +0s like the others';
+// the others' from their buffers (`buffers`, in rank order; this rank's entry unused). `values`
+// excludes the weight, which a mean has last. `cursors`: one per rank, where each is in its lines.
 template <typename T>
-void combine(T* to, const std::vector<const void*>& sources, std::int64_t count, bool weighted) {
-  const std::size_t n = sources.size();
-  auto src = [&](std::size_t q) { return static_cast<const T*>(sources[q]); };
-  const std::int64_t values = weighted ? count - 1 : count;
+void combine(T* to, std::int64_t values, bool weighted, int self, const std::uint64_t* own,
+             const std::vector<const unsigned char*>& buffers, std::vector<const void*>& cursors) {
+  const std::size_t n = buffers.size(), lines = lines_of(values, sizeof(T)), me = static_cast<std::size_t>(self);
+  auto weight = [&](std::size_t q) {
+    return q == me ? to[values] : static_cast<T>(reinterpret_cast<const BufferHead*>(buffers[q])->weight);
+  };
   T total = 0;
-  for (std::size_t q = 0; weighted && q < n; ++q) total += src(q)[count - 1];
+  for (std::size_t q = 0; weighted && q < n; ++q) total += weight(q);
   const T inverse = weighted ? T(1) / total : T(1);
-  auto m = [&](std::size_t q) { return weighted ? src(q)[count - 1] * inverse : T(1); };
-  if (n == 2) {  // one pass, two streams, `to` read and written at the same index
+  auto m = [&](std::size_t q) { return weighted ? weight(q) * inverse : T(1); };
+  auto bits = [&](std::size_t q) { return reinterpret_cast<const std::uint64_t*>(buffers[q] + kLine); };
+  const auto full = static_cast<std::size_t>(values / kLanes<T>);  // lines without a tail
+  const unsigned all = lanes_mask<T>(kLanes<T>), tail = lanes_mask<T>(values - static_cast<std::int64_t>(full) * kLanes<T>);
+  // Rank q's line c, from its lines kept, at p: read branch-free (a masked load of nothing for a
+  // line left out), and p moved past it.
+  auto there = [](const std::uint64_t* kept, std::size_t c) { return (kept[c / 64] >> (c % 64)) & 1; };
+  auto read = [&](const std::uint64_t* kept, std::size_t c, const T*& p, unsigned lanes) {
+    const bool in = there(kept, c);
+    const Line<T> l = Line<T>::load(p, in ? lanes : 0u);
+    p += in ? kLanes<T> : 0;
+    return l;
+  };
+  auto mine = [&](std::size_t c, unsigned lanes) { return Line<T>::load(to + c * kLanes<T>, there(own, c) ? lanes : 0u); };
+  if (n == 2) {  // the common case: one pass, the other rank's lines in order
     const T m0 = m(0), m1 = m(1);
-    // Both ranks evaluate m0 x0 + m1 x1 with the same operands in the same places.
-    if (src(0) == to) {
-      const T* x1 = src(1);
-      for (std::int64_t i = 0; i < values; ++i) to[i] = m0 * to[i] + m1 * x1[i];
-    } else {
-      const T* x0 = src(0);
-      for (std::int64_t i = 0; i < values; ++i) to[i] = m0 * x0[i] + m1 * to[i];
-    }
+    const std::size_t other = 1 - me;
+    const std::uint64_t* kept = bits(other);
+    const T* p = reinterpret_cast<const T*>(buffers[other] + lines_at(lines));
+    auto run = [&](auto mine_first) {
+      auto line = [&](std::size_t c, unsigned lanes) {
+        const Line<T> x = mine(c, lanes), y = read(kept, c, p, lanes);
+        if constexpr (decltype(mine_first)::value)
+          x.times(m0).plus_times(m1, y).store(to + c * kLanes<T>, lanes);
+        else
+          y.times(m0).plus_times(m1, x).store(to + c * kLanes<T>, lanes);
+      };
+      for (std::size_t c = 0; c < full; ++c) line(c, all);
+      if (full < lines) line(full, tail);
+    };
+    if (me == 0)
+      run(std::true_type{});
+    else
+      run(std::false_type{});
   } else {
-    constexpr std::int64_t kBlock = 1024;
-    T block[kBlock];
-    for (std::int64_t b = 0; b < values; b += kBlock) {
-      const std::int64_t len = std::min(kBlock, values - b);
-      const T* x0 = src(0) + b;
-      const T m0 = m(0);
-      for (std::int64_t i = 0; i < len; ++i) block[i] = m0 * x0[i];
-      for (std::size_t q = 1; q < n; ++q) {
-        const T* y = src(q) + b;
-        const T mq = m(q);
-        for (std::int64_t i = 0; i < len; ++i) block[i] += mq * y[i];
-      }
-      std::copy(block, block + len, to + b);
+    for (std::size_t q = 0; q < n; ++q) cursors[q] = buffers[q] + lines_at(lines);
+    for (std::size_t c = 0; c < lines; ++c) {
+      const unsigned lanes = c < full ? all : tail;
+      auto source = [&](std::size_t q) {
+        if (q == me) return mine(c, lanes);
+        const T* p = static_cast<const T*>(cursors[q]);
+        const Line<T> l = read(bits(q), c, p, lanes);
+        cursors[q] = p;
+        return l;
+      };
+      Line<T> acc = source(0).times(m(0));
+      for (std::size_t q = 1; q < n; ++q) acc = acc.plus_times(m(q), source(q));
+      acc.store(to + c * kLanes<T>, lanes);  // after every source's read of this line, `to`'s own included
     }
   }
-  if (weighted) to[count - 1] = total;
+  if (weighted) to[values] = total;
 }
 
 }  // namespace
@@ -311,70 +449,85 @@ void Mpi::choose_copy(std::uint64_t epoch) {
 }
 
 // Each rank's segment of the shared window: a line for its Header, then K buffers (2 to 8), used
-// in turn. A rank writes buffer k mod K of step k only after the barrier of step k - 1, which
-// every rank passes only once done reading step k - 2's buffers: so one barrier per sum
-// suffices, where one buffer would need a second to keep the values until all ranks have read
-// them. Made by the first sum (collective: every rank sums the same counts).
-void Mpi::make_window(std::size_t padded) {
-  if (impl_->win_bytes >= padded) return;
-  impl_->buffers = std::clamp<std::size_t>((std::size_t{16} << 20) / padded, 2, 8);
+// in turn, each large enough for `values` values of `dtype` with no line left out (pack_to_window's
+// layout). A rank writes buffer k mod K of step k only after the barrier of step k - 1, which
+// every rank passes only once done reading step k - 2's buffers: so one barrier per sum suffices,
+// where one buffer would need a second to keep the values until all ranks have read them. Made by
+// the first sum (collective: every rank sums the same counts).
+void Mpi::make_window(std::int64_t values, DType dtype) {
+  const std::size_t bytes = buffer_bytes(values, dtype_size(dtype));
+  if (impl_->win_bytes >= bytes) return;
+  impl_->buffers = std::clamp<std::size_t>((std::size_t{16} << 20) / bytes, 2, 8);
   if (impl_->win != MPI_WIN_NULL) {
     MPI_Win_unlock_all(impl_->win);
     MPI_Win_free(&impl_->win);
   }
-  void* mine = nullptr;
-  MPI_Win_allocate_shared(static_cast<MPI_Aint>(kLine + impl_->buffers * padded), 1, MPI_INFO_NULL, impl_->node, &mine,
-                          &impl_->win);
+  // A line more than the segment needs: Open MPI places the segments 8 bytes past a line boundary
+  // here, and each starts at its first line boundary (the same offset in every process: the
+  // mapping is page-aligned in each).
+  const std::size_t segment_bytes = kLine + impl_->buffers * bytes;
+  void* base = nullptr;
+  MPI_Win_allocate_shared(static_cast<MPI_Aint>(segment_bytes + kLine), 1, MPI_INFO_NULL, impl_->node, &base, &impl_->win);
+  auto line_aligned = [](void* p) { return reinterpret_cast<unsigned char*>(round_to_line(reinterpret_cast<std::uintptr_t>(p))); };
+  unsigned char* mine = line_aligned(base);
   // Touched now, not in the first steps: their page faults would count as the copies' cost.
-  std::memset(mine, 0, kLine + impl_->buffers * padded);
+  std::memset(base, 0, segment_bytes + kLine);
   new (mine) Header;
   impl_->arrivals = 0;
-  impl_->segment.assign(static_cast<std::size_t>(size()), nullptr);
+  const auto ranks = static_cast<std::size_t>(size());
+  impl_->segment.assign(ranks, nullptr);
+  impl_->sources.assign(ranks, nullptr);
+  impl_->cursors.assign(ranks, nullptr);
+  // Whole lines of bits, as they go out.
+  impl_->my_bits.assign(round_to_line(words_of(lines_of(values, dtype_size(dtype))) * sizeof(std::uint64_t)) / sizeof(std::uint64_t), 0);
   for (int q = 0; q < size(); ++q) {
     MPI_Aint seg_size = 0;
     int unit = 0;
-    void* base = nullptr;
-    MPI_Win_shared_query(impl_->win, q, &seg_size, &unit, &base);
-    impl_->segment[static_cast<std::size_t>(q)] = static_cast<unsigned char*>(base);
+    void* at = nullptr;
+    MPI_Win_shared_query(impl_->win, q, &seg_size, &unit, &at);
+    impl_->segment[static_cast<std::size_t>(q)] = line_aligned(at);
   }
   MPI_Win_lock_all(MPI_MODE_NOCHECK, impl_->win);
-  impl_->win_bytes = padded;
+  impl_->win_bytes = bytes;
   MPI_Barrier(impl_->node);  // every counter is set up before any rank waits on it
   // The other segments' pages mapped now too (a read of each): the first sums would be slow.
   unsigned char sink = 0;
   for (int q = 0; q < size(); ++q)
-    for (std::size_t at = 0; at < kLine + impl_->buffers * padded; at += 4096)
+    for (std::size_t at = 0; at < segment_bytes; at += 4096)
       sink ^= *static_cast<volatile unsigned char*>(impl_->segment[static_cast<std::size_t>(q)] + at);
   (void)sink;
 }
 
-// One sum through the window: this rank's values copied into its current buffer, a barrier,
-// then every rank's buffer combined in rank order, this rank's own values read in place.
+// One sum through the window: this rank's values written into its current buffer, a barrier,
+// then every rank's values combined in rank order, this rank's own read in place.
 void Mpi::sum_shared(void* data, std::int64_t count, DType dtype, bool weighted) {
   const auto t0 = std::chrono::steady_clock::now();
-  const std::size_t bytes = static_cast<std::size_t>(count) * dtype_size(dtype);
-  make_window((bytes + kLine - 1) / kLine * kLine);
+  const std::int64_t values = weighted ? count - 1 : count;
+  make_window(values, dtype);
   const std::uint64_t arrival = impl_->arrivals;
-  copy_to_window(impl_->buffer(rank(), arrival), data, bytes, impl_->stream);
+  unsigned char* buffer = impl_->buffer(rank(), arrival);
+  if (dtype == DType::f32) {
+    const float* x = static_cast<const float*>(data);
+    pack_to_window(buffer, x, values, weighted ? x[values] : 1.0f, impl_->stream, impl_->my_bits.data());
+  } else {
+    const double* x = static_cast<const double*>(data);
+    pack_to_window(buffer, x, values, weighted ? x[values] : 1.0, impl_->stream, impl_->my_bits.data());
+  }
   const double copy_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   Header* mine = impl_->header(static_cast<std::size_t>(rank()));
   for (int way = 0; way < 2; ++way)
     mine->seconds[(arrival + 1) & 1][way].store(impl_->seconds[way], std::memory_order_relaxed);
-  barrier_shared();  // every rank's values (and figures) are there
+  arrive_shared();
+  const double overlapped = overlap_wait();
+  wait_shared();  // every rank's values (and figures) are there
   const auto t1 = std::chrono::steady_clock::now();
   const bool stream = impl_->stream, exploring = impl_->exploring;
   choose_copy(arrival + 1);  // for the next step
-  auto run = [&](auto* to) {
-    std::vector<const void*>& src = impl_->sources;  // sized once: no allocation per step
-    src.resize(static_cast<std::size_t>(size()));
-    for (int q = 0; q < size(); ++q)
-      src[static_cast<std::size_t>(q)] = q == rank() ? static_cast<const void*>(to) : impl_->buffer(q, arrival);
-    combine(to, src, count, weighted);
-  };
+  for (int q = 0; q < size(); ++q) impl_->sources[static_cast<std::size_t>(q)] = impl_->buffer(q, arrival);
   if (dtype == DType::f32)
-    run(static_cast<float*>(data));
+    combine(static_cast<float*>(data), values, weighted, rank(), impl_->my_bits.data(), impl_->sources, impl_->cursors);
   else
-    run(static_cast<double*>(data));
+    combine(static_cast<double*>(data), values, weighted, rank(), impl_->my_bits.data(), impl_->sources, impl_->cursors);
   const auto t2 = std::chrono::steady_clock::now();
   // The way in use is timed at every step, the other only every 128th: its one sample counts more.
   // A way's first step is not counted: the first step of all took milliseconds here.
@@ -382,17 +535,31 @@ void Mpi::sum_shared(void* data, std::int64_t count, DType dtype, bool weighted)
   double& cost = impl_->seconds[way];
   const double t = copy_seconds + std::chrono::duration<double>(t2 - t1).count(), keep = exploring ? 0.5 : 0.875;
   if (impl_->steps[way]++ > 0) cost = cost < 0 ? t : keep * cost + (1 - keep) * t;
-  seconds_in_sum_ += std::chrono::duration<double>(t2 - t0).count();
+  seconds_in_sum_ += std::chrono::duration<double>(t2 - t0).count() - overlapped;
+}
+
+// The work given to run while waiting (Communicator::set_while_waiting), timed: its seconds are
+// the trainer's, not the sum's.
+double Mpi::overlap_wait() {
+  const auto t0 = std::chrono::steady_clock::now();
+  run_while_waiting();
+  const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  seconds_while_waiting_ += t;
+  return t;
 }
 
 // A barrier of the ranks on this machine through counters in their segments (release/acquire
 // atomics: what a rank wrote before arriving is visible to every rank that saw it arrive),
 // waited for with the same deadline as the exchanges. MPI's own barriers (MPI_Ibarrier) took tens
 // of microseconds here, as long as the sum.
-void Mpi::barrier_shared() {
-  const std::uint64_t epoch = ++impl_->arrivals;
+// Arriving and waiting are apart so that the rank can do other work in between.
+void Mpi::arrive_shared() {
+  impl_->header(static_cast<std::size_t>(rank()))->arrivals.store(++impl_->arrivals, std::memory_order_release);
+}
+
+void Mpi::wait_shared() {
+  const std::uint64_t epoch = impl_->arrivals;
   auto counter = [&](std::size_t q) { return &impl_->header(q)->arrivals; };
-  counter(static_cast<std::size_t>(rank()))->store(epoch, std::memory_order_release);
   const auto start = std::chrono::steady_clock::now();
   for (std::size_t q = 0; q < impl_->segment.size(); ++q)
     for (long spins = 1; counter(q)->load(std::memory_order_acquire) < epoch; ++spins) {
