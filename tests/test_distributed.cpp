@@ -8,6 +8,8 @@
 #include <gradgraph/gradgraph.hpp>
 #include <gradgraph/safetensors.hpp>
 
+#include "../tools/common/metrics.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <omp.h>
@@ -169,6 +171,22 @@ double relative_difference(const std::vector<double>& a, const std::vector<doubl
 }
 
 }  // namespace
+
+// mnist-train's per-step medians under mpirun (tools/common/metrics.hpp): a few stalls of a
+// millisecond move the mean, not the median.
+TEST_CASE("step durations give their quantiles to a bucket's width, stalls past the last bucket included", "[distributed]") {
+  gg::tools::Durations d;
+  CHECK(d.quantile(0.5) == 0);
+  for (int i = 0; i < 90; ++i) d.add(100e-6 + i * 1e-6);  // 100 .. 189 us
+  for (int i = 0; i < 10; ++i) d.add(5e-3);                // stalls, past 4 ms
+  const double bucket = gg::tools::Durations::kBucket;
+  CHECK(std::abs(d.quantile(0.5) - 150e-6) <= bucket);
+  CHECK(std::abs(d.quantile(0.1) - 110e-6) <= bucket);
+  CHECK(std::abs(d.quantile(0.89) - 189e-6) <= bucket);
+  CHECK(d.quantile(0.95) > 3.99e-3);  // the last bucket
+  d.add(-1);                          // a clock that went back: the first bucket
+  CHECK(d.quantile(0.0) < bucket);
+}
 
 TEST_CASE("all_reduce_sum sums every value across ranks in one message", "[distributed]") {
   gg::Graph g(gg::f64);

@@ -408,9 +408,24 @@ int train(const Options& o) {
   std::vector<double> losses, accs, test_accs, test_at;
   gg::tools::Progress bar(total - trainer.steps_done(), o.progress && rank0() && gg::tools::stderr_is_terminal());
   const std::int64_t first_step = trainer.steps_done();
+  // Under mpirun rank 0 also times each step and the communicator's part of it (copy, wait, sum),
+  // for medians: now and then the machine stalls a rank for up to a millisecond and the other
+  // waits, which a mean over the run counts in full.
+  gg::tools::Durations step_times, sum_times;
+  auto step_start = std::chrono::steady_clock::now();
+  double sum_before = 0;
   gg::train::Callbacks cb;
   cb.on_step = [&](const gg::train::StepInfo& s) {
     if (!rank0()) return true;  // the others only train: rank 0 has the same (global) loss
+    if (mpi) {
+      const auto now = std::chrono::steady_clock::now();
+      if (s.step > first_step) {  // the first also made the shared window
+        step_times.add(std::chrono::duration<double>(now - step_start).count());
+        sum_times.add(mpi->seconds_in_sum() - sum_before);
+      }
+      step_start = now;
+      sum_before = mpi->seconds_in_sum();
+    }
     gg::tools::MetricsRow row{s.step, s.loss, s.accuracy * 100.0, std::nullopt};
     if (o.eval_every > 0 && (s.step % o.eval_every == 0 || s.step == total - 1)) {
       row.test_accuracy = test_accuracy();
@@ -482,6 +497,12 @@ int train(const Options& o) {
                  "gathered while waiting, %.3f s)\n",
                  mpi->size(), step_program.threads(), reduce_seconds, 100.0 * reduce_seconds / (kernel_seconds - overlapped),
                  100.0 * reduce_seconds / train_seconds, 100.0 * sum_seconds / train_seconds, overlapped);
+    if (step_times.total > 0)
+      std::fprintf(stderr,
+                   "# rank 0 per step, median (90th percentile): step %.1f us (%.1f), copy, wait and sum %.1f us (%.1f) = "
+                   "%.1f%% of the median step\n",
+                   1e6 * step_times.quantile(0.5), 1e6 * step_times.quantile(0.9), 1e6 * sum_times.quantile(0.5),
+                   1e6 * sum_times.quantile(0.9), 100.0 * sum_times.quantile(0.5) / step_times.quantile(0.5));
   }
   const double test_acc = test_accuracy();
   std::printf("Accuracy: %.2f %%\n", test_acc);

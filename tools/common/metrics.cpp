@@ -2,7 +2,9 @@
 
 #include <gradgraph/atomic_file.hpp>
 
+#include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <ostream>
 
 namespace gg::tools {
@@ -32,6 +34,24 @@ void write_metrics_csv(const std::string& path, const std::vector<MetricsRow>& r
       os << '\n';
     }
   });
+}
+
+void Durations::add(double seconds) {
+  const double at = std::max(0.0, seconds) / kBucket;
+  ++counts[at >= static_cast<double>(kBuckets - 1) ? kBuckets - 1 : static_cast<std::size_t>(at)];
+  ++total;
+}
+
+double Durations::quantile(double q) const {
+  if (total == 0) return 0;
+  // The smallest bucket with more than q of the durations at or below it.
+  const auto rank = static_cast<std::uint64_t>(std::floor(q * static_cast<double>(total)));
+  std::uint64_t seen = 0;
+  for (std::size_t b = 0; b < kBuckets; ++b) {
+    seen += counts[b];
+    if (seen > rank) return (static_cast<double>(b) + 0.5) * kBucket;
+  }
+  return (static_cast<double>(kBuckets) - 0.5) * kBucket;
 }
 
 }  // namespace gg::tools
