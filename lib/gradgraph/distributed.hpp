@@ -48,9 +48,10 @@ class Mpi : public Communicator {
   // what shares the cores.
   int ranks_on_node() const;
   // An all-reduce of float32 or float64 data in place, the same bits on every rank, every run.
-  // Ranks all on one machine each copy their values into their segment of a shared-memory
-  // window, pass a barrier, and add all segments in rank order, their own values read in place
-  // (GRADGRAPH_MPI_SHARED=0 turns that off); otherwise two ranks exchange their buffers and add,
+  // Ranks all on one machine each write their values, without their lines of zeros, into their
+  // segment of a shared-memory window, pass a barrier (running the work of set_while_waiting
+  // between arriving and waiting), and add all segments in rank order, their own values read in
+  // place (GRADGRAPH_MPI_SHARED=0 turns that off); otherwise two ranks exchange their buffers and add,
   // and more run a ring (reduce-scatter, then all-gather), each chunk summed along the ring in one
   // fixed order and copied to every rank: per rank it sends and receives 2 (N - 1) / N of the bytes.
   // A peer silent for longer than the timeout ends the whole job (MPI_Abort) with a message: a

@@ -232,7 +232,8 @@ struct TrainOptions {
   // batch (BatchOptions::shards). After the hook, the gradients, the loss and the accuracy are
   // averaged over the global batch across ranks (gg::all_reduce_mean, one message per step), so
   // every rank applies the same update as one process fed the whole batch. Batch norm keeps
-  // per-shard statistics. Only rank 0 writes checkpoints. Null: one process.
+  // per-shard statistics. Only rank 0 writes checkpoints. While fit() runs, the communicator's
+  // set_while_waiting work is the next batch's gather (Batches::prefetch). Null: one process.
   Communicator* communicator = nullptr;
 };
 

@@ -241,7 +241,9 @@ constexpr std::size_t round_to_line(std::size_t bytes) { return (bytes + kLine -
 std::size_t lines_of(std::int64_t values, std::size_t es) { return round_to_line(static_cast<std::size_t>(values) * es) / kLine; }
 std::size_t words_of(std::size_t lines) { return (lines + 63) / 64; }
 std::size_t lines_at(std::size_t lines) { return kLine + round_to_line(words_of(lines) * sizeof(std::uint64_t)); }
-std::size_t buffer_bytes(std::int64_t values, std::size_t es) { return lines_at(lines_of(values, es)) + lines_of(values, es) * kLine; }
+std::size_t buffer_bytes(std::int64_t values, std::size_t es) {
+  return lines_at(lines_of(values, es)) + lines_of(values, es) * kLine;
+}
 
 template <typename T>
 constexpr std::int64_t kLanes = static_cast<std::int64_t>(kLine / sizeof(T));
@@ -319,8 +321,8 @@ void pack_to_window(unsigned char* buffer, const T* x, std::int64_t values, T we
   const auto full = static_cast<std::size_t>(values / kLanes<T>);  // lines without a tail
   T* out = reinterpret_cast<T*>(buffer + lines_at(lines));
   // With ordinary stores every line is written where the next kept one goes, and kept only if it
-  // is not zeros: no branch to mispredict (copying took 8 us with one, 6 without). Streamed stores
-  // to one line twice cost ten times more than the branch.
+  // is not zeros: no branch to mispredict. Streamed stores must not write a line twice (writing
+  // the MLP's buffer took 80 us that way, against 7 with the branch).
   auto put = [&](std::size_t c, unsigned lanes) {
     const Line<T> l = Line<T>::load(x + c * kLanes<T>, lanes);
     const bool kept = !l.zero();
@@ -332,11 +334,12 @@ void pack_to_window(unsigned char* buffer, const T* x, std::int64_t values, T we
     }
     return std::uint64_t{kept};
   };
+  const unsigned all = lanes_mask<T>(kLanes<T>), tail = lanes_mask<T>(values - static_cast<std::int64_t>(full) * kLanes<T>);
   for (std::size_t w = 0; w < words; ++w) {
     std::uint64_t word = 0;
     const std::size_t first = 64 * w, end = std::min(full, first + 64);
-    for (std::size_t c = first; c < end; ++c) word |= put(c, lanes_mask<T>(kLanes<T>)) << (c - first);
-    if (full < lines && full / 64 == w) word |= put(full, lanes_mask<T>(values - static_cast<std::int64_t>(full) * kLanes<T>)) << (full - first);
+    for (std::size_t c = first; c < end; ++c) word |= put(c, all) << (c - first);
+    if (full < lines && full / 64 == w) word |= put(full, tail) << (full - first);
     bits[w] = word;
   }
   // The bits and the head, whole lines moved as they are.
@@ -424,16 +427,17 @@ void combine(T* to, std::int64_t values, bool weighted, int self, const std::uin
 
 }  // namespace
 
-// Which way the ranks copy their values into the window, chosen by measuring both as they go:
+// Which way the ranks write their values into the window, chosen by measuring both as they go:
 // the cheaper one differs between machines and, on this virtual machine, over time. Ordinary
 // stores into lines that another core has read pay for invalidating its copies; with both cores
 // under one L3 that is cheap once the reader's copies have gone to the L3 (hence 8 buffers in
-// turn, not 2), and the other rank then reads the lines from this core's cache: copy and sum of
-// the MLP's 200 KB ~11 us. With the cores on different dies (the other die's L3 keeps the lines)
-// the same stores took 45-80 us. Non-temporal stores skip the invalidations but send the lines to
-// memory, where the readers fetch them: ~20 us in both states. A way's cost is a rank's copy and
-// sum (not its wait), summed over the ranks, who publish theirs at each barrier so that all
-// decide alike (their reads differ with the others' stores); every 128th step goes the other way.
+// turn, not 2), and the other rank then reads the lines from this core's cache: writing and
+// summing the MLP's 155 KB of lines kept take ~11 us. With the cores on different dies (the other
+// die's L3 keeps the lines) the same stores took 40-60 us. Non-temporal stores skip the
+// invalidations but send the lines to memory, where the readers fetch them: ~19 us in both
+// states. A way's cost is a rank's writing and summing (not its wait), summed over the ranks,
+// who publish theirs at each barrier so that all decide alike (their reads differ with the
+// others' stores); every 128th step goes the other way.
 void Mpi::choose_copy(std::uint64_t epoch) {
   double total[2] = {0, 0};
   bool known[2] = {true, true};
@@ -468,7 +472,9 @@ void Mpi::make_window(std::int64_t values, DType dtype) {
   const std::size_t segment_bytes = kLine + impl_->buffers * bytes;
   void* base = nullptr;
   MPI_Win_allocate_shared(static_cast<MPI_Aint>(segment_bytes + kLine), 1, MPI_INFO_NULL, impl_->node, &base, &impl_->win);
-  auto line_aligned = [](void* p) { return reinterpret_cast<unsigned char*>(round_to_line(reinterpret_cast<std::uintptr_t>(p))); };
+  auto line_aligned = [](void* p) {
+    return reinterpret_cast<unsigned char*>(round_to_line(reinterpret_cast<std::uintptr_t>(p)));
+  };
   unsigned char* mine = line_aligned(base);
   // Touched now, not in the first steps: their page faults would count as the copies' cost.
   std::memset(base, 0, segment_bytes + kLine);
@@ -479,7 +485,8 @@ void Mpi::make_window(std::int64_t values, DType dtype) {
   impl_->sources.assign(ranks, nullptr);
   impl_->cursors.assign(ranks, nullptr);
   // Whole lines of bits, as they go out.
-  impl_->my_bits.assign(round_to_line(words_of(lines_of(values, dtype_size(dtype))) * sizeof(std::uint64_t)) / sizeof(std::uint64_t), 0);
+  const std::size_t bits_bytes = round_to_line(words_of(lines_of(values, dtype_size(dtype))) * sizeof(std::uint64_t));
+  impl_->my_bits.assign(bits_bytes / sizeof(std::uint64_t), 0);
   for (int q = 0; q < size(); ++q) {
     MPI_Aint seg_size = 0;
     int unit = 0;
