@@ -89,7 +89,6 @@ struct ThreadRank : gg::Communicator {
   int size() const override { return world->size; }
   void sum(void* data, std::int64_t count, gg::DType) override {
     world->buffers[static_cast<std::size_t>(r)] = data;
-    run_while_waiting();  // as MPI ranks do: the trainer gathers its next batch
     world->sync.arrive_and_wait();
     if (r == 0)
       for (int k = 1; k < world->size; ++k)

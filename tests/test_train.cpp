@@ -330,40 +330,6 @@ TEST_CASE("a batch iterator sought to a saved position continues the same sequen
   for (int i = 0; i < 9; ++i) CHECK(example_ids(b.next(), d) == expect[static_cast<std::size_t>(i)]);
 }
 
-TEST_CASE("prefetch gathers the batch next() returns: the same batches, nonzeros and positions as without, the last batch kept",
-          "[train][batches]") {
-  const train::Dataset d = sparse_images(23);
-  for (int shift : {0, 1})  // shifted images depend on the epoch the batch is in
-    for (int shard : {0, 1}) {
-      CAPTURE(shift, shard);
-      train::BatchOptions o = batch_options(5, nn::Layout::columns, gg::f32);
-      o.shift = shift;
-      o.shard = shard;
-      o.shards = 2;
-      train::Batches plain(d, o), ahead(d, o);
-      ahead.prefetch();  // before the first batch: nothing to do
-      for (int s = 0; s < 16; ++s) {  // three epochs of 5 batches, the last of 3 examples
-        CAPTURE(s);
-        const train::Batch& want = plain.next();
-        const train::Batch& got = ahead.next();
-        const std::vector<double> x = values(got.x);
-        ahead.prefetch();
-        ahead.prefetch();  // done already
-        CHECK(values(got.x) == x);  // this step's batch stays as it was
-        CHECK(values(got.x) == values(want.x));
-        CHECK(values(got.labels) == values(want.labels));
-        REQUIRE(got.sparse);
-        CHECK(values(gg::to_dense(*got.sparse).view()) == values(want.x));
-        CHECK((got.epoch == want.epoch && got.index == want.index && got.last == want.last && got.size == want.size));
-        const train::Batches::Position p = plain.position(), q = ahead.position();
-        CHECK((q.epoch == p.epoch && q.index == p.index && q.rng == p.rng));
-      }
-      train::Batches resumed(d, o);  // from a position taken with a batch prefetched
-      resumed.seek(ahead.position());
-      CHECK(values(resumed.next().x) == values(plain.next().x));
-    }
-}
-
 TEST_CASE("a validation split is a seeded, disjoint partition in file order", "[train][data]") {
   const train::Dataset d = numbered(50);
   auto [keep, val] = d.split(12, 3);

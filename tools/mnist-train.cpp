@@ -485,18 +485,14 @@ int train(const Options& o) {
       kernel_seconds += s.seconds;
       if (s.op == "pack" || s.op == "all_reduce") reduce_seconds += s.seconds;
     }
-    // The next batch is gathered inside the all-reduce while the rank waits: the trainer's work.
-    const double overlapped = mpi->seconds_while_waiting();
-    reduce_seconds -= overlapped;
     const double sum_seconds = mpi->seconds_in_sum();
     mpi->check_same({{"parameters after training", params_fingerprint()}});
     if (!rank0()) return 0;
     std::fprintf(stderr,
                  "# %d ranks x %d threads; rank 0 in the all-reduce (packs, copy, wait, sum) %.3f s = %.1f%% of its "
-                 "kernels' time, %.1f%% of training (copy, wait and sum alone %.1f%%; not counted: the next batches "
-                 "gathered while waiting, %.3f s)\n",
-                 mpi->size(), step_program.threads(), reduce_seconds, 100.0 * reduce_seconds / (kernel_seconds - overlapped),
-                 100.0 * reduce_seconds / train_seconds, 100.0 * sum_seconds / train_seconds, overlapped);
+                 "kernels' time, %.1f%% of training (copy, wait and sum alone %.1f%%)\n",
+                 mpi->size(), step_program.threads(), reduce_seconds, 100.0 * reduce_seconds / kernel_seconds,
+                 100.0 * reduce_seconds / train_seconds, 100.0 * sum_seconds / train_seconds);
     if (step_times.total > 0)
       std::fprintf(stderr,
                    "# rank 0 per step, median (90th percentile): step %.1f us (%.1f), copy, wait and sum %.1f us (%.1f) = "

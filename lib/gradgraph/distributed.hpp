@@ -49,11 +49,11 @@ class Mpi : public Communicator {
   int ranks_on_node() const;
   // An all-reduce of float32 or float64 data in place, the same bits on every rank, every run.
   // Ranks all on one machine each write their values, without their lines of zeros, into their
-  // segment of a shared-memory window, pass a barrier (running the work of set_while_waiting
-  // between arriving and waiting), and add all segments in rank order, their own values read in
-  // place (GRADGRAPH_MPI_SHARED=0 turns that off); otherwise two ranks exchange their buffers and add,
-  // and more run a ring (reduce-scatter, then all-gather), each chunk summed along the ring in one
-  // fixed order and copied to every rank: per rank it sends and receives 2 (N - 1) / N of the bytes.
+  // segment of a shared-memory window, pass a barrier, and add all segments in rank order, their
+  // own values read in place (GRADGRAPH_MPI_SHARED=0 turns that off); otherwise two ranks exchange
+  // their buffers and add, and more run a ring (reduce-scatter, then all-gather), each chunk summed
+  // along the ring in one fixed order and copied to every rank: per rank it sends and receives
+  // 2 (N - 1) / N of the bytes.
   // A peer silent for longer than the timeout ends the whole job (MPI_Abort) with a message: a
   // rank that died or went a different way never leaves the others hanging.
   void sum(void* data, std::int64_t count, DType dtype) override;
@@ -62,10 +62,9 @@ class Mpi : public Communicator {
   void set_timeout(double seconds) { timeout_ = seconds; }
   double timeout() const { return timeout_; }
   // Seconds spent in sum() and mean() (communication and waiting) since the last reset, for
-  // measurements; without the work run while waiting (set_while_waiting), which is counted apart.
+  // measurements.
   double seconds_in_sum() const { return seconds_in_sum_; }
-  double seconds_while_waiting() const { return seconds_while_waiting_; }
-  void reset_timer() { seconds_in_sum_ = seconds_while_waiting_ = 0; }
+  void reset_timer() { seconds_in_sum_ = 0; }
 
   // Every rank passes the same keys; returns when every value agrees on every rank, else throws
   // CollectiveError on every rank naming the keys that differ and the values of rank 0 and of the
@@ -75,16 +74,14 @@ class Mpi : public Communicator {
   [[noreturn]] void abort(int code);
 
  private:
-  void arrive_shared();
-  void wait_shared();
-  double overlap_wait();
+  void barrier_shared();
   void sum_shared(void* data, std::int64_t count, DType dtype, bool weighted);
   void choose_copy(std::uint64_t epoch);
   void make_window(std::int64_t values, DType dtype);
   struct Impl;
   std::unique_ptr<Impl> impl_;
   double timeout_ = 300;
-  double seconds_in_sum_ = 0, seconds_while_waiting_ = 0;
+  double seconds_in_sum_ = 0;
 };
 
 // A 64-bit hash of bytes (FNV-1a over 8-byte words), to compare data and parameters across ranks.

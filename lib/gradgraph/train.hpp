@@ -113,14 +113,7 @@ struct Batch {
 class Batches {
  public:
   Batches(const Dataset& d, const BatchOptions& o);
-  // The next batch: its views stay valid until the next call of next() (prefetch() leaves them).
   const Batch& next();
-  // Gathers now the batch that next() will return, into a second set of buffers (allocated by
-  // the first call), so that next() returns it at once: a data-parallel trainer calls it while
-  // its rank waits for the others' gradients. The sequence of batches, and position(), are the
-  // same as without. Does nothing before the first next(), when it is done already, and for a
-  // full batch that is reused.
-  void prefetch();
   std::int64_t steps_per_epoch() const { return steps_per_epoch_; }
   std::int64_t batch_size() const { return batch_; }
   const Dataset& data() const { return *data_; }
@@ -138,17 +131,8 @@ class Batches {
   void seek(const Position& p);
 
  private:
-  // A batch's buffers and views: two of them, the one last returned and the one prefetched.
-  struct Slot {
-    Tensor x, labels;
-    SparseMatrix nonzeros;  // sized once for the densest possible batch
-    Batch view;
-    bool allocated = false;
-  };
   void start_epoch();
-  void advance(Slot& s);  // the iterator one batch on, gathered into s
-  void gather(Slot& s, std::int64_t first, std::int64_t count);
-  void allocate(Slot& s) const;
+  void gather(std::int64_t first, std::int64_t count);
 
   const Dataset* data_;
   BatchOptions opts_;
@@ -159,14 +143,13 @@ class Batches {
   std::int64_t epoch_ = 0, index_ = -1;  // of the batch last returned
   bool started_ = false;
   bool filled_once_ = false;
-  std::array<Slot, 2> slots_;
-  int current_ = 0;     // the slot of the batch last returned
-  bool ahead_ = false;  // the other slot holds the next batch (prefetch)
+  Tensor xbuf_, lbuf_;
+  Batch batch_view_;
   std::int64_t shifted_nonzeros(std::int64_t example) const;
 
   bool sparse_ = false;    // build the nonzeros of each batch
   double density_ = 1;     // of the normalised data set
-  std::int64_t most_here_ = 0, most_nonzeros_ = 0;  // in a batch: examples, nonzeros
+  SparseMatrix nonzeros_;  // sized once for the densest possible batch
   std::vector<std::int64_t> nonzeros_of_;  // per example, unmoved
   std::array<bool, 256> zero_byte_{};      // the bytes the normalisation maps to 0
 };
@@ -232,8 +215,7 @@ struct TrainOptions {
   // batch (BatchOptions::shards). After the hook, the gradients, the loss and the accuracy are
   // averaged over the global batch across ranks (gg::all_reduce_mean, one message per step), so
   // every rank applies the same update as one process fed the whole batch. Batch norm keeps
-  // per-shard statistics. Only rank 0 writes checkpoints. While fit() runs, the communicator's
-  // set_while_waiting work is the next batch's gather (Batches::prefetch). Null: one process.
+  // per-shard statistics. Only rank 0 writes checkpoints. Null: one process.
   Communicator* communicator = nullptr;
 };
 

@@ -39,19 +39,6 @@ struct Communicator {
   // sum()s and scales (three passes over the bytes); a communicator that reads the other ranks'
   // memory does it in one.
   virtual void mean(void* data, std::int64_t count, DType dtype);
-
-  // Work for this rank to do while it waits for the others (a data-parallel trainer gathers its
-  // next batch then). A communicator runs it at most once per sum or mean, after its own values
-  // are out and before it waits for the others'. Empty: nothing.
-  void set_while_waiting(std::function<void()> work) { while_waiting_ = std::move(work); }
-
- protected:
-  void run_while_waiting() const {
-    if (while_waiting_) while_waiting_();
-  }
-
- private:
-  std::function<void()> while_waiting_;
 };
 // The values (float, one dtype) summed over the ranks of `comm`, packed into one message.
 std::vector<Value> all_reduce_sum(const std::vector<Value>& values, Communicator& comm);

@@ -152,11 +152,10 @@ Batches::Batches(const Dataset& d, const BatchOptions& o)
   order_.resize(static_cast<std::size_t>(d.count));
   std::iota(order_.begin(), order_.end(), std::int64_t{0});
   // The largest shard of a full batch: the buffers hold one shard, not the whole batch.
-  most_here_ = (batch_ + o.shards - 1) / o.shards;
-  if (o.layout == nn::Layout::nchw) {
-    allocate(slots_[0]);
-    return;
-  }
+  const std::int64_t most_here = (batch_ + o.shards - 1) / o.shards;
+  xbuf_ = Tensor(o.dtype, {most_here, d.features()});
+  lbuf_ = Tensor(DType::i64, {most_here});
+  if (o.layout == nn::Layout::nchw) return;
 
   // The density of the normalised data, from the bytes: which byte values normalise to zero is a
   // table of 256 (the same arithmetic as the gather), and per example the nonzeros are counted,
@@ -181,31 +180,20 @@ Batches::Batches(const Dataset& d, const BatchOptions& o)
   }
   density_ = f > 0 ? static_cast<double>(total) / static_cast<double>(d.count * f) : 1;
   sparse_ = o.sparse && density_ <= kSparseData && zero_byte_[0];
-  if (sparse_) {
-    nonzeros_of_.assign(per_example.begin(), per_example.end());
-    most_nonzeros_ = total;
-    if (most_here_ < d.count) {
-      std::nth_element(per_example.begin(), per_example.begin() + most_here_, per_example.end(), std::greater<>());
-      most_nonzeros_ = std::accumulate(per_example.begin(), per_example.begin() + most_here_, std::int64_t{0});
-    }
-  }
-  allocate(slots_[0]);
-}
-
-// A slot's buffers: one shard of the largest batch, and room for the most nonzeros one can hold.
-void Batches::allocate(Slot& s) const {
-  s.allocated = true;
-  s.x = Tensor(opts_.dtype, {most_here_, data_->features()});
-  s.labels = Tensor(DType::i64, {most_here_});
   if (!sparse_) return;
-  SparseMatrix& z = s.nonzeros;
-  z.ptr.reserve(static_cast<std::size_t>(most_here_ + 1));
-  z.dtype = opts_.dtype;
-  z.index.resize(static_cast<std::size_t>(most_nonzeros_));
-  if (opts_.dtype == DType::f32)
-    z.values_f32.resize(static_cast<std::size_t>(most_nonzeros_));
+  nonzeros_of_.assign(per_example.begin(), per_example.end());
+  std::int64_t most = total;
+  if (most_here < d.count) {
+    std::nth_element(per_example.begin(), per_example.begin() + most_here, per_example.end(), std::greater<>());
+    most = std::accumulate(per_example.begin(), per_example.begin() + most_here, std::int64_t{0});
+  }
+  nonzeros_.ptr.reserve(static_cast<std::size_t>(most_here + 1));
+  nonzeros_.dtype = o.dtype;
+  nonzeros_.index.resize(static_cast<std::size_t>(most));
+  if (o.dtype == DType::f32)
+    nonzeros_.values_f32.resize(static_cast<std::size_t>(most));
   else
-    z.values_f64.resize(static_cast<std::size_t>(most_nonzeros_));
+    nonzeros_.values_f64.resize(static_cast<std::size_t>(most));
 }
 
 void Batches::start_epoch() {
@@ -214,29 +202,28 @@ void Batches::start_epoch() {
   if (opts_.shuffle && batch_ < data_->count) rng_.shuffle(order_);
 }
 
-void Batches::gather(Slot& s, std::int64_t first, std::int64_t count) {
+void Batches::gather(std::int64_t first, std::int64_t count) {
   const int threads = std::max(1, opts_.threads);
   const std::int64_t* order = order_.data() + first;
-  SparseMatrix& nonzeros = s.nonzeros;
   if (sparse_) {
-    if (nonzeros.cross.blocks != 0) nonzeros.cross = {};  // they would no longer match
+    if (nonzeros_.cross.blocks != 0) nonzeros_.cross = {};  // they would no longer match
     // Where each example's nonzeros go: counted from the bytes (once, at construction, when the
     // images are not moved), so the gather writes them in parallel while each row is in cache.
-    nonzeros.ptr.resize(static_cast<std::size_t>(count + 1));
-    std::int64_t* ptr = nonzeros.ptr.data();
+    nonzeros_.ptr.resize(static_cast<std::size_t>(count + 1));
+    std::int64_t* ptr = nonzeros_.ptr.data();
     ptr[0] = 0;
     for (std::int64_t j = 0; j < count; ++j)
       ptr[j + 1] = ptr[j] + (opts_.shift == 0 ? nonzeros_of_[static_cast<std::size_t>(order[j])] : shifted_nonzeros(order[j]));
   }
   if (opts_.dtype == DType::f32) {
     NonzeroOut<float> nz;
-    if (sparse_) nz = {nonzeros.ptr.data(), nonzeros.index.data(), nonzeros.values_f32.data()};
-    normalise_rows<float>(*data_, order, count, s.x.ptr<float>(), s.labels.ptr<std::int64_t>(), opts_.normalization, threads,
+    if (sparse_) nz = {nonzeros_.ptr.data(), nonzeros_.index.data(), nonzeros_.values_f32.data()};
+    normalise_rows<float>(*data_, order, count, xbuf_.ptr<float>(), lbuf_.ptr<std::int64_t>(), opts_.normalization, threads,
                           opts_, epoch_, nz);
   } else {
     NonzeroOut<double> nz;
-    if (sparse_) nz = {nonzeros.ptr.data(), nonzeros.index.data(), nonzeros.values_f64.data()};
-    normalise_rows<double>(*data_, order, count, s.x.ptr<double>(), s.labels.ptr<std::int64_t>(), opts_.normalization, threads,
+    if (sparse_) nz = {nonzeros_.ptr.data(), nonzeros_.index.data(), nonzeros_.values_f64.data()};
+    normalise_rows<double>(*data_, order, count, xbuf_.ptr<double>(), lbuf_.ptr<std::int64_t>(), opts_.normalization, threads,
                            opts_, epoch_, nz);
   }
 }
@@ -259,25 +246,6 @@ std::int64_t Batches::shifted_nonzeros(std::int64_t src) const {
 }
 
 const Batch& Batches::next() {
-  if (ahead_) {
-    ahead_ = false;
-    current_ ^= 1;
-  } else {
-    advance(slots_[static_cast<std::size_t>(current_)]);
-  }
-  return slots_[static_cast<std::size_t>(current_)].view;
-}
-
-void Batches::prefetch() {
-  const bool full = batch_ == data_->count && opts_.shift == 0;
-  if (!started_ || ahead_ || full) return;
-  Slot& s = slots_[static_cast<std::size_t>(current_ ^ 1)];
-  if (!s.allocated) allocate(s);
-  advance(s);
-  ahead_ = true;
-}
-
-void Batches::advance(Slot& s) {
   if (!started_ || index_ + 1 >= steps_per_epoch_) {
     if (started_) ++epoch_;
     start_epoch();
@@ -292,46 +260,40 @@ void Batches::advance(Slot& s) {
   const std::int64_t first = batch_first + shard_first, count = global * (opts_.shard + 1) / opts_.shards - shard_first;
   const bool full = batch_ == data_->count && opts_.shift == 0;  // shifted images change every epoch
   const bool fresh = !(full && filled_once_);
-  if (fresh) gather(s, first, count);  // the full batch is in file order: normalise it once (and its nonzeros)
+  if (fresh) gather(first, count);  // the full batch is in file order: normalise it once (and its nonzeros)
   const std::int64_t f = data_->features();
-  Batch& b = s.view;
+  Batch& b = batch_view_;
   if (opts_.layout == nn::Layout::columns) {
     // {features, count} over example-major rows: strides (1, features); GEMMs read it as it is.
     Strides st;
     st[0] = 1;
     st[1] = f;
-    b.x = TensorView(s.x.data(), opts_.dtype, Shape{f, count}, st);
+    b.x = TensorView(xbuf_.data(), opts_.dtype, Shape{f, count}, st);
   } else if (opts_.layout == nn::Layout::rows) {
-    b.x = TensorView(s.x.data(), opts_.dtype, Shape{count, f});
+    b.x = TensorView(xbuf_.data(), opts_.dtype, Shape{count, f});
   } else {
-    b.x = TensorView(s.x.data(), opts_.dtype, image_shape(data_->example, count));
+    b.x = TensorView(xbuf_.data(), opts_.dtype, image_shape(data_->example, count));
   }
   if (sparse_) {
-    s.nonzeros.shape = b.x.shape;
-    s.nonzeros.major = opts_.layout == nn::Layout::columns ? 1 : 0;
+    nonzeros_.shape = b.x.shape;
+    nonzeros_.major = opts_.layout == nn::Layout::columns ? 1 : 0;
     // A full data set that stays as it is also gets its nonzeros grouped by feature, block by
     // block (the weight gradient's product gathers from them); built once, here.
-    if (fresh && full && count >= kCrossGroups) add_cross_blocks(s.nonzeros, std::max(1, opts_.threads));
+    if (fresh && full && count >= kCrossGroups) add_cross_blocks(nonzeros_, std::max(1, opts_.threads));
   }
   filled_once_ = full;
-  b.sparse = sparse_ ? &s.nonzeros : nullptr;
-  b.labels = TensorView(s.labels.data(), DType::i64, Shape{count});
+  b.sparse = sparse_ ? &nonzeros_ : nullptr;
+  b.labels = TensorView(lbuf_.data(), DType::i64, Shape{count});
   b.size = count;
   b.global_size = global;
   b.epoch = epoch_;
   b.index = index_;
   b.last = index_ + 1 == steps_per_epoch_;
+  return b;
 }
 
 Batches::Position Batches::position() const {
   if (!started_) return {0, 0, rng_.state()};
-  if (ahead_) {
-    // After the batch last returned, not the one prefetched. That one's epoch has started: if it
-    // is a new one, the generator's state at its start is the one saved there.
-    const Batch& b = slots_[static_cast<std::size_t>(current_)].view;
-    if (b.last) return {b.epoch + 1, 0, rng_at_epoch_start_.state()};
-    return {b.epoch, b.index + 1, rng_at_epoch_start_.state()};
-  }
   if (index_ + 1 >= steps_per_epoch_) return {epoch_ + 1, 0, rng_.state()};
   return {epoch_, index_ + 1, rng_at_epoch_start_.state()};
 }
@@ -346,7 +308,6 @@ void Batches::seek(const Position& p) {
   index_ = p.index - 1;
   started_ = true;
   filled_once_ = false;
-  ahead_ = false;
 }
 
 }  // namespace gg::train

@@ -155,7 +155,6 @@ void Mpi::sum(void* data, std::int64_t count, DType dtype) {
   auto length = [&](int c) { return first(c + 1) - first(c); };
   auto at = [&](int c) { return bytes + static_cast<std::size_t>(first(c)) * es; };
   auto mod = [n](int c) { return ((c % n) + n) % n; };
-  double overlapped = 0;  // seconds of the work run while waiting
   const int next = mod(r + 1), prev = mod(r - 1);
   // A chunk received (the last is the longest), or the whole buffer with two ranks.
   impl_->scratch.resize(static_cast<std::size_t>(n == 2 ? count : length(n - 1)) * es + es);
@@ -166,7 +165,6 @@ void Mpi::sum(void* data, std::int64_t count, DType dtype) {
     MPI_Request req[2];
     MPI_Irecv(recv, static_cast<int>(nr), type, prev, step, comm, &req[0]);
     MPI_Isend(send, static_cast<int>(ns), type, next, step, comm, &req[1]);
-    if (step == 0) overlapped += overlap_wait();
     const auto start = std::chrono::steady_clock::now();
     for (long spins = 0;; ++spins) {
       int done = 0;
@@ -191,7 +189,7 @@ void Mpi::sum(void* data, std::int64_t count, DType dtype) {
       add_into<float>(data, impl_->scratch.data(), count);
     else
       add_into<double>(data, impl_->scratch.data(), count);
-    seconds_in_sum_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - overlapped;
+    seconds_in_sum_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return;
   }
   // Reduce-scatter: after step s, rank r holds chunk r - s - 1 summed over s + 2 ranks; after
@@ -209,7 +207,7 @@ void Mpi::sum(void* data, std::int64_t count, DType dtype) {
     const int out = mod(r + 1 - s), in = mod(r - s);
     exchange(at(out), length(out), at(in), length(in), n + s);
   }
-  seconds_in_sum_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - overlapped;
+  seconds_in_sum_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 void Mpi::mean(void* data, std::int64_t count, DType dtype) {
@@ -524,9 +522,7 @@ void Mpi::sum_shared(void* data, std::int64_t count, DType dtype, bool weighted)
   Header* mine = impl_->header(static_cast<std::size_t>(rank()));
   for (int way = 0; way < 2; ++way)
     mine->seconds[(arrival + 1) & 1][way].store(impl_->seconds[way], std::memory_order_relaxed);
-  arrive_shared();
-  const double overlapped = overlap_wait();
-  wait_shared();  // every rank's values (and figures) are there
+  barrier_shared();  // every rank's values (and figures) are there
   const auto t1 = std::chrono::steady_clock::now();
   const bool stream = impl_->stream, exploring = impl_->exploring;
   choose_copy(arrival + 1);  // for the next step
@@ -542,31 +538,17 @@ void Mpi::sum_shared(void* data, std::int64_t count, DType dtype, bool weighted)
   double& cost = impl_->seconds[way];
   const double t = copy_seconds + std::chrono::duration<double>(t2 - t1).count(), keep = exploring ? 0.5 : 0.875;
   if (impl_->steps[way]++ > 0) cost = cost < 0 ? t : keep * cost + (1 - keep) * t;
-  seconds_in_sum_ += std::chrono::duration<double>(t2 - t0).count() - overlapped;
-}
-
-// The work given to run while waiting (Communicator::set_while_waiting), timed: its seconds are
-// the trainer's, not the sum's.
-double Mpi::overlap_wait() {
-  const auto t0 = std::chrono::steady_clock::now();
-  run_while_waiting();
-  const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  seconds_while_waiting_ += t;
-  return t;
+  seconds_in_sum_ += std::chrono::duration<double>(t2 - t0).count();
 }
 
 // A barrier of the ranks on this machine through counters in their segments (release/acquire
 // atomics: what a rank wrote before arriving is visible to every rank that saw it arrive),
 // waited for with the same deadline as the exchanges. MPI's own barriers (MPI_Ibarrier) took tens
 // of microseconds here, as long as the sum.
-// Arriving and waiting are apart so that the rank can do other work in between.
-void Mpi::arrive_shared() {
-  impl_->header(static_cast<std::size_t>(rank()))->arrivals.store(++impl_->arrivals, std::memory_order_release);
-}
-
-void Mpi::wait_shared() {
-  const std::uint64_t epoch = impl_->arrivals;
+void Mpi::barrier_shared() {
+  const std::uint64_t epoch = ++impl_->arrivals;
   auto counter = [&](std::size_t q) { return &impl_->header(q)->arrivals; };
+  counter(static_cast<std::size_t>(rank()))->store(epoch, std::memory_order_release);
   const auto start = std::chrono::steady_clock::now();
   for (std::size_t q = 0; q < impl_->segment.size(); ++q)
     for (long spins = 1; counter(q)->load(std::memory_order_acquire) < epoch; ++spins) {

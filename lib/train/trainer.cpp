@@ -107,18 +107,6 @@ FitResult Trainer::fit(Batches& batches, const FitOptions& fo, const Callbacks& 
   std::int64_t epoch_examples = 0, epoch_steps = 0, epochs_this_call = 0;
   auto t_epoch = clock::now();
   const auto seconds_since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
-  // Data-parallel: the next batch is gathered while this rank waits for the others' gradients
-  // (into the iterator's second buffers: this step's stay as they are), not after the step.
-  struct Overlap {
-    Communicator* comm;
-    ~Overlap() {
-      if (comm) comm->set_while_waiting(nullptr);
-    }
-  } overlap{opts_.communicator};
-  if (opts_.communicator)
-    opts_.communicator->set_while_waiting([&] {
-      if (step_ + 1 < total) batches.prefetch();
-    });
   while (step_ < total) {
     const Batch& b = batches.next();
     const double want = opts_.schedule.lr_at(opts_.optimizer.lr, step_, total);
