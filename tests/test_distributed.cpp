@@ -173,18 +173,21 @@ double relative_difference(const std::vector<double>& a, const std::vector<doubl
 
 // mnist-train's per-step medians under mpirun (tools/common/metrics.hpp): a few stalls of a
 // millisecond move the mean, not the median.
-TEST_CASE("step durations give their quantiles to a bucket's width, stalls past the last bucket included", "[distributed]") {
+TEST_CASE("step durations give their quantiles to 1%, from microseconds to seconds", "[distributed]") {
   gg::tools::Durations d;
   CHECK(d.quantile(0.5) == 0);
   for (int i = 0; i < 90; ++i) d.add(100e-6 + i * 1e-6);  // 100 .. 189 us
-  for (int i = 0; i < 10; ++i) d.add(5e-3);                // stalls, past 4 ms
-  const double bucket = gg::tools::Durations::kBucket;
-  CHECK(std::abs(d.quantile(0.5) - 150e-6) <= bucket);
-  CHECK(std::abs(d.quantile(0.1) - 110e-6) <= bucket);
-  CHECK(std::abs(d.quantile(0.89) - 189e-6) <= bucket);
-  CHECK(d.quantile(0.95) > 3.99e-3);  // the last bucket
-  d.add(-1);                          // a clock that went back: the first bucket
-  CHECK(d.quantile(0.0) < bucket);
+  for (int i = 0; i < 10; ++i) d.add(5e-3);                // stalls
+  auto near = [](double a, double b) { return std::abs(a - b) <= 0.01 * b; };
+  CHECK(near(d.quantile(0.5), 150e-6));
+  CHECK(near(d.quantile(0.1), 110e-6));
+  CHECK(near(d.quantile(0.89), 189e-6));
+  CHECK(near(d.quantile(0.95), 5e-3));
+  gg::tools::Durations slow;  // a convolutional network's steps
+  for (int i = 0; i < 5; ++i) slow.add(0.030 + i * 0.001);
+  CHECK(near(slow.quantile(0.5), 0.032));
+  slow.add(-1);  // a clock that went back: the shortest bucket
+  CHECK(slow.quantile(0.0) < 1e-6);
 }
 
 TEST_CASE("all_reduce_sum sums every value across ranks in one message", "[distributed]") {

@@ -37,7 +37,7 @@ void write_metrics_csv(const std::string& path, const std::vector<MetricsRow>& r
 }
 
 void Durations::add(double seconds) {
-  const double at = std::max(0.0, seconds) / kBucket;
+  const double at = seconds > kShortest ? std::log(seconds / kShortest) / std::log(kRatio) : 0.0;
   ++counts[at >= static_cast<double>(kBuckets - 1) ? kBuckets - 1 : static_cast<std::size_t>(at)];
   ++total;
 }
@@ -47,11 +47,12 @@ double Durations::quantile(double q) const {
   // The smallest bucket with more than q of the durations at or below it.
   const auto rank = static_cast<std::uint64_t>(std::floor(q * static_cast<double>(total)));
   std::uint64_t seen = 0;
-  for (std::size_t b = 0; b < kBuckets; ++b) {
+  std::size_t b = 0;
+  for (; b + 1 < kBuckets; ++b) {
     seen += counts[b];
-    if (seen > rank) return (static_cast<double>(b) + 0.5) * kBucket;
+    if (seen > rank) break;
   }
-  return (static_cast<double>(kBuckets) - 0.5) * kBucket;
+  return kShortest * std::pow(kRatio, static_cast<double>(b) + 0.5);
 }
 
 }  // namespace gg::tools
