@@ -259,6 +259,7 @@ struct Line<float> {
   __m512 v;
   // The values of `lanes` (a bit each) at p, zeros for the others: p is not read for lanes 0.
   static Line load(const float* p, unsigned lanes) { return {_mm512_maskz_loadu_ps(static_cast<__mmask16>(lanes), p)}; }
+  static Line bytes(const void* p) { return {_mm512_loadu_ps(p)}; }  // 64 bytes of anything, as they are
   void store(float* p, unsigned lanes) const { _mm512_mask_storeu_ps(p, static_cast<__mmask16>(lanes), v); }
   bool zero() const { return _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ) == 0; }  // NaN is not zero
   void put(float* line, bool stream) const { stream ? _mm512_stream_ps(line, v) : _mm512_store_ps(line, v); }
@@ -269,6 +270,7 @@ template <>
 struct Line<double> {
   __m512d v;
   static Line load(const double* p, unsigned lanes) { return {_mm512_maskz_loadu_pd(static_cast<__mmask8>(lanes), p)}; }
+  static Line bytes(const void* p) { return {_mm512_loadu_pd(p)}; }
   void store(double* p, unsigned lanes) const { _mm512_mask_storeu_pd(p, static_cast<__mmask8>(lanes), v); }
   bool zero() const { return _mm512_cmp_pd_mask(v, _mm512_setzero_pd(), _CMP_NEQ_UQ) == 0; }
   void put(double* line, bool stream) const { stream ? _mm512_stream_pd(line, v) : _mm512_store_pd(line, v); }
@@ -282,6 +284,11 @@ struct Line {
   static Line load(const T* p, unsigned lanes) {
     Line l;
     for (std::int64_t j = 0; j < kLanes<T>; ++j) l.v[j] = (lanes >> j) & 1 ? p[j] : T(0);
+    return l;
+  }
+  static Line bytes(const void* p) {  // 64 bytes of anything, as they are (not read as T: aliasing)
+    Line l;
+    std::memcpy(l.v, p, kLine);
     return l;
   }
   void store(T* p, unsigned lanes) const {
@@ -341,9 +348,7 @@ void pack_to_window(unsigned char* buffer, const T* x, std::int64_t values, T we
     bits[w] = word;
   }
   // The bits and the head, whole lines moved as they are.
-  auto put_line = [&](unsigned char* to, const void* from) {
-    Line<T>::load(static_cast<const T*>(from), lanes_mask<T>(kLanes<T>)).put(reinterpret_cast<T*>(to), stream);
-  };
+  auto put_line = [&](unsigned char* to, const void* from) { Line<T>::bytes(from).put(reinterpret_cast<T*>(to), stream); };
   for (std::size_t b = 0; b < words * sizeof(std::uint64_t); b += kLine)
     put_line(buffer + kLine + b, reinterpret_cast<const unsigned char*>(bits) + b);
   alignas(64) unsigned char head[kLine] = {};
