@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <regex>
 #include <string>
@@ -416,6 +417,24 @@ TEST_CASE("mpirun -np 2 mnist-train ends with the parameters and prints the line
   CHECK(lines_matching(two.out, accuracy) == lines_matching(one.out, accuracy));
   const auto a = saved_params(dir / "one.st"), b = saved_params(dir / "two.st");
   for (std::size_t i = 0; i < a.size(); ++i) CHECK(relative_difference(a[i], b[i]) < 1e-9);
+}
+
+TEST_CASE("mpirun -np 2 mnist-train writes the same checkpoint byte for byte on every run", "[distributed][mpi]") {
+  TempDir dir;
+  write_digits(dir);
+  const std::string args = "--data " + dir.path.string() + " --batch-size 64 --epochs 1 --hidden 16 --optimizer momentum ";
+  const Run a = shell(mpirun("-np 2 " + mnist_train(args + "--save " + (dir / "a.st"))));
+  const Run b = shell(mpirun("-np 2 " + mnist_train(args + "--save " + (dir / "b.st"))));
+  INFO(a.out << "\n----\n" << b.out);
+  REQUIRE(a.code == 0);
+  REQUIRE(b.code == 0);
+  auto bytes = [](const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  const std::string first = bytes(dir / "a.st");
+  CHECK(first.size() > 1000);
+  CHECK(first == bytes(dir / "b.st"));  // parameters, optimizer state, and the graph's text
 }
 
 // tests/mpi_sum_check.cpp: sums and means of float32 and float64 values with lines of zeros, -0s

@@ -51,9 +51,10 @@ namespace detail {
 namespace {
 
 struct AllReduceAttrs {
-  std::int64_t communicator = 0;
+  std::int64_t communicator = 0;  // its address: not printed (it differs every run, and a
+                                  // checkpoint holds the graph's text) nor settable by name
   bool mean = false;
-  template <typename F> void visit(F&& f) { f("communicator", communicator), f("mean", mean); }
+  template <typename F> void visit(F&& f) { f("mean", mean); }
 };
 
 Outputs infer_pack(const Graph& g, const Node& n) {
