@@ -99,11 +99,14 @@ struct Mpi::Impl {
   double seconds[2] = {-1, -1};    // this rank's recent cost per step of each way (ordinary, streamed)
   std::uint64_t steps[2] = {0, 0};  // steps gone each way
   int on_node = 1;  // ranks on this machine
+  bool portable = false;  // the window's lines written and summed without AVX-512 (GRADGRAPH_MPI_PORTABLE=1)
   Impl(int& argc, char**& argv) : env(argc, argv, boost::mpi::threading::funneled, true) {
     MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, world.rank(), MPI_INFO_NULL, &node);
     MPI_Comm_size(node, &on_node);
     const char* shared = std::getenv("GRADGRAPH_MPI_SHARED");
     one_node = on_node == world.size() && !(shared != nullptr && std::string(shared) == "0");
+    const char* portable_env = std::getenv("GRADGRAPH_MPI_PORTABLE");
+    portable = portable_env != nullptr && std::string(portable_env) == "1";
   }
   ~Impl() {  // before env finalises MPI
     if (win != MPI_WIN_NULL) {
@@ -248,46 +251,47 @@ constexpr std::int64_t kLanes = static_cast<std::int64_t>(kLine / sizeof(T));
 template <typename T>
 unsigned lanes_mask(std::int64_t len) { return len >= kLanes<T> ? (1u << kLanes<T>) - 1 : (1u << len) - 1; }
 
-// One line of values in registers, and what the window's format needs of it. Every rank computes
-// the same operations in the same order, so the vector and the scalar versions give the same
-// bits (a fused multiply-add in both).
+// One line of values in registers, and what the window's format needs of it: with AVX-512, or
+// portable C++ (also where AVX-512 is, with GRADGRAPH_MPI_PORTABLE=1, so that the tests run it).
+// Both compute the same operations in the same order, so they give the same bits (a fused
+// multiply-add in both), and so do all ranks.
 #if defined(__AVX512F__)
 template <typename T>
-struct Line;
+struct Avx512Line;
 template <>
-struct Line<float> {
+struct Avx512Line<float> {
   __m512 v;
   // The values of `lanes` (a bit each) at p, zeros for the others: p is not read for lanes 0.
-  static Line load(const float* p, unsigned lanes) { return {_mm512_maskz_loadu_ps(static_cast<__mmask16>(lanes), p)}; }
-  static Line bytes(const void* p) { return {_mm512_loadu_ps(p)}; }  // 64 bytes of anything, as they are
+  static Avx512Line load(const float* p, unsigned lanes) { return {_mm512_maskz_loadu_ps(static_cast<__mmask16>(lanes), p)}; }
+  static Avx512Line bytes(const void* p) { return {_mm512_loadu_ps(p)}; }  // 64 bytes of anything, as they are
   void store(float* p, unsigned lanes) const { _mm512_mask_storeu_ps(p, static_cast<__mmask16>(lanes), v); }
   bool zero() const { return _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ) == 0; }  // NaN is not zero
   void put(float* line, bool stream) const { stream ? _mm512_stream_ps(line, v) : _mm512_store_ps(line, v); }
-  Line times(float m) const { return {_mm512_mul_ps(_mm512_set1_ps(m), v)}; }
-  Line plus_times(float m, Line x) const { return {_mm512_fmadd_ps(_mm512_set1_ps(m), x.v, v)}; }  // this + m x
+  Avx512Line times(float m) const { return {_mm512_mul_ps(_mm512_set1_ps(m), v)}; }
+  Avx512Line plus_times(float m, Avx512Line x) const { return {_mm512_fmadd_ps(_mm512_set1_ps(m), x.v, v)}; }  // this + m x
 };
 template <>
-struct Line<double> {
+struct Avx512Line<double> {
   __m512d v;
-  static Line load(const double* p, unsigned lanes) { return {_mm512_maskz_loadu_pd(static_cast<__mmask8>(lanes), p)}; }
-  static Line bytes(const void* p) { return {_mm512_loadu_pd(p)}; }
+  static Avx512Line load(const double* p, unsigned lanes) { return {_mm512_maskz_loadu_pd(static_cast<__mmask8>(lanes), p)}; }
+  static Avx512Line bytes(const void* p) { return {_mm512_loadu_pd(p)}; }
   void store(double* p, unsigned lanes) const { _mm512_mask_storeu_pd(p, static_cast<__mmask8>(lanes), v); }
   bool zero() const { return _mm512_cmp_pd_mask(v, _mm512_setzero_pd(), _CMP_NEQ_UQ) == 0; }
   void put(double* line, bool stream) const { stream ? _mm512_stream_pd(line, v) : _mm512_store_pd(line, v); }
-  Line times(double m) const { return {_mm512_mul_pd(_mm512_set1_pd(m), v)}; }
-  Line plus_times(double m, Line x) const { return {_mm512_fmadd_pd(_mm512_set1_pd(m), x.v, v)}; }
+  Avx512Line times(double m) const { return {_mm512_mul_pd(_mm512_set1_pd(m), v)}; }
+  Avx512Line plus_times(double m, Avx512Line x) const { return {_mm512_fmadd_pd(_mm512_set1_pd(m), x.v, v)}; }
 };
-#else
+#endif
 template <typename T>
-struct Line {
+struct PortableLine {
   T v[kLanes<T>] = {};
-  static Line load(const T* p, unsigned lanes) {
-    Line l;
+  static PortableLine load(const T* p, unsigned lanes) {
+    PortableLine l;
     for (std::int64_t j = 0; j < kLanes<T>; ++j) l.v[j] = (lanes >> j) & 1 ? p[j] : T(0);
     return l;
   }
-  static Line bytes(const void* p) {  // 64 bytes of anything, as they are (not read as T: aliasing)
-    Line l;
+  static PortableLine bytes(const void* p) {  // 64 bytes of anything, as they are (not read as T: aliasing)
+    PortableLine l;
     std::memcpy(l.v, p, kLine);
     return l;
   }
@@ -301,18 +305,17 @@ struct Line {
     return true;
   }
   void put(T* line, bool) const { std::memcpy(line, v, kLine); }
-  Line times(T m) const {
-    Line l;
+  PortableLine times(T m) const {
+    PortableLine l;
     for (std::int64_t j = 0; j < kLanes<T>; ++j) l.v[j] = m * v[j];
     return l;
   }
-  Line plus_times(T m, const Line& x) const {
-    Line l;
+  PortableLine plus_times(T m, const PortableLine& x) const {
+    PortableLine l;
     for (std::int64_t j = 0; j < kLanes<T>; ++j) l.v[j] = std::fma(m, x.v[j], v[j]);
     return l;
   }
 };
-#endif
 
 // Writes this rank's `values` (and its weight) into its buffer of the window, without its lines
 // of zeros, with ordinary stores or non-temporal ones (`stream`): those send the lines to memory
@@ -320,7 +323,7 @@ struct Line {
 // gathered in `bits` (this rank's, sized for the window) and go out after the lines. Whole aligned
 // lines only, and not memcpy: glibc's (rep movsb) took 50-70 us for 200 KB into the shared window
 // on this machine's AMD cores, where a loop of stores takes 5.
-template <typename T>
+template <template <typename> class Line, typename T>
 void pack_to_window(unsigned char* buffer, const T* x, std::int64_t values, T weight, bool stream, std::uint64_t* bits) {
   const std::size_t lines = lines_of(values, sizeof(T)), words = words_of(lines);
   const auto full = static_cast<std::size_t>(values / kLanes<T>);  // lines without a tail
@@ -365,7 +368,7 @@ void pack_to_window(unsigned char* buffer, const T* x, std::int64_t values, T we
 // are read in place from `to`, its lines left out (`own`: its bits) as +0s like the others';
 // the others' from their buffers (`buffers`, in rank order; this rank's entry unused). `values`
 // excludes the weight, which a mean has last. `cursors`: one per rank, where each is in its lines.
-template <typename T>
+template <template <typename> class Line, typename T>
 void combine(T* to, std::int64_t values, bool weighted, int self, const std::uint64_t* own,
              const std::vector<const unsigned char*>& buffers, std::vector<const void*>& cursors) {
   const std::size_t n = buffers.size(), lines = lines_of(values, sizeof(T)), me = static_cast<std::size_t>(self);
@@ -516,13 +519,19 @@ void Mpi::sum_shared(void* data, std::int64_t count, DType dtype, bool weighted)
   make_window(values, dtype);
   const std::uint64_t arrival = impl_->arrivals;
   unsigned char* buffer = impl_->buffer(rank(), arrival);
-  if (dtype == DType::f32) {
-    const float* x = static_cast<const float*>(data);
-    pack_to_window(buffer, x, values, weighted ? x[values] : 1.0f, impl_->stream, impl_->my_bits.data());
-  } else {
-    const double* x = static_cast<const double*>(data);
-    pack_to_window(buffer, x, values, weighted ? x[values] : 1.0, impl_->stream, impl_->my_bits.data());
-  }
+  // The same steps with AVX-512 or in portable C++ (GRADGRAPH_MPI_PORTABLE=1, or without AVX-512).
+  auto pack = [&](auto* x) {
+    using T = std::remove_cv_t<std::remove_pointer_t<decltype(x)>>;
+    const T weight = weighted ? x[values] : T(1);
+#if defined(__AVX512F__)
+    if (!impl_->portable) return pack_to_window<Avx512Line>(buffer, x, values, weight, impl_->stream, impl_->my_bits.data());
+#endif
+    pack_to_window<PortableLine>(buffer, x, values, weight, impl_->stream, impl_->my_bits.data());
+  };
+  if (dtype == DType::f32)
+    pack(static_cast<const float*>(data));
+  else
+    pack(static_cast<const double*>(data));
   const double copy_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   Header* mine = impl_->header(static_cast<std::size_t>(rank()));
   for (int way = 0; way < 2; ++way)
@@ -532,10 +541,17 @@ void Mpi::sum_shared(void* data, std::int64_t count, DType dtype, bool weighted)
   const bool stream = impl_->stream, exploring = impl_->exploring;
   choose_copy(arrival + 1);  // for the next step
   for (int q = 0; q < size(); ++q) impl_->sources[static_cast<std::size_t>(q)] = impl_->buffer(q, arrival);
+  auto sum = [&](auto* to) {
+#if defined(__AVX512F__)
+    if (!impl_->portable)
+      return combine<Avx512Line>(to, values, weighted, rank(), impl_->my_bits.data(), impl_->sources, impl_->cursors);
+#endif
+    combine<PortableLine>(to, values, weighted, rank(), impl_->my_bits.data(), impl_->sources, impl_->cursors);
+  };
   if (dtype == DType::f32)
-    combine(static_cast<float*>(data), values, weighted, rank(), impl_->my_bits.data(), impl_->sources, impl_->cursors);
+    sum(static_cast<float*>(data));
   else
-    combine(static_cast<double*>(data), values, weighted, rank(), impl_->my_bits.data(), impl_->sources, impl_->cursors);
+    sum(static_cast<double*>(data));
   const auto t2 = std::chrono::steady_clock::now();
   // The way in use is timed at every step, the other only every 128th: its one sample counts more.
   // A way's first step is not counted: the first step of all took milliseconds here.
