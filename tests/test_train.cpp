@@ -685,7 +685,7 @@ TEST_CASE("a resumed run's losses and parameters equal the uninterrupted run's, 
   }
 }
 
-TEST_CASE("loading refuses a checkpoint of another network, dtype or batch size, naming the file", "[train][checkpoint]") {
+TEST_CASE("loading refuses a checkpoint of another network, dtype, batch size or optimizer, naming the file", "[train][checkpoint]") {
   TempDir dir;
   const train::Dataset d = fake_data(32);
   Net a(gg::f32, "dense6,relu,dense3", nn::Layout::columns, options(train::Optimizer::Kind::sgd, 0.1));
@@ -699,6 +699,10 @@ TEST_CASE("loading refuses a checkpoint of another network, dtype or batch size,
   Net same(gg::f32, "dense6,relu,dense3", nn::Layout::columns, options(train::Optimizer::Kind::sgd, 0.1));
   train::Batches b16(d, batch_options(16, nn::Layout::columns, gg::f32));
   CHECK_THAT(message_of<std::runtime_error>([&] { same.trainer->resume(dir / "ck.st", b16); }), Contains("batches of 8"));
+  Net adam(gg::f32, "dense6,relu,dense3", nn::Layout::columns, options(train::Optimizer::Kind::adam, 0.01));
+  train::Batches b8(d, batch_options(8, nn::Layout::columns, gg::f32));
+  CHECK_THAT(message_of<std::runtime_error>([&] { adam.trainer->resume(dir / "ck.st", b8); }),
+             Contains("ck.st") && Contains("saved with the sgd optimizer, resumed with adam"));
   gg::io::save_safetensors(dir / "plain.st", {{"x", gg::Tensor(gg::f32, {2})}});
   CHECK_THAT(message_of<std::runtime_error>([&] { train::read_checkpoint_info(dir / "plain.st"); }),
              Contains("plain.st") && Contains("not a gradgraph checkpoint"));

@@ -164,6 +164,14 @@ void Trainer::load_tensors(const std::string& path, bool optimizer_state_require
 
 void Trainer::resume(const std::string& path, Batches& batches) {
   const CheckpointInfo info = read_checkpoint_info(path);
+  // Another optimizer's state is not this one's: say so, not which of its tensors is missing.
+  naming_file(path, [&] {
+    const std::string saved = info.get("optimizer"), kind = saved.substr(0, saved.find(' '));
+    if (kind != Optimizer::kind_name(opts_.optimizer.kind))
+      throw std::runtime_error("saved with the " + printable(kind) + " optimizer, resumed with " +
+                               Optimizer::kind_name(opts_.optimizer.kind) + " (resume with the same optimizer, or start a new run "
+                               "from its parameters)");
+  });
   load_tensors(path, true);
   naming_file(path, [&] {
     step_ = to_int(info, "step");
