@@ -2,7 +2,6 @@
 
 #include <gradgraph/atomic_file.hpp>
 
-#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <ostream>
