@@ -128,7 +128,8 @@ struct Trained {
 
 // `shards` ranks (threads) fit `steps` steps of batches of `batch` on d; each rank's parameters
 // and the losses its fit reported.
-std::vector<Trained> fit_on_ranks(const train::Dataset& d, int shards, std::int64_t batch, std::int64_t steps) {
+std::vector<Trained> fit_on_ranks(const train::Dataset& d, int shards, std::int64_t batch, std::int64_t steps,
+                                  const std::string& spec = "dense6,relu,dense3") {
   Threads world(shards);
   std::vector<Trained> out(static_cast<std::size_t>(shards));
   std::vector<std::string> errors(static_cast<std::size_t>(shards));
@@ -140,7 +141,7 @@ std::vector<Trained> fit_on_ranks(const train::Dataset& d, int shards, std::int6
         comm.world = &world;
         comm.r = r;
         gg::Graph g(gg::f64);
-        const train::Model m = train::classifier(g, nn::parse("dense6,relu,dense3"), Shape{4, 4}, 3, nn::Layout::columns);
+        const train::Model m = train::classifier(g, nn::parse(spec), Shape{4, 4}, 3, nn::Layout::columns);
         train::TrainOptions o = momentum_options();
         if (shards > 1) o.communicator = &comm;
         train::Trainer t(g, m, o);
@@ -299,6 +300,19 @@ TEST_CASE("ranks that each train on a shard end with the parameters of one proce
     for (std::size_t s = 0; s < rank.losses.size(); ++s) CHECK_THAT(rank.losses[s], Catch::Matchers::WithinRel(one[0].losses[s], 1e-12));
   }
   CHECK(one[0].params[0] != fit_on_ranks(d, 1, 16, 6)[0].params[0]);  // the steps did move them
+}
+
+// Each rank draws the dropout masks of its own examples, those one process draws for them; not
+// the masks of the first examples of the batch, which every rank would then share.
+TEST_CASE("ranks that train a network with dropout end with the parameters of one process fed the whole batch",
+          "[distributed][dropout]") {
+  const train::Dataset d = fake_data(46);
+  const std::vector<Trained> one = fit_on_ranks(d, 1, 16, 7, "dense6,relu,dropout0.5,dense3");
+  const std::vector<Trained> three = fit_on_ranks(d, 3, 16, 7, "dense6,relu,dropout0.5,dense3");
+  for (const Trained& rank : three) {
+    REQUIRE(rank.params.size() == one[0].params.size());
+    for (std::size_t i = 0; i < rank.params.size(); ++i) CHECK(relative_difference(one[0].params[i], rank.params[i]) < 1e-12);
+  }
 }
 
 TEST_CASE("with sparse images the weight gradient's GEMM packs through the sparse kernel, to one process's parameters", "[distributed]") {

@@ -529,6 +529,30 @@ TEST_CASE("dropout keeps each element with probability 1 - p, scaled by 1 / (1 -
   CHECK(gg::test::values(p.get(mask)) == s1);
 }
 
+TEST_CASE("dropout draws per example of the global batch: a shard told its place gets those examples' masks",
+          "[grad][dropout]") {
+  for (const bool batch_first : {true, false}) {  // rows {batch, 7}, or columns {7, batch}
+    CAPTURE(batch_first);
+    gg::Graph g(gg::f64);
+    Value x = g.input("x", batch_first ? gg::Shape{gg::dyn, 7} : gg::Shape{7, gg::dyn});
+    Value y = gg::dropout(x, 0.5);
+    Value mask{y.graph, y.id, 1};
+    gg::Program whole(g, {mask}), shard(g, {mask});
+    auto ones = [&](std::int64_t examples) {
+      return gg::Tensor::from(batch_first ? gg::Shape{examples, 7} : gg::Shape{7, examples},
+                              std::vector<double>(static_cast<std::size_t>(7 * examples), 1.0));
+    };
+    const gg::Tensor eight = ones(8), five = ones(5);
+    whole.run({{x, eight}});
+    shard.set_examples_before(3);  // examples 3 .. 7 of the 8
+    shard.run({{x, five}});
+    const gg::TensorView all = whole.get(mask), part = shard.get(mask);
+    for (std::int64_t e = 0; e < 5; ++e)
+      for (std::int64_t f = 0; f < 7; ++f)
+        CHECK((batch_first ? part.at({e, f}) == all.at({e + 3, f}) : part.at({f, e}) == all.at({f, e + 3})));
+  }
+}
+
 // (Also the planner's regression test for an output nobody reads: the mask here is unfetched, and
 // once shared the fetched output's memory.)
 TEST_CASE("dropout is the identity in an evaluation program and leaves its counter alone", "[grad][dropout]") {

@@ -126,6 +126,11 @@ class Program {
   // Sets the "lr" attribute of every op that has one (the optimizers' updates), for schedules;
   // no re-plan. Returns how many ops it changed.
   int set_learning_rate(double lr);
+  // Data parallelism: how many examples of the global batch come before the ones the next runs
+  // are fed (this rank's shard's place in the batch), so that ops that draw random numbers per
+  // example (dropout) draw, for each example, what one process fed the whole batch would. 0 by
+  // default: the fed examples are the batch.
+  void set_examples_before(std::int64_t n) { examples_before_ = n; }
 
  private:
   detail::Plan& plan_for(std::int64_t batch);
@@ -143,6 +148,7 @@ class Program {
   int threads_ = 1;
   bool training_ = true;
   std::uint64_t seed_ = 0;
+  std::int64_t examples_before_ = 0;
   bool profiling_ = false;
   double sparse_density_ = kDefaultSparseDensity;
 };

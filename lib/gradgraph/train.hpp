@@ -101,6 +101,7 @@ struct Batch {
   TensorView labels;  // int64 {size}
   std::int64_t size = 0;         // examples here: this process's shard
   std::int64_t global_size = 0;  // examples in the whole batch, over all shards
+  std::int64_t offset = 0;       // examples of the whole batch before this shard's
   std::int64_t epoch = 0;  // 0-based epoch this batch belongs to
   std::int64_t index = 0;  // 0-based batch within the epoch
   bool last = false;       // the epoch's last batch (possibly partial)

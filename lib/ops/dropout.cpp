@@ -3,10 +3,13 @@
 //
 // The op has two outputs, y and the scaled mask s = m / (1 - p) in x's dtype, so that the VJP,
 // dx = g s, uses the very mask the forward pass drew. The mask comes from a counter-based hash of
-// (the program's seed, the layer's seed, a step counter, the element's index): any thread can
+// (the program's seed, the layer's seed, a step counter, the element's place): any thread can
 // draw any element, so the kernel is parallel and deterministic, and the step counter is an int64
 // state the op advances each training run (a declared write), saved in checkpoints: a resumed run
-// draws the masks the uninterrupted one would have.
+// draws the masks the uninterrupted one would have. An element's place is its example's index in
+// the global batch (KernelArgs::examples_before added: a data-parallel rank fed a shard draws
+// what one process fed the whole batch would, and not the other ranks' masks again) times the
+// values per example, plus its place within the example.
 #include "kernels.hpp"
 #include "onnx.hpp"
 
@@ -25,8 +28,9 @@ namespace {
 
 struct DropoutAttrs {
   double p = 0;
-  std::int64_t layer = 0;  // separates the masks of the graph's dropout layers
-  template <typename F> void visit(F&& f) { f("p", p), f("layer", layer); }
+  std::int64_t layer = 0;       // separates the masks of the graph's dropout layers
+  std::int64_t batch_axis = -1;  // x's open (batch) dimension; -1: none, an element's place is its index
+  template <typename F> void visit(F&& f) { f("p", p), f("layer", layer), f("batch_axis", batch_axis); }
 };
 
 std::uint64_t splitmix64(std::uint64_t z) {
@@ -66,9 +70,23 @@ void fwd(const KernelArgs& k) {
   // keep with probability 1 - p: a 53-bit uniform below 1 - p.
   const std::uint64_t threshold = static_cast<std::uint64_t>((1.0 - a.p) * 9007199254740992.0);
   const T scale = static_cast<T>(1.0 / (1.0 - a.p));
+  // Element i = (o batch + b) inner + r: example b, place o inner + r within it (of outer inner).
+  const Shape& shape = k.out[0].shape;
+  std::int64_t outer = 1, batch = 1, inner = n;
+  if (a.batch_axis >= 0 && a.batch_axis < shape.rank) {
+    inner = 1;
+    for (int d = 0; d < shape.rank; ++d)
+      (d < a.batch_axis ? outer : d > a.batch_axis ? inner : batch) *= shape[d];
+  }
+  const std::int64_t before = a.batch_axis >= 0 ? k.examples_before : 0;
+  auto place = [&](std::int64_t i) {
+    if (outer == 1) return i + before * inner;  // the batch first: no division
+    const std::int64_t r = i % inner, ob = i / inner, b = ob % batch, o = ob / batch;
+    return (before + b) * outer * inner + o * inner + r;
+  };
   parallel_for(n, k.threads, 4, [&](std::int64_t lo, std::int64_t hi) {
     for (std::int64_t i = lo; i < hi; ++i) {
-      const bool keep = (splitmix64(key + static_cast<std::uint64_t>(i)) >> 11) < threshold;
+      const bool keep = (splitmix64(key + static_cast<std::uint64_t>(place(i))) >> 11) < threshold;
       s[i] = keep ? scale : T(0);
       y[i] = x[i] * s[i];
     }
@@ -103,7 +121,10 @@ Value dropout(Value x, double p) {
   for (const Value& s : g.states())
     if (std::regex_match(s.name(), counter)) ++k;
   Value step = g.state("dropout" + std::to_string(k) + "/step", Shape{}, zeros(), DType::i64);
-  return detail::make(detail::dropout_op, {x, step}, Attrs(detail::DropoutAttrs{p, k}));
+  std::int64_t batch_axis = -1;
+  for (int d = 0; d < x.shape().rank; ++d)
+    if (x.shape()[d] == dyn) batch_axis = d;
+  return detail::make(detail::dropout_op, {x, step}, Attrs(detail::DropoutAttrs{p, k, batch_axis}));
 }
 
 }  // namespace gg

@@ -173,6 +173,9 @@ struct KernelArgs {
   int threads = 1;
   bool training = true;    // the program's mode (CompileOptions::training)
   std::uint64_t seed = 0;  // the program's seed (CompileOptions::seed), for ops that draw random numbers
+  // Examples of the global batch before the ones fed (Program::set_examples_before): ops that
+  // draw per example draw for the global example, as one process fed the whole batch would.
+  std::int64_t examples_before = 0;
   // For an op's sparse kernels: operand `sparse_operand` (an input) has the same values as `sparse`.
   const SparseMatrix* sparse = nullptr;
   int sparse_operand = -1;

@@ -110,7 +110,7 @@ std::int64_t batch_of(const Compiled& c, const Graph& g, const Program::Feed* fe
 }
 
 void execute(Plan& p, const Compiled& c, const Graph& g, const Program::Feed* feeds, std::size_t nf, int threads,
-             bool training, std::uint64_t seed, bool profiling, double sparse_density) {
+             bool training, std::uint64_t seed, std::int64_t examples_before, bool profiling, double sparse_density) {
   for (const Binding& b : p.bindings) {
     TensorView& v = p.slots[static_cast<std::size_t>(b.slot)];
     if (b.source < 0) {
@@ -140,6 +140,7 @@ void execute(Plan& p, const Compiled& c, const Graph& g, const Program::Feed* fe
   a.threads = threads;
   a.training = training;
   a.seed = seed;
+  a.examples_before = examples_before;
   a.batch = p.batch;
   for (Step& s : p.steps) {
     for (int q = 0; q < s.n_out; ++q) a.out[q] = p.slots[static_cast<std::size_t>(s.out[q])];

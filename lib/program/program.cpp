@@ -55,7 +55,7 @@ void Program::run_impl(const Feed* feeds, std::size_t n) {
   const Graph& g = graph();
   Plan& p = plan_for(detail::batch_of(*code_, g, feeds, n));
   current_ = &p;
-  detail::execute(p, *code_, g, feeds, n, threads_, training_, seed_, profiling_, sparse_density_);
+  detail::execute(p, *code_, g, feeds, n, threads_, training_, seed_, examples_before_, profiling_, sparse_density_);
 }
 
 int Program::slot_of(Value v) const {

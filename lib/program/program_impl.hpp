@@ -132,7 +132,7 @@ std::unique_ptr<Plan> make_plan(const Compiled& c, const ParamStore& params, std
 // dtype and static shape, and that all open dimensions agree.
 std::int64_t batch_of(const Compiled& c, const Graph& g, const Program::Feed* feeds, std::size_t n);
 void execute(Plan& p, const Compiled& c, const Graph& g, const Program::Feed* feeds, std::size_t n, int threads,
-             bool training, std::uint64_t seed, bool profiling, double sparse_density);
+             bool training, std::uint64_t seed, std::int64_t examples_before, bool profiling, double sparse_density);
 
 // ---- Graphviz ----------------------------------------------------------------------------------------
 

@@ -286,6 +286,7 @@ const Batch& Batches::next() {
   b.labels = TensorView(lbuf_.data(), DType::i64, Shape{count});
   b.size = count;
   b.global_size = global;
+  b.offset = shard_first;
   b.epoch = epoch_;
   b.index = index_;
   b.last = index_ + 1 == steps_per_epoch_;

@@ -114,6 +114,7 @@ FitResult Trainer::fit(Batches& batches, const FitOptions& fo, const Callbacks& 
       train_->set_learning_rate(want);
       lr = want;
     }
+    train_->set_examples_before(b.offset);  // a shard draws its examples' dropout masks
     train_->run({{model_.x, b.x, b.sparse}, {model_.labels, b.labels}});
     StepInfo s;
     s.step = step_;
