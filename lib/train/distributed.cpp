@@ -250,6 +250,15 @@ template <typename T>
 constexpr std::int64_t kLanes = static_cast<std::int64_t>(kLine / sizeof(T));
 template <typename T>
 unsigned lanes_mask(std::int64_t len) { return len >= kLanes<T> ? (1u << kLanes<T>) - 1 : (1u << len) - 1; }
+// How `values` values of T fall into lines: `full` whole ones, then perhaps one of `tail` lanes.
+template <typename T>
+struct Lines {
+  std::size_t count, full;
+  unsigned all, tail;  // the lanes of a whole line, of the last partial one
+  explicit Lines(std::int64_t values)
+      : count(lines_of(values, sizeof(T))), full(static_cast<std::size_t>(values / kLanes<T>)), all(lanes_mask<T>(kLanes<T>)),
+        tail(lanes_mask<T>(values - static_cast<std::int64_t>(full) * kLanes<T>)) {}
+};
 
 // One line of values in registers, and what the window's format needs of it: with AVX-512, or
 // portable C++ (also where AVX-512 is, with GRADGRAPH_MPI_PORTABLE=1, so that the tests run it).
@@ -325,9 +334,9 @@ struct PortableLine {
 // on this machine's AMD cores, where a loop of stores takes 5.
 template <template <typename> class Line, typename T>
 void pack_to_window(unsigned char* buffer, const T* x, std::int64_t values, T weight, bool stream, std::uint64_t* bits) {
-  const std::size_t lines = lines_of(values, sizeof(T)), words = words_of(lines);
-  const auto full = static_cast<std::size_t>(values / kLanes<T>);  // lines without a tail
-  T* out = reinterpret_cast<T*>(buffer + lines_at(lines));
+  const Lines<T> lines(values);
+  const std::size_t words = words_of(lines.count);
+  T* out = reinterpret_cast<T*>(buffer + lines_at(lines.count));
   // With ordinary stores every line is written where the next kept one goes, and kept only if it
   // is not zeros: no branch to mispredict. Streamed stores must not write a line twice (writing
   // the MLP's buffer took 80 us that way, against 7 with the branch).
@@ -342,12 +351,11 @@ void pack_to_window(unsigned char* buffer, const T* x, std::int64_t values, T we
     }
     return std::uint64_t{kept};
   };
-  const unsigned all = lanes_mask<T>(kLanes<T>), tail = lanes_mask<T>(values - static_cast<std::int64_t>(full) * kLanes<T>);
   for (std::size_t w = 0; w < words; ++w) {
     std::uint64_t word = 0;
-    const std::size_t first = 64 * w, end = std::min(full, first + 64);
-    for (std::size_t c = first; c < end; ++c) word |= put(c, all) << (c - first);
-    if (full < lines && full / 64 == w) word |= put(full, tail) << (full - first);
+    const std::size_t first = 64 * w, end = std::min(lines.full, first + 64);
+    for (std::size_t c = first; c < end; ++c) word |= put(c, lines.all) << (c - first);
+    if (lines.full < lines.count && lines.full / 64 == w) word |= put(lines.full, lines.tail) << (lines.full - first);
     bits[w] = word;
   }
   // The bits and the head, whole lines moved as they are.
@@ -371,7 +379,8 @@ void pack_to_window(unsigned char* buffer, const T* x, std::int64_t values, T we
 template <template <typename> class Line, typename T>
 void combine(T* to, std::int64_t values, bool weighted, int self, const std::uint64_t* own,
              const std::vector<const unsigned char*>& buffers, std::vector<const void*>& cursors) {
-  const std::size_t n = buffers.size(), lines = lines_of(values, sizeof(T)), me = static_cast<std::size_t>(self);
+  const std::size_t n = buffers.size(), me = static_cast<std::size_t>(self);
+  const Lines<T> lines(values);
   auto weight = [&](std::size_t q) {
     return q == me ? to[values] : static_cast<T>(reinterpret_cast<const BufferHead*>(buffers[q])->weight);
   };
@@ -380,8 +389,6 @@ void combine(T* to, std::int64_t values, bool weighted, int self, const std::uin
   const T inverse = weighted ? T(1) / total : T(1);
   auto m = [&](std::size_t q) { return weighted ? weight(q) * inverse : T(1); };
   auto bits = [&](std::size_t q) { return reinterpret_cast<const std::uint64_t*>(buffers[q] + kLine); };
-  const auto full = static_cast<std::size_t>(values / kLanes<T>);  // lines without a tail
-  const unsigned all = lanes_mask<T>(kLanes<T>), tail = lanes_mask<T>(values - static_cast<std::int64_t>(full) * kLanes<T>);
   // Rank q's line c, from its lines kept, at p: read branch-free (a masked load of nothing for a
   // line left out), and p moved past it.
   auto there = [](const std::uint64_t* kept, std::size_t c) { return (kept[c / 64] >> (c % 64)) & 1; };
@@ -396,7 +403,7 @@ void combine(T* to, std::int64_t values, bool weighted, int self, const std::uin
     const T m0 = m(0), m1 = m(1);
     const std::size_t other = 1 - me;
     const std::uint64_t* kept = bits(other);
-    const T* p = reinterpret_cast<const T*>(buffers[other] + lines_at(lines));
+    const T* p = reinterpret_cast<const T*>(buffers[other] + lines_at(lines.count));
     auto run = [&](auto mine_first) {
       auto line = [&](std::size_t c, unsigned lanes) {
         const Line<T> x = mine(c, lanes), y = read(kept, c, p, lanes);
@@ -405,17 +412,17 @@ void combine(T* to, std::int64_t values, bool weighted, int self, const std::uin
         else
           y.times(m0).plus_times(m1, x).store(to + c * kLanes<T>, lanes);
       };
-      for (std::size_t c = 0; c < full; ++c) line(c, all);
-      if (full < lines) line(full, tail);
+      for (std::size_t c = 0; c < lines.full; ++c) line(c, lines.all);
+      if (lines.full < lines.count) line(lines.full, lines.tail);
     };
     if (me == 0)
       run(std::true_type{});
     else
       run(std::false_type{});
   } else {
-    for (std::size_t q = 0; q < n; ++q) cursors[q] = buffers[q] + lines_at(lines);
-    for (std::size_t c = 0; c < lines; ++c) {
-      const unsigned lanes = c < full ? all : tail;
+    for (std::size_t q = 0; q < n; ++q) cursors[q] = buffers[q] + lines_at(lines.count);
+    for (std::size_t c = 0; c < lines.count; ++c) {
+      const unsigned lanes = c < lines.full ? lines.all : lines.tail;
       auto source = [&](std::size_t q) {
         if (q == me) return mine(c, lanes);
         const T* p = static_cast<const T*>(cursors[q]);
