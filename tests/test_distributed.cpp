@@ -128,8 +128,12 @@ struct Trained {
 
 // `shards` ranks (threads) fit `steps` steps of batches of `batch` on d; each rank's parameters
 // and the losses its fit reported.
+struct FitSetup {
+  nn::Layout layout = nn::Layout::columns;
+  bool local_batch_norm = false;
+};
 std::vector<Trained> fit_on_ranks(const train::Dataset& d, int shards, std::int64_t batch, std::int64_t steps,
-                                  const std::string& spec = "dense6,relu,dense3") {
+                                  const std::string& spec = "dense6,relu,dense3", const FitSetup& setup = {}) {
   Threads world(shards);
   std::vector<Trained> out(static_cast<std::size_t>(shards));
   std::vector<std::string> errors(static_cast<std::size_t>(shards));
@@ -141,11 +145,14 @@ std::vector<Trained> fit_on_ranks(const train::Dataset& d, int shards, std::int6
         comm.world = &world;
         comm.r = r;
         gg::Graph g(gg::f64);
-        const train::Model m = train::classifier(g, nn::parse(spec), Shape{4, 4}, 3, nn::Layout::columns);
+        const train::Model m = train::classifier(g, nn::parse(spec), Shape{4, 4}, 3, setup.layout);
         train::TrainOptions o = momentum_options();
         if (shards > 1) o.communicator = &comm;
+        o.local_batch_norm = setup.local_batch_norm;
         train::Trainer t(g, m, o);
-        train::Batches b(d, batches_of(batch, r, shards));
+        train::BatchOptions bo = batches_of(batch, r, shards);
+        bo.layout = setup.layout;
+        train::Batches b(d, bo);
         train::Callbacks cb;
         Trained& mine = out[static_cast<std::size_t>(r)];
         cb.on_step = [&](const train::StepInfo& s) {
@@ -169,6 +176,14 @@ double relative_difference(const std::vector<double>& a, const std::vector<doubl
   double num = 0, den = 0;
   for (std::size_t i = 0; i < a.size(); ++i) num += (a[i] - b[i]) * (a[i] - b[i]), den += a[i] * a[i];
   return std::sqrt(num / den);
+}
+
+// Within 1e-12 relative, or 1e-13 absolute for values that are rounding noise around zero (the
+// bias of a layer before batch norm, whose gradient is zero but for rounding).
+bool close(const std::vector<double>& a, const std::vector<double>& b) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) num += (a[i] - b[i]) * (a[i] - b[i]), den += a[i] * a[i];
+  return a.size() == b.size() && std::sqrt(num) <= 1e-12 * std::sqrt(den) + 1e-13;
 }
 
 }  // namespace
@@ -315,6 +330,48 @@ TEST_CASE("ranks that train a network with dropout end with the parameters of on
   }
 }
 
+// Batch norm's statistics (and the sums in its gradient) are the global batch's: its per-channel
+// sums are summed across ranks, so the ranks train as one process, running statistics included.
+TEST_CASE("ranks that train a network with batch norm end with the parameters and running statistics of one process",
+          "[distributed][batch_norm]") {
+  const train::Dataset d = fake_data(46);  // batches of 16, 16, 14: shards of 5/5/6 and 4/5/5
+  struct Net {
+    std::string spec;
+    nn::Layout layout;
+  };
+  const Net net = GENERATE(Net{"dense6,bn,relu,dense3", nn::Layout::columns}, Net{"dense6,bn,relu,dense3", nn::Layout::rows},
+                           Net{"conv2k3p1,bn,relu,pool2,flatten,dense3", nn::Layout::nchw});
+  INFO(net.spec << " " << nn::layout_name(net.layout));
+  const std::vector<Trained> one = fit_on_ranks(d, 1, 16, 7, net.spec, {.layout = net.layout});
+  const std::vector<Trained> three = fit_on_ranks(d, 3, 16, 7, net.spec, {.layout = net.layout});
+  for (const Trained& rank : three) {
+    REQUIRE(rank.params.size() == one[0].params.size());
+    for (std::size_t i = 0; i < rank.params.size(); ++i) CHECK(close(one[0].params[i], rank.params[i]));
+    CHECK(rank.params == three[0].params);  // the running statistics too: the same bits on every rank
+    REQUIRE(rank.losses.size() == one[0].losses.size());
+    for (std::size_t s = 0; s < rank.losses.size(); ++s) CHECK_THAT(rank.losses[s], Catch::Matchers::WithinRel(one[0].losses[s], 1e-12));
+  }
+}
+
+TEST_CASE("with local_batch_norm each rank normalises by its own shard's statistics, and the run is not one process's",
+          "[distributed][batch_norm]") {
+  const train::Dataset d = fake_data(46);
+  const std::vector<Trained> one = fit_on_ranks(d, 1, 16, 7, "dense6,bn,relu,dense3");
+  const std::vector<Trained> local = fit_on_ranks(d, 3, 16, 7, "dense6,bn,relu,dense3", {.local_batch_norm = true});
+  double farthest = 0;
+  for (std::size_t i = 0; i < one[0].params.size(); ++i)
+    farthest = std::max(farthest, relative_difference(one[0].params[i], local[0].params[i]));
+  CHECK(farthest > 1e-3);
+  CHECK(local[0].params != local[1].params);  // the running statistics differ between ranks
+}
+
+TEST_CASE("a shard of one example trains through batch norm when the global batch has more", "[distributed][batch_norm]") {
+  const train::Dataset d = fake_data(12);  // batches of 3 over 3 ranks: one example each
+  const std::vector<Trained> one = fit_on_ranks(d, 1, 3, 4, "dense6,bn,relu,dense3", {.layout = nn::Layout::rows});
+  const std::vector<Trained> three = fit_on_ranks(d, 3, 3, 4, "dense6,bn,relu,dense3", {.layout = nn::Layout::rows});
+  for (std::size_t i = 0; i < one[0].params.size(); ++i) CHECK(close(one[0].params[i], three[2].params[i]));
+}
+
 TEST_CASE("with sparse images the weight gradient's GEMM packs through the sparse kernel, to one process's parameters", "[distributed]") {
   const train::Dataset d = fake_data(46, true);
   const std::vector<Trained> one = fit_on_ranks(d, 1, 16, 7);
@@ -398,13 +455,14 @@ std::vector<std::string> lines_matching(const std::string& out, const std::regex
   return found;
 }
 
-std::vector<std::vector<double>> saved_params(const std::string& path) {
+std::vector<std::vector<double>> saved_params(const std::string& path,
+                                              const std::vector<std::string>& names = {"W1", "b1", "W2", "b2"}) {
   std::vector<std::vector<double>> out;
   const gg::io::SafetensorsFile f = gg::io::load_safetensors(path);
-  for (const std::string name : {"W1", "b1", "W2", "b2"})
+  for (const std::string& name : names)
     for (const auto& [n, t] : f.tensors)
       if (n == name) out.push_back(values(t.view()));
-  REQUIRE(out.size() == 4);
+  REQUIRE(out.size() == names.size());
   return out;
 }
 
@@ -431,6 +489,28 @@ TEST_CASE("mpirun -np 2 mnist-train ends with the parameters and prints the line
   CHECK(lines_matching(two.out, accuracy) == lines_matching(one.out, accuracy));
   const auto a = saved_params(dir / "one.st"), b = saved_params(dir / "two.st");
   for (std::size_t i = 0; i < a.size(); ++i) CHECK(relative_difference(a[i], b[i]) < 1e-9);
+}
+
+TEST_CASE("mpirun -np 2 mnist-train with batch norm ends with the parameters and running statistics of one process",
+          "[distributed][mpi][batch_norm]") {
+  TempDir dir;
+  write_digits(dir);
+  const std::string args = "--data " + dir.path.string() + " --dtype float64 --batch-size 63 --epochs 2 "
+                           "--model dense16,bn,relu,dense10 --optimizer momentum --lr 0.05 --print-every 1 ";
+  const Run one = shell(mnist_train(args + "--save " + (dir / "one.st")));
+  const Run two = shell(mpirun("-np 2 " + mnist_train(args + "--save " + (dir / "two.st"))));
+  INFO(one.out << "\n---- mpirun:\n" << two.out);
+  REQUIRE(one.code == 0);
+  REQUIRE(two.code == 0);
+  const std::regex step(R"(Iteration: \d+ \| Accuracy: \S+ \| Loss:\S+)");
+  CHECK(lines_matching(one.out, step).size() == 10);
+  CHECK(lines_matching(two.out, step) == lines_matching(one.out, step));
+  const std::vector<std::string> names = {"W1", "W2", "b2", "bn1/gamma", "bn1/beta", "bn1/running_mean", "bn1/running_var"};
+  const auto a = saved_params(dir / "one.st", names), b = saved_params(dir / "two.st", names);
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    INFO(names[i]);
+    CHECK(relative_difference(a[i], b[i]) < 1e-9);
+  }
 }
 
 TEST_CASE("mpirun -np 2 mnist-train writes the same checkpoint byte for byte on every run", "[distributed][mpi]") {

@@ -408,7 +408,8 @@ int train(const Options& o) {
   std::vector<double> losses, accs, test_accs, test_at;
   gg::tools::Progress bar(total - trainer.steps_done(), o.progress && rank0() && gg::tools::stderr_is_terminal());
   const std::int64_t first_step = trainer.steps_done();
-  // Under mpirun rank 0 also times each step and the communicator's part of it (copy, wait, sum),
+  // Under mpirun rank 0 also times each step and the communicator's part of it (copy, wait, sum;
+  // batch norm's sums of its statistics too),
   // for medians: now and then the machine stalls a rank for up to a millisecond and the other
   // waits, which a mean over the run counts in full.
   gg::tools::Durations step_times, sum_times;
@@ -490,7 +491,7 @@ int train(const Options& o) {
     if (!rank0()) return 0;
     std::fprintf(stderr,
                  "# %d ranks x %d threads; rank 0 in the all-reduce (packs, copy, wait, sum) %.3f s = %.1f%% of its "
-                 "kernels' time, %.1f%% of training (copy, wait and sum alone %.1f%%)\n",
+                 "kernels' time, %.1f%% of training (the communicator's copies, waits and sums, batch norm's included, %.1f%%)\n",
                  mpi->size(), step_program.threads(), reduce_seconds, 100.0 * reduce_seconds / kernel_seconds,
                  100.0 * reduce_seconds / train_seconds, 100.0 * sum_seconds / train_seconds);
     if (step_times.total > 0)

@@ -76,7 +76,7 @@ class Mpi : public Communicator {
  private:
   void barrier_shared();
   void sum_shared(void* data, std::int64_t count, DType dtype, bool weighted);
-  void choose_copy(std::uint64_t epoch);
+  void choose_copy(std::uint64_t epoch, std::uint64_t turn);
   void make_window(std::int64_t values, DType dtype);
   struct Impl;
   std::unique_ptr<Impl> impl_;

@@ -29,6 +29,8 @@ namespace gg {
 // Below this density a sparse x dense product beats BLIS's dense GEMM (docs/performance.md).
 inline constexpr double kDefaultSparseDensity = 0.5;
 
+struct Communicator;  // <gradgraph/ops.hpp>: the ranks of a data-parallel run
+
 struct CompileOptions {
   bool fuse = true;          // run the fusion pass (add+relu, scale into GEMM alpha)
   int threads = 0;           // kernel and BLIS threads; 0 = OpenMP's default (all cores)
@@ -43,6 +45,12 @@ struct CompileOptions {
   // it, or at 0, the dense GEMM. The default is where the two meet on MNIST-sized products
   // (docs/performance.md says how it was measured).
   double sparse_density = kDefaultSparseDensity;
+  // Data parallelism: this program is one rank of `ranks`, fed its shard of each batch. In
+  // training, batch norm's statistics are then the global batch's (its per-channel sums are
+  // summed across ranks, and so are those of its gradient), as one process fed the whole batch
+  // computes them; every rank must run the program in step. Second derivatives through batch
+  // norm stay per rank. Null: one process.
+  Communicator* ranks = nullptr;
 };
 
 namespace detail {
@@ -149,6 +157,7 @@ class Program {
   bool training_ = true;
   std::uint64_t seed_ = 0;
   std::int64_t examples_before_ = 0;
+  Communicator* ranks_ = nullptr;
   bool profiling_ = false;
   double sparse_density_ = kDefaultSparseDensity;
 };

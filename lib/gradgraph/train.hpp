@@ -215,9 +215,16 @@ struct TrainOptions {
   // Data parallelism: this process is one rank of `communicator` and is fed its shard of each
   // batch (BatchOptions::shards). After the hook, the gradients, the loss and the accuracy are
   // averaged over the global batch across ranks (gg::all_reduce_mean, one message per step), so
-  // every rank applies the same update as one process fed the whole batch. Batch norm keeps
-  // per-shard statistics. Only rank 0 writes checkpoints. Null: one process.
+  // every rank applies the same update as one process fed the whole batch. Batch norm's
+  // statistics are the global batch's too (CompileOptions::ranks: a sum across ranks of C + 1
+  // values twice in its forward pass and of 2 C + 1 in its backward pass, per layer and step),
+  // so every rank also holds the same running statistics. Only rank 0 writes checkpoints. Null:
+  // one process.
   Communicator* communicator = nullptr;
+  // With a communicator: batch norm uses each rank's shard's statistics instead, with no sums in
+  // the forward pass (as PyTorch's DDP without SyncBatchNorm); the run is then not one process's,
+  // and each rank's running statistics are its own.
+  bool local_batch_norm = false;
 };
 
 struct StepInfo {

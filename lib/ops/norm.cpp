@@ -16,6 +16,17 @@
 // two passes per channel; its own VJP is graph ops (below), so second derivatives work. A
 // gradient arriving at s itself (from differentiating that VJP again) adds
 // t (g_mu - g_r r^3 (x - mu)) / M to dx, the derivatives of mu and r with respect to x.
+//
+// Data parallelism (KernelArgs::ranks, from CompileOptions::ranks): each rank holds a shard of
+// M_q values per channel, and the statistics are the global batch's, M = sum_q M_q. The forward
+// sums across ranks the per-channel sums of x (with the counts M_q), then those of (x - mu)^2: two
+// sums of C + 1 values. The gradient g a rank receives is that of its shard's mean loss, M / M_q
+// times the global loss's (the gradients' all-reduce weighs each rank by M_q / M afterwards), so
+// its dx is M / M_q times the global one:
+//   dx = r (gh - t (S_g + xh S_gxh) / M_q),  S_g = sum_q (M_q / M) sum(gh)_q  (and S_gxh alike),
+// one weighted mean (Communicator::mean) of 2 C + 1 values; dgamma and dbeta stay the shard's
+// sums, weighed by the gradients' all-reduce like every other gradient. The VJP of
+// batch_norm_grad (second derivatives) uses each rank's own means.
 #include "kernels.hpp"
 #include "onnx.hpp"
 #include "op_list.hpp"
@@ -97,14 +108,22 @@ double channel_sum(const T* x, const Around& v, std::int64_t c, F f) {
   return total;
 }
 
+// Per channel: the statistics' sums in double, then the count, for a sum across ranks.
+std::size_t stats_workspace(const Node& n, const Shape* in, int) {
+  return static_cast<std::size_t>(2 * in[0][n.attrs.as<NormAttrs>().axis] + 1) * sizeof(double);
+}
+
 template <typename T>
 void fwd(const KernelArgs& k) {
   const NormAttrs& at = k.attrs<NormAttrs>();
   const Around v = around(k.in[0].shape, at.axis);
   const std::int64_t m = v.a * v.b;
-  if (k.training && m < 2)
-    throw std::invalid_argument("batch_norm: training needs more than one value per channel, got " + std::to_string(m) +
-                                " (a batch of one example without spatial dimensions)");
+  auto too_few = [](double values) {
+    return std::invalid_argument("batch_norm: training needs more than one value per channel, got " +
+                                 std::to_string(static_cast<std::int64_t>(values)) +
+                                 " (a batch of one example without spatial dimensions)");
+  };
+  if (k.training && !k.ranks && m < 2) throw too_few(static_cast<double>(m));  // with ranks: the global count, below
   const T* x = data<T>(k.in[0]);
   const T* gamma = data<T>(k.in[1]);
   const T* beta = data<T>(k.in[2]);
@@ -112,20 +131,40 @@ void fwd(const KernelArgs& k) {
   T* rvar = data<T>(k.in[4]);
   T* y = data<T>(k.out[0]);
   T* s = data<T>(k.out[1]);
-  // One channel per item: with B = 1 ({batch, features} rows) each item reads a strided column,
-  // which is fine at the sizes dense layers have.
-  parallel_for(v.c, k.threads, 3 * m, [&](std::int64_t lo, std::int64_t hi) {
+  // The batch's mean and biased variance per channel (sums in double), over the ranks' global
+  // batch with k.ranks. One channel per item: with B = 1 ({batch, features} rows) each item reads
+  // a strided column, which is fine at the sizes dense layers have.
+  const bool batch_stats = k.training;
+  double* sums = static_cast<double*>(k.workspace);  // C sums, then the count
+  double* means = sums + v.c + 1;                     // C means
+  double count = static_cast<double>(m);
+  if (batch_stats) {
+    parallel_for(v.c, k.threads, m, [&](std::int64_t lo, std::int64_t hi) {
+      for (std::int64_t c = lo; c < hi; ++c) sums[c] = channel_sum(x, v, c, [](T e) { return e; });
+    });
+    sums[v.c] = count;
+    if (k.ranks) k.ranks->sum(sums, v.c + 1, DType::f64);
+    count = sums[v.c];
+    if (count < 2) throw too_few(count);  // the same on every rank
+    for (std::int64_t c = 0; c < v.c; ++c) means[c] = sums[c] / count;
+    // Two passes: the variance from the centred values, not E[x^2] - mu^2 (no cancellation).
+    parallel_for(v.c, k.threads, 2 * m, [&](std::int64_t lo, std::int64_t hi) {
+      for (std::int64_t c = lo; c < hi; ++c) {
+        const T mt = static_cast<T>(means[c]);
+        sums[c] = channel_sum(x, v, c, [mt](T e) { return (e - mt) * (e - mt); });
+      }
+    });
+    if (k.ranks) k.ranks->sum(sums, v.c, DType::f64);
+  }
+  parallel_for(v.c, k.threads, 2 * m, [&](std::int64_t lo, std::int64_t hi) {
     for (std::int64_t c = lo; c < hi; ++c) {
       double mu, r;
-      if (k.training && m > 0) {
-        mu = channel_sum(x, v, c, [](T e) { return e; }) / static_cast<double>(m);
-        const T mt = static_cast<T>(mu);
-        // Two passes: the variance from the centred values, not E[x^2] - mu^2 (no cancellation).
-        const double var = channel_sum(x, v, c, [mt](T e) { return (e - mt) * (e - mt); }) / static_cast<double>(m);
+      if (batch_stats) {
+        mu = means[c];
+        const double var = sums[c] / count;
         r = 1.0 / std::sqrt(var + at.eps);
         rmean[c] = static_cast<T>((1.0 - at.momentum) * static_cast<double>(rmean[c]) + at.momentum * mu);
-        rvar[c] = static_cast<T>((1.0 - at.momentum) * static_cast<double>(rvar[c]) +
-                                 at.momentum * var * static_cast<double>(m) / static_cast<double>(m - 1));
+        rvar[c] = static_cast<T>((1.0 - at.momentum) * static_cast<double>(rvar[c]) + at.momentum * var * count / (count - 1));
       } else {
         mu = static_cast<double>(rmean[c]);
         r = 1.0 / std::sqrt(static_cast<double>(rvar[c]) + at.eps);
@@ -190,6 +229,10 @@ Outputs infer_grad(const Graph& g, const Node& n) {
   return Outputs(Port{t, gs}, Port{t, Shape{2, c}});
 }
 
+std::size_t grad_workspace(const Node& n, const Shape* in, int) {
+  return static_cast<std::size_t>(2 * in[1][n.attrs.as<NormAttrs>().axis] + 1) * sizeof(double);
+}
+
 template <typename T>
 void grad_fwd(const KernelArgs& k) {
   const NormAttrs& at = k.attrs<NormAttrs>();
@@ -201,30 +244,53 @@ void grad_fwd(const KernelArgs& k) {
   const T* s = data<T>(k.in[3]);
   T* dx = data<T>(k.out[0]);
   T* d = data<T>(k.out[1]);
+  // Channel c's sums of g and g xh (d's dgamma and dbeta), then its dx from the means `mg` and
+  // `mgx` (over the channel's M values, or those of the global batch times M / M_q).
+  auto sums_of = [&](std::int64_t c, double& sg, double& sgx) {
+    const T mu = s[c], r = s[v.c + c];
+    sg = 0, sgx = 0;
+    for (std::int64_t a = 0; a < v.a; ++a) {
+      const T* gr = g + (a * v.c + c) * v.b;
+      const T* xr = x + (a * v.c + c) * v.b;
+      T acc = 0, accx = 0;
+#pragma omp simd reduction(+ : acc, accx)
+      for (std::int64_t b = 0; b < v.b; ++b) acc += gr[b], accx += gr[b] * ((xr[b] - mu) * r);
+      sg += static_cast<double>(acc), sgx += static_cast<double>(accx);
+    }
+    d[c] = static_cast<T>(sgx);
+    d[v.c + c] = static_cast<T>(sg);
+  };
+  auto dx_of = [&](std::int64_t c, T mg, T mgx) {
+    const T mu = s[c], r = s[v.c + c], t = s[2 * v.c + c], gm = gamma[c];
+    // dx = r gamma (g - t (<g> + xh <g xh>)), the graph-op formula's terms
+    for (std::int64_t a = 0; a < v.a; ++a) {
+      const T* gr = g + (a * v.c + c) * v.b;
+      const T* xr = x + (a * v.c + c) * v.b;
+      T* out = dx + (a * v.c + c) * v.b;
+#pragma omp simd
+      for (std::int64_t b = 0; b < v.b; ++b) out[b] = r * gm * (gr[b] - t * (mg + ((xr[b] - mu) * r) * mgx));
+    }
+  };
+  // Batch statistics over ranks: the sums' weighted mean across them between the two passes.
+  if (k.ranks && v.c > 0 && s[2 * v.c] != T(0)) {
+    double* sums = static_cast<double*>(k.workspace);  // C sums of g, C of g xh, the weight M_q
+    parallel_for(v.c, k.threads, 2 * m, [&](std::int64_t lo, std::int64_t hi) {
+      for (std::int64_t c = lo; c < hi; ++c) sums_of(c, sums[c], sums[v.c + c]);
+    });
+    sums[2 * v.c] = static_cast<double>(m);
+    k.ranks->mean(sums, 2 * v.c + 1, DType::f64);
+    if (m == 0) return;
+    parallel_for(v.c, k.threads, m, [&](std::int64_t lo, std::int64_t hi) {
+      for (std::int64_t c = lo; c < hi; ++c) dx_of(c, static_cast<T>(sums[c] / static_cast<double>(m)), static_cast<T>(sums[v.c + c] / static_cast<double>(m)));
+    });
+    return;
+  }
+  // One pass per channel while its values are in cache.
   parallel_for(v.c, k.threads, 3 * m, [&](std::int64_t lo, std::int64_t hi) {
     for (std::int64_t c = lo; c < hi; ++c) {
-      const T mu = s[c], r = s[v.c + c], t = s[2 * v.c + c], gm = gamma[c];
-      double sg = 0, sgx = 0;
-      for (std::int64_t a = 0; a < v.a; ++a) {
-        const T* gr = g + (a * v.c + c) * v.b;
-        const T* xr = x + (a * v.c + c) * v.b;
-        T acc = 0, accx = 0;
-#pragma omp simd reduction(+ : acc, accx)
-        for (std::int64_t b = 0; b < v.b; ++b) acc += gr[b], accx += gr[b] * ((xr[b] - mu) * r);
-        sg += static_cast<double>(acc), sgx += static_cast<double>(accx);
-      }
-      d[c] = static_cast<T>(sgx);
-      d[v.c + c] = static_cast<T>(sg);
-      if (m == 0) continue;
-      // dx = r gamma (g - t (<g> + xh <g xh>)), the graph-op formula's terms
-      const T mg = static_cast<T>(sg / static_cast<double>(m)), mgx = static_cast<T>(sgx / static_cast<double>(m));
-      for (std::int64_t a = 0; a < v.a; ++a) {
-        const T* gr = g + (a * v.c + c) * v.b;
-        const T* xr = x + (a * v.c + c) * v.b;
-        T* out = dx + (a * v.c + c) * v.b;
-#pragma omp simd
-        for (std::int64_t b = 0; b < v.b; ++b) out[b] = r * gm * (gr[b] - t * (mg + ((xr[b] - mu) * r) * mgx));
-      }
+      double sg, sgx;
+      sums_of(c, sg, sgx);
+      if (m > 0) dx_of(c, static_cast<T>(sg / static_cast<double>(m)), static_cast<T>(sgx / static_cast<double>(m)));
     }
   });
 }
@@ -335,11 +401,12 @@ void batch_norm_onnx(OnnxWriter& w) {
 }  // namespace
 
 GG_OP(batch_norm_op) = {.name = "batch_norm", .arity = 5, .outputs = 2, .diff_inputs = 0b00111, .writes = 0b11000,
-                        .kernels = {.f32 = fwd<float>, .f64 = fwd<double>}, .kernel_key = 0, .infer = infer, .vjp = vjp,
+                        .kernels = {.f32 = fwd<float>, .f64 = fwd<double>}, .kernel_key = 0, .infer = infer,
+                        .workspace = stats_workspace, .vjp = vjp,
                         .onnx = batch_norm_onnx};
 GG_OP(batch_norm_grad_op) = {.name = "batch_norm_grad", .arity = 4, .outputs = 2, .flags = kInternal, .diff_inputs = 0b1111,
                              .kernels = {.f32 = grad_fwd<float>, .f64 = grad_fwd<double>}, .infer = infer_grad,
-                             .vjp = grad_vjp};
+                             .workspace = grad_workspace, .vjp = grad_vjp};
 
 namespace {
 Value batch_norm_grad(Value g, Value x, Value gamma, Value s, const NormAttrs& a) {

@@ -176,6 +176,9 @@ struct KernelArgs {
   // Examples of the global batch before the ones fed (Program::set_examples_before): ops that
   // draw per example draw for the global example, as one process fed the whole batch would.
   std::int64_t examples_before = 0;
+  // The ranks of a data-parallel run this program is one of (CompileOptions::ranks), or null:
+  // batch norm's training statistics are summed across them.
+  Communicator* ranks = nullptr;
   // For an op's sparse kernels: operand `sparse_operand` (an input) has the same values as `sparse`.
   const SparseMatrix* sparse = nullptr;
   int sparse_operand = -1;

@@ -109,8 +109,7 @@ std::int64_t batch_of(const Compiled& c, const Graph& g, const Program::Feed* fe
   return batch < 0 ? 0 : batch;
 }
 
-void execute(Plan& p, const Compiled& c, const Graph& g, const Program::Feed* feeds, std::size_t nf, int threads,
-             bool training, std::uint64_t seed, std::int64_t examples_before, bool profiling, double sparse_density) {
+void execute(Plan& p, const Compiled& c, const Graph& g, const Program::Feed* feeds, std::size_t nf, const RunSettings& run) {
   for (const Binding& b : p.bindings) {
     TensorView& v = p.slots[static_cast<std::size_t>(b.slot)];
     if (b.source < 0) {
@@ -137,10 +136,11 @@ void execute(Plan& p, const Compiled& c, const Graph& g, const Program::Feed* fe
     }
   }
   KernelArgs a;
-  a.threads = threads;
-  a.training = training;
-  a.seed = seed;
-  a.examples_before = examples_before;
+  a.threads = run.threads;
+  a.training = run.training;
+  a.seed = run.seed;
+  a.examples_before = run.examples_before;
+  a.ranks = run.ranks;
   a.batch = p.batch;
   for (Step& s : p.steps) {
     for (int q = 0; q < s.n_out; ++q) a.out[q] = p.slots[static_cast<std::size_t>(s.out[q])];
@@ -152,8 +152,8 @@ void execute(Plan& p, const Compiled& c, const Graph& g, const Program::Feed* fe
     a.workspace_bytes = s.ws_bytes;
     a.sparse = nullptr;
     a.sparse_operand = -1;
-    const KernelFn fn = s.n_sparse ? pick_kernel(s, a, c, g, feeds, nf, sparse_density) : s.fn;
-    if (!profiling) {
+    const KernelFn fn = s.n_sparse ? pick_kernel(s, a, c, g, feeds, nf, run.sparse_density) : s.fn;
+    if (!run.profiling) {
       fn(a);
       continue;
     }

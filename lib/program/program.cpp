@@ -30,6 +30,7 @@ Program::Program(Graph& g, const std::vector<Value>& fetches, const CompileOptio
   set_sparse_density(opts.sparse_density);
   training_ = opts.training;
   seed_ = opts.seed;
+  ranks_ = opts.ranks;
 }
 
 Program::~Program() = default;
@@ -55,7 +56,7 @@ void Program::run_impl(const Feed* feeds, std::size_t n) {
   const Graph& g = graph();
   Plan& p = plan_for(detail::batch_of(*code_, g, feeds, n));
   current_ = &p;
-  detail::execute(p, *code_, g, feeds, n, threads_, training_, seed_, examples_before_, profiling_, sparse_density_);
+  detail::execute(p, *code_, g, feeds, n, {threads_, training_, seed_, examples_before_, ranks_, profiling_, sparse_density_});
 }
 
 int Program::slot_of(Value v) const {

@@ -98,6 +98,7 @@ struct Mpi::Impl {
   bool exploring = false;          // this step goes the way that is not the cheaper one
   double seconds[2] = {-1, -1};    // this rank's recent cost per step of each way (ordinary, streamed)
   std::uint64_t steps[2] = {0, 0};  // steps gone each way
+  std::uint64_t timed = 0;          // sums large enough to be timed (kTimedBytes), so far
   int on_node = 1;  // ranks on this machine
   bool portable = false;  // the window's lines written and summed without AVX-512 (GRADGRAPH_MPI_PORTABLE=1)
   Impl(int& argc, char**& argv) : env(argc, argv, boost::mpi::threading::funneled, true) {
@@ -233,6 +234,10 @@ namespace {
 // instructions than it saved in bytes.) A line of zeros and -0s is left out too, and read as +0s,
 // by the other ranks and by the rank itself: every rank sums the same operands, so all get the
 // same bits (a -0 read as +0 by some ranks only could give -0 on one and +0 on another).
+// Sums smaller than this are neither timed nor written the chosen way (ordinary stores): batch
+// norm's statistics, 2 C + 1 values.
+constexpr std::size_t kTimedBytes = 16 << 10;
+
 struct BufferHead {
   double weight = 1;  // the rank's m_r, for a mean
 };
@@ -450,8 +455,10 @@ void combine(T* to, std::int64_t values, bool weighted, int self, const std::uin
 // invalidations but send the lines to memory, where the readers fetch them: ~19 us in both
 // states. A way's cost is a rank's writing and summing (not its wait), summed over the ranks,
 // who publish theirs at each barrier so that all decide alike (their reads differ with the
-// others' stores); every 128th step goes the other way.
-void Mpi::choose_copy(std::uint64_t epoch) {
+// others' stores); every 128th step goes the other way. Only sums of kTimedBytes or more count
+// (`turn` numbers them) and use the choice: batch norm's sums of a few hundred bytes, several a
+// step, go with ordinary stores and would blur the figures.
+void Mpi::choose_copy(std::uint64_t epoch, std::uint64_t turn) {
   double total[2] = {0, 0};
   bool known[2] = {true, true};
   for (std::size_t q = 0; q < impl_->segment.size(); ++q)
@@ -461,7 +468,7 @@ void Mpi::choose_copy(std::uint64_t epoch) {
       total[way] += t;
     }
   const bool cheaper = known[1] && known[0] ? total[1] < total[0] : !known[1];  // each way once first
-  impl_->exploring = known[0] && known[1] && epoch % 128 == 0;
+  impl_->exploring = known[0] && known[1] && turn % 128 == 0;
   impl_->stream = impl_->exploring ? !cheaper : cheaper;
 }
 
@@ -526,14 +533,16 @@ void Mpi::sum_shared(void* data, std::int64_t count, DType dtype, bool weighted)
   make_window(values, dtype);
   const std::uint64_t arrival = impl_->arrivals;
   unsigned char* buffer = impl_->buffer(rank(), arrival);
+  const bool timed = buffer_bytes(values, dtype_size(dtype)) >= kTimedBytes;
+  const bool stream = timed && impl_->stream, exploring = timed && impl_->exploring;
   // The same steps with AVX-512 or in portable C++ (GRADGRAPH_MPI_PORTABLE=1, or without AVX-512).
   auto pack = [&](auto* x) {
     using T = std::remove_cv_t<std::remove_pointer_t<decltype(x)>>;
     const T weight = weighted ? x[values] : T(1);
 #if defined(__AVX512F__)
-    if (!impl_->portable) return pack_to_window<Avx512Line>(buffer, x, values, weight, impl_->stream, impl_->my_bits.data());
+    if (!impl_->portable) return pack_to_window<Avx512Line>(buffer, x, values, weight, stream, impl_->my_bits.data());
 #endif
-    pack_to_window<PortableLine>(buffer, x, values, weight, impl_->stream, impl_->my_bits.data());
+    pack_to_window<PortableLine>(buffer, x, values, weight, stream, impl_->my_bits.data());
   };
   if (dtype == DType::f32)
     pack(static_cast<const float*>(data));
@@ -545,8 +554,7 @@ void Mpi::sum_shared(void* data, std::int64_t count, DType dtype, bool weighted)
     mine->seconds[(arrival + 1) & 1][way].store(impl_->seconds[way], std::memory_order_relaxed);
   barrier_shared();  // every rank's values (and figures) are there
   const auto t1 = std::chrono::steady_clock::now();
-  const bool stream = impl_->stream, exploring = impl_->exploring;
-  choose_copy(arrival + 1);  // for the next step
+  if (timed) choose_copy(arrival + 1, ++impl_->timed);  // for the next timed sum
   for (int q = 0; q < size(); ++q) impl_->sources[static_cast<std::size_t>(q)] = impl_->buffer(q, arrival);
   auto sum = [&](auto* to) {
 #if defined(__AVX512F__)
@@ -560,13 +568,14 @@ void Mpi::sum_shared(void* data, std::int64_t count, DType dtype, bool weighted)
   else
     sum(static_cast<double*>(data));
   const auto t2 = std::chrono::steady_clock::now();
+  seconds_in_sum_ += std::chrono::duration<double>(t2 - t0).count();
+  if (!timed) return;
   // The way in use is timed at every step, the other only every 128th: its one sample counts more.
   // A way's first step is not counted: the first step of all took milliseconds here.
   const int way = stream ? 1 : 0;
   double& cost = impl_->seconds[way];
   const double t = copy_seconds + std::chrono::duration<double>(t2 - t1).count(), keep = exploring ? 0.5 : 0.875;
   if (impl_->steps[way]++ > 0) cost = cost < 0 ? t : keep * cost + (1 - keep) * t;
-  seconds_in_sum_ += std::chrono::duration<double>(t2 - t0).count();
 }
 
 // A barrier of the ranks on this machine through counters in their segments (release/acquire

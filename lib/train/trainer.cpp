@@ -65,8 +65,11 @@ Trainer::Trainer(Graph& g, const Model& m, const TrainOptions& o) : g_(&g), mode
   std::vector<Value> fetch = updates_;
   fetch.push_back(train_loss_);
   fetch.push_back(train_accuracy_);
-  train_ = std::make_unique<Program>(g, fetch, o.compile);
+  CompileOptions to = o.compile;
+  if (o.communicator && !o.local_batch_norm) to.ranks = o.communicator;
+  train_ = std::make_unique<Program>(g, fetch, to);
   CompileOptions eo = o.compile;
+  eo.ranks = nullptr;  // evaluation uses the running statistics: nothing to sum
   eo.share_params_with = train_.get();
   eo.training = false;
   eval_ = std::make_unique<Program>(g, std::vector<Value>{loss_, accuracy_, predictions_, probabilities_}, eo);
