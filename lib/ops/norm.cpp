@@ -131,55 +131,69 @@ void fwd(const KernelArgs& k) {
   T* rvar = data<T>(k.in[4]);
   T* y = data<T>(k.out[0]);
   T* s = data<T>(k.out[1]);
-  // The batch's mean and biased variance per channel (sums in double), over the ranks' global
-  // batch with k.ranks. One channel per item: with B = 1 ({batch, features} rows) each item reads
-  // a strided column, which is fine at the sizes dense layers have.
-  const bool batch_stats = k.training;
-  double* sums = static_cast<double*>(k.workspace);  // C sums, then the count
-  double* means = sums + v.c + 1;                     // C means
-  double count = static_cast<double>(m);
-  if (batch_stats) {
+  // Per channel: its sum, its centred squares' sum (the variance from the centred values, not
+  // E[x^2] - mu^2: no cancellation), then y from mu and r, which also moves the running
+  // statistics in training (`count` values, the global batch's with ranks).
+  auto sum_of = [&](std::int64_t c) { return channel_sum(x, v, c, [](T e) { return e; }); };
+  auto squares_of = [&](std::int64_t c, double mu) {
+    const T mt = static_cast<T>(mu);
+    return channel_sum(x, v, c, [mt](T e) { return (e - mt) * (e - mt); });
+  };
+  auto normalise = [&](std::int64_t c, double mu, double var, double count) {
+    double r;
+    if (k.training) {
+      r = 1.0 / std::sqrt(var + at.eps);
+      rmean[c] = static_cast<T>((1.0 - at.momentum) * static_cast<double>(rmean[c]) + at.momentum * mu);
+      rvar[c] = static_cast<T>((1.0 - at.momentum) * static_cast<double>(rvar[c]) + at.momentum * var * count / (count - 1));
+    } else {
+      mu = static_cast<double>(rmean[c]);
+      r = 1.0 / std::sqrt(static_cast<double>(rvar[c]) + at.eps);
+    }
+    s[c] = static_cast<T>(mu);
+    s[v.c + c] = static_cast<T>(r);
+    s[2 * v.c + c] = k.training ? T(1) : T(0);
+    // y = (x - mu) r gamma + beta, the order the VJP's xh = (x - mu) r assumes.
+    const T mt = static_cast<T>(mu), rt = static_cast<T>(r), gt = gamma[c], bt = beta[c];
+    for (std::int64_t a = 0; a < v.a; ++a) {
+      const T* row = x + (a * v.c + c) * v.b;
+      T* out = y + (a * v.c + c) * v.b;
+#pragma omp simd
+      for (std::int64_t b = 0; b < v.b; ++b) out[b] = (row[b] - mt) * rt * gt + bt;
+    }
+  };
+  if (k.training && k.ranks) {
+    // Each pass over all channels, the sums across ranks between them.
+    double* sums = static_cast<double*>(k.workspace);  // C sums, then the count
+    double* means = sums + v.c + 1;                     // C means
     parallel_for(v.c, k.threads, m, [&](std::int64_t lo, std::int64_t hi) {
-      for (std::int64_t c = lo; c < hi; ++c) sums[c] = channel_sum(x, v, c, [](T e) { return e; });
+      for (std::int64_t c = lo; c < hi; ++c) sums[c] = sum_of(c);
     });
-    sums[v.c] = count;
-    if (k.ranks) k.ranks->sum(sums, v.c + 1, DType::f64);
-    count = sums[v.c];
+    sums[v.c] = static_cast<double>(m);
+    k.ranks->sum(sums, v.c + 1, DType::f64);
+    const double count = sums[v.c];
     if (count < 2) throw too_few(count);  // the same on every rank
     for (std::int64_t c = 0; c < v.c; ++c) means[c] = sums[c] / count;
-    // Two passes: the variance from the centred values, not E[x^2] - mu^2 (no cancellation).
-    parallel_for(v.c, k.threads, 2 * m, [&](std::int64_t lo, std::int64_t hi) {
-      for (std::int64_t c = lo; c < hi; ++c) {
-        const T mt = static_cast<T>(means[c]);
-        sums[c] = channel_sum(x, v, c, [mt](T e) { return (e - mt) * (e - mt); });
-      }
+    parallel_for(v.c, k.threads, m, [&](std::int64_t lo, std::int64_t hi) {
+      for (std::int64_t c = lo; c < hi; ++c) sums[c] = squares_of(c, means[c]);
     });
-    if (k.ranks) k.ranks->sum(sums, v.c, DType::f64);
+    k.ranks->sum(sums, v.c, DType::f64);
+    parallel_for(v.c, k.threads, m, [&](std::int64_t lo, std::int64_t hi) {
+      for (std::int64_t c = lo; c < hi; ++c) normalise(c, means[c], sums[c] / count, count);
+    });
+    return;
   }
-  parallel_for(v.c, k.threads, 2 * m, [&](std::int64_t lo, std::int64_t hi) {
+  // One process: the three passes over a channel one after another, while it is in cache. One
+  // channel per item: with B = 1 ({batch, features} rows) each item reads a strided column,
+  // which is fine at the sizes dense layers have.
+  const double count = static_cast<double>(m);
+  parallel_for(v.c, k.threads, 3 * m, [&](std::int64_t lo, std::int64_t hi) {
     for (std::int64_t c = lo; c < hi; ++c) {
-      double mu, r;
-      if (batch_stats) {
-        mu = means[c];
-        const double var = sums[c] / count;
-        r = 1.0 / std::sqrt(var + at.eps);
-        rmean[c] = static_cast<T>((1.0 - at.momentum) * static_cast<double>(rmean[c]) + at.momentum * mu);
-        rvar[c] = static_cast<T>((1.0 - at.momentum) * static_cast<double>(rvar[c]) + at.momentum * var * count / (count - 1));
-      } else {
-        mu = static_cast<double>(rmean[c]);
-        r = 1.0 / std::sqrt(static_cast<double>(rvar[c]) + at.eps);
+      if (!k.training) {
+        normalise(c, 0, 0, count);
+        continue;
       }
-      s[c] = static_cast<T>(mu);
-      s[v.c + c] = static_cast<T>(r);
-      s[2 * v.c + c] = k.training ? T(1) : T(0);
-      // y = (x - mu) r gamma + beta, the order the VJP's xh = (x - mu) r assumes.
-      const T mt = static_cast<T>(mu), rt = static_cast<T>(r), gt = gamma[c], bt = beta[c];
-      for (std::int64_t a = 0; a < v.a; ++a) {
-        const T* row = x + (a * v.c + c) * v.b;
-        T* out = y + (a * v.c + c) * v.b;
-#pragma omp simd
-        for (std::int64_t b = 0; b < v.b; ++b) out[b] = (row[b] - mt) * rt * gt + bt;
-      }
+      const double mu = sum_of(c) / count;
+      normalise(c, mu, squares_of(c, mu) / count, count);
     }
   });
 }
