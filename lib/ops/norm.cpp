@@ -19,8 +19,8 @@
 //
 // Data parallelism (KernelArgs::ranks, from CompileOptions::ranks): each rank holds a shard of
 // M_q values per channel, and the statistics are the global batch's, M = sum_q M_q. The forward
-// sums across ranks the per-channel sums of x (with the counts M_q), then those of (x - mu)^2: two
-// sums of C + 1 values. The gradient g a rank receives is that of its shard's mean loss, M / M_q
+// sums across ranks the per-channel sums of x (with the counts M_q), then those of (x - mu)^2: sums
+// of C + 1 and C values. The gradient g a rank receives is that of its shard's mean loss, M / M_q
 // times the global loss's (the gradients' all-reduce weighs each rank by M_q / M afterwards), so
 // its dx is M / M_q times the global one:
 //   dx = r (gh - t (S_g + xh S_gxh) / M_q),  S_g = sum_q (M_q / M) sum(gh)_q  (and S_gxh alike),
