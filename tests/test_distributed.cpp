@@ -489,6 +489,10 @@ TEST_CASE("mpirun -np 2 mnist-train ends with the parameters and prints the line
   CHECK(lines_matching(two.out, accuracy) == lines_matching(one.out, accuracy));
   const auto a = saved_params(dir / "one.st"), b = saved_params(dir / "two.st");
   for (std::size_t i = 0; i < a.size(); ++i) CHECK(relative_difference(a[i], b[i]) < 1e-9);
+  // Through the shared window, what a line's trip between the ranks' cores costs (the context for
+  // the all-reduce's figures); by messages there is no such line.
+  const std::regex trip(R"(round trip between the cores of ranks 0 and 1: [1-9]\d* ns)");
+  CHECK(lines_matching(two.out, trip).size() == (shared ? 1u : 0u));
 }
 
 TEST_CASE("mpirun -np 2 mnist-train with batch norm ends with the parameters and running statistics of one process",

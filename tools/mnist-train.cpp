@@ -487,6 +487,9 @@ int train(const Options& o) {
       if (s.op == "pack" || s.op == "all_reduce") reduce_seconds += s.seconds;
     }
     const double sum_seconds = mpi->seconds_in_sum();
+    // What moving the gradients between the ranks' cores costs on this machine, now (virtual
+    // machines move their cores between dies): the context for the figures below.
+    const double round_trip = mpi->core_round_trip();
     mpi->check_same({{"parameters after training", params_fingerprint()}});
     if (!rank0()) return 0;
     std::fprintf(stderr,
@@ -500,6 +503,9 @@ int train(const Options& o) {
                    "%.1f%% of the median step\n",
                    1e6 * step_times.quantile(0.5), 1e6 * step_times.quantile(0.9), 1e6 * sum_times.quantile(0.5),
                    1e6 * sum_times.quantile(0.9), 100.0 * sum_times.quantile(0.5) / step_times.quantile(0.5));
+    if (round_trip > 0)
+      std::fprintf(stderr, "# a cache line's round trip between the cores of ranks 0 and 1: %.0f ns (docs/distributed.md)\n",
+                   1e9 * round_trip);
   }
   const double test_acc = test_accuracy();
   std::printf("Accuracy: %.2f %%\n", test_acc);

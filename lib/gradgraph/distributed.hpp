@@ -65,6 +65,11 @@ class Mpi : public Communicator {
   // measurements.
   double seconds_in_sum() const { return seconds_in_sum_; }
   void reset_timer() { seconds_in_sum_ = 0; }
+  // Collective (every rank calls it): the time for a cache line to go from rank 0's core to rank
+  // 1's and back, in seconds, on ranks 0 and 1 when they share the window (-1 elsewhere, or before
+  // the first sum, or by messages). What the all-reduce through shared memory costs depends on
+  // it: ~100 ns where the cores share an L3, several times that across dies or sockets.
+  double core_round_trip();
 
   // Every rank passes the same keys; returns when every value agrees on every rank, else throws
   // CollectiveError on every rank naming the keys that differ and the values of rank 0 and of the

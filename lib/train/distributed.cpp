@@ -68,6 +68,7 @@ constexpr std::size_t kLine = 64;  // the shared segments' first line: their Hea
 struct Header {
   std::atomic<std::uint64_t> arrivals{0};
   std::atomic<double> seconds[2][2] = {{-1.0, -1.0}, {-1.0, -1.0}};  // [parity][way]
+  std::atomic<std::uint64_t> ping{0};  // rank 0's: passed between ranks 0 and 1 (core_round_trip)
 };
 static_assert(sizeof(Header) <= kLine && std::atomic<double>::is_always_lock_free);
 
@@ -601,6 +602,35 @@ void Mpi::barrier_shared() {
     }
 }
 
+// Ranks 0 and 1 take turns to bump a counter in rank 0's header line: each turn moves the line
+// from one core's cache to the other's, and back. (256 round trips after 16 to warm up.)
+double Mpi::core_round_trip() {
+  if (impl_->win == MPI_WIN_NULL || size() < 2) return -1;
+  MPI_Barrier(impl_->node);
+  if (rank() > 1) {
+    MPI_Barrier(impl_->node);
+    return -1;
+  }
+  std::atomic<std::uint64_t>& line = impl_->header(0)->ping;
+  const std::uint64_t base = line.load(std::memory_order_acquire);  // the same on both: no turn yet
+  const int me = rank(), warm = 16, rounds = 256;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_);
+  auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < warm + rounds; ++i) {
+    if (i == warm) start = std::chrono::steady_clock::now();
+    const std::uint64_t mine = base + 2 * static_cast<std::uint64_t>(i) + static_cast<std::uint64_t>(me);
+    for (long spins = 1; line.load(std::memory_order_acquire) != mine; ++spins)
+      if ((spins & 1023) == 0 && std::chrono::steady_clock::now() > deadline) {
+        std::fprintf(stderr, "gradgraph: rank %d: rank %d did not answer for %.0f s; ending the job\n", me, 1 - me, timeout_);
+        abort(3);
+      }
+    line.store(mine + 1, std::memory_order_release);
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / rounds;
+  MPI_Barrier(impl_->node);
+  return seconds;
+}
+
 void Mpi::check_same(const std::vector<std::pair<std::string, std::string>>& facts) {
   std::vector<std::vector<std::pair<std::string, std::string>>> all;
   boost::mpi::all_gather(impl_->world, facts, all);
@@ -635,6 +665,7 @@ int Mpi::size() const { return 1; }
 void Mpi::sum(void*, std::int64_t, DType) {}
 void Mpi::mean(void*, std::int64_t, DType) {}
 void Mpi::check_same(const std::vector<std::pair<std::string, std::string>>&) {}
+double Mpi::core_round_trip() { return -1; }
 void Mpi::abort(int code) { std::exit(code); }
 
 #endif
