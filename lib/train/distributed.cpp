@@ -606,13 +606,15 @@ void Mpi::barrier_shared() {
 // from one core's cache to the other's, and back. (256 round trips after 16 to warm up.)
 double Mpi::core_round_trip() {
   if (impl_->win == MPI_WIN_NULL || size() < 2) return -1;
+  // Read before the barrier, after which rank 0 takes its first turn at once: the same on both
+  // (the last call's turns all happened before its closing barrier).
+  std::atomic<std::uint64_t>& line = impl_->header(0)->ping;
+  const std::uint64_t base = line.load(std::memory_order_acquire);
   MPI_Barrier(impl_->node);
   if (rank() > 1) {
     MPI_Barrier(impl_->node);
     return -1;
   }
-  std::atomic<std::uint64_t>& line = impl_->header(0)->ping;
-  const std::uint64_t base = line.load(std::memory_order_acquire);  // the same on both: no turn yet
   const int me = rank(), warm = 16, rounds = 256;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_);
   auto start = std::chrono::steady_clock::now();
