@@ -372,6 +372,60 @@ TEST_CASE("a shard of one example trains through batch norm when the global batc
   for (std::size_t i = 0; i < one[0].params.size(); ++i) CHECK(close(one[0].params[i], three[2].params[i]));
 }
 
+// `shards` ranks (threads) evaluate d in batches of `batch` with a freshly initialised network
+// (the same on every rank: the same seed); each rank's evaluation.
+std::vector<train::Evaluation> evaluate_on_ranks(const train::Dataset& d, int shards, std::int64_t batch) {
+  Threads world(shards);
+  std::vector<train::Evaluation> out(static_cast<std::size_t>(shards));
+  std::vector<std::string> errors(static_cast<std::size_t>(shards));
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < shards; ++r)
+    ranks.emplace_back([&, r] {
+      try {
+        ThreadRank comm;
+        comm.world = &world;
+        comm.r = r;
+        gg::Graph g(gg::f64);
+        const train::Model m = train::classifier(g, nn::parse("dense6,relu,dense3"), Shape{4, 4}, 3, nn::Layout::columns);
+        train::TrainOptions o = momentum_options();
+        if (shards > 1) o.communicator = &comm;
+        train::Trainer t(g, m, o);
+        out[static_cast<std::size_t>(r)] = t.evaluate(d, {}, batch);
+      } catch (const std::exception& e) {
+        errors[static_cast<std::size_t>(r)] = e.what();
+      }
+    });
+  for (std::thread& t : ranks) t.join();
+  for (const std::string& e : errors) REQUIRE(e.empty());
+  return out;
+}
+
+TEST_CASE("ranks evaluate their shards of a data set and all get the whole set's loss, accuracy and confusion matrix",
+          "[distributed][evaluate]") {
+  const train::Dataset d = fake_data(46);  // batches of 16, 16 and 14 over 3 ranks
+  const train::Evaluation one = evaluate_on_ranks(d, 1, 16)[0];
+  REQUIRE(one.predicted.size() == 46);
+  for (const train::Evaluation& rank : evaluate_on_ranks(d, 3, 16)) {
+    CHECK(rank.count == 46);
+    CHECK(rank.confusion == one.confusion);
+    CHECK(rank.accuracy == one.accuracy);
+    CHECK_THAT(rank.loss, Catch::Matchers::WithinRel(one.loss, 1e-12));
+    CHECK(rank.per_class.size() == one.per_class.size());
+    CHECK(rank.predicted.empty());  // each rank saw its shard only
+  }
+}
+
+TEST_CASE("a data set whose last batch cannot give every rank an example is evaluated whole by every rank",
+          "[distributed][evaluate]") {
+  const train::Dataset d = fake_data(17);  // batches of 8: the last has one example, for 3 ranks
+  const train::Evaluation one = evaluate_on_ranks(d, 1, 8)[0];
+  for (const train::Evaluation& rank : evaluate_on_ranks(d, 3, 8)) {
+    CHECK(rank.confusion == one.confusion);
+    CHECK(rank.loss == one.loss);
+    CHECK(rank.predicted == one.predicted);
+  }
+}
+
 TEST_CASE("with sparse images the weight gradient's GEMM packs through the sparse kernel, to one process's parameters", "[distributed]") {
   const train::Dataset d = fake_data(46, true);
   const std::vector<Trained> one = fit_on_ranks(d, 1, 16, 7);

@@ -417,6 +417,9 @@ int train(const Options& o) {
   double sum_before = 0;
   gg::train::Callbacks cb;
   cb.on_step = [&](const gg::train::StepInfo& s) {
+    // Every rank evaluates its shard of the test set at the same steps (Trainer::evaluate sums).
+    std::optional<double> test_acc;
+    if (o.eval_every > 0 && (s.step % o.eval_every == 0 || s.step == total - 1)) test_acc = test_accuracy();
     if (!rank0()) return true;  // the others only train: rank 0 has the same (global) loss
     if (mpi) {
       const auto now = std::chrono::steady_clock::now();
@@ -428,9 +431,9 @@ int train(const Options& o) {
       sum_before = mpi->seconds_in_sum();
     }
     gg::tools::MetricsRow row{s.step, s.loss, s.accuracy * 100.0, std::nullopt};
-    if (o.eval_every > 0 && (s.step % o.eval_every == 0 || s.step == total - 1)) {
-      row.test_accuracy = test_accuracy();
-      test_accs.push_back(*row.test_accuracy);
+    if (test_acc) {
+      row.test_accuracy = test_acc;
+      test_accs.push_back(*test_acc);
       test_at.push_back(static_cast<double>(s.step - first_step + 1));  // where the plot draws this step's loss
     }
     if (o.verbose && s.step == first_step) {
@@ -479,6 +482,7 @@ int train(const Options& o) {
   bar.finish();
   const double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_train).count();
   const std::int64_t done = fit.steps - first_step;
+  const double test_acc = test_accuracy();  // on every rank: each evaluates its shard
   if (mpi) {
     // The same gradients on every rank make the same parameters: a difference here is a bug.
     double reduce_seconds = 0, kernel_seconds = 0;
@@ -507,7 +511,6 @@ int train(const Options& o) {
       std::fprintf(stderr, "# a cache line's round trip between the cores of ranks 0 and 1: %.0f ns (docs/distributed.md)\n",
                    1e9 * round_trip);
   }
-  const double test_acc = test_accuracy();
   std::printf("Accuracy: %.2f %%\n", test_acc);
   std::fflush(stdout);
   std::fprintf(stderr, "# %lld iterations in %.2f s (%.1f ms/iteration), total %.2f s\n", static_cast<long long>(done),

@@ -315,7 +315,11 @@ class Trainer {
   // Trains until the run's length (epochs or steps) is reached, counting steps already done by a
   // resumed run. Throws Diverged on a non-finite loss.
   FitResult fit(Batches& batches, const FitOptions& fo, const Callbacks& cb = {});
-  // Loss, accuracy, confusion matrix and per-example predictions over a data set.
+  // Loss, accuracy, confusion matrix and per-example predictions over a data set. With a
+  // communicator every rank must call it: each evaluates its shard of every batch, and the loss,
+  // accuracy, confusion matrix and per-class accuracy are summed across ranks (the whole data
+  // set's, on every rank), while the per-example vectors stay empty. (A batch that cannot give
+  // every rank an example is evaluated whole by every rank, with them.)
   Evaluation evaluate(const Dataset& d, const Normalization& norm = {}, std::int64_t batch_size = 10000);
 
   // Parameters, optimizer state, the step and epoch counters, the batch iterator's position, the

@@ -238,32 +238,49 @@ Evaluation Trainer::evaluate(const Dataset& d, const Normalization& norm, std::i
   bo.dtype = model_.x.dtype();
   bo.normalization = norm;
   bo.threads = eval_->threads();
+  // Data parallelism: each rank takes its shard of every batch, as in training, unless a batch
+  // would leave a rank without an example (then every rank evaluates it all).
+  Communicator* comm = opts_.communicator;
+  const std::int64_t last = d.count % bo.batch_size;
+  const bool sharded = comm && comm->size() > 1 && bo.batch_size >= comm->size() && (last == 0 || last >= comm->size());
+  if (sharded) bo.shard = comm->rank(), bo.shards = comm->size();
   Batches batches(d, bo);
   Evaluation e;
   e.count = d.count;
   e.classes = model_.logits.shape()[model_.class_axis];
   e.confusion.assign(static_cast<std::size_t>(e.classes * e.classes), 0);
-  e.predicted.resize(static_cast<std::size_t>(d.count));
-  e.confidence.resize(static_cast<std::size_t>(d.count));
-  e.probabilities.resize(static_cast<std::size_t>(d.count * e.classes));
+  if (!sharded) {
+    e.predicted.resize(static_cast<std::size_t>(d.count));
+    e.confidence.resize(static_cast<std::size_t>(d.count));
+    e.probabilities.resize(static_cast<std::size_t>(d.count * e.classes));
+  }
   double loss = 0;
-  std::int64_t at = 0;
   for (std::int64_t s = 0; s < batches.steps_per_epoch(); ++s) {
     const Batch& b = batches.next();
     eval_->run({{model_.x, b.x, b.sparse}, {model_.labels, b.labels}});
     loss += eval_->scalar(loss_) * static_cast<double>(b.size);
     const TensorView pred = eval_->get(predictions_), prob = eval_->get(probabilities_);
     const std::int64_t* p = pred.ptr<std::int64_t>();
+    std::int64_t at = s * bo.batch_size + b.offset;  // in file order (no shuffle)
     for (std::int64_t j = 0; j < b.size; ++j, ++at) {
       const std::int64_t truth = d.labels[static_cast<std::size_t>(at)];
+      if (truth >= 0 && truth < e.classes) ++e.confusion[static_cast<std::size_t>(truth * e.classes + p[j])];
+      if (sharded) continue;
       e.predicted[static_cast<std::size_t>(at)] = p[j];
       for (std::int64_t c = 0; c < e.classes; ++c)
         e.probabilities[static_cast<std::size_t>(at * e.classes + c)] =
             model_.class_axis == 0 ? prob.flat(c * prob.strides[0] + j * prob.strides[1])
                                    : prob.flat(j * prob.strides[0] + c * prob.strides[1]);
       e.confidence[static_cast<std::size_t>(at)] = e.probabilities[static_cast<std::size_t>(at * e.classes + p[j])];
-      if (truth >= 0 && truth < e.classes) ++e.confusion[static_cast<std::size_t>(truth * e.classes + p[j])];
     }
+  }
+  if (sharded) {
+    // The shards' loss and counts summed across ranks (counts are exact in double).
+    std::vector<double> sums(e.confusion.begin(), e.confusion.end());
+    sums.push_back(loss);
+    comm->sum(sums.data(), static_cast<std::int64_t>(sums.size()), DType::f64);
+    for (std::size_t k = 0; k < e.confusion.size(); ++k) e.confusion[k] = static_cast<std::int64_t>(sums[k]);
+    loss = sums.back();
   }
   std::int64_t right = 0;
   e.per_class.assign(static_cast<std::size_t>(e.classes), std::numeric_limits<double>::quiet_NaN());
