@@ -372,6 +372,33 @@ TEST_CASE("a shard of one example trains through batch norm when the global batc
   for (std::size_t i = 0; i < one[0].params.size(); ++i) CHECK(close(one[0].params[i], three[2].params[i]));
 }
 
+// Second derivatives through batch norm would need sums across ranks in the graph ops of its
+// gradient's VJP: a data-parallel program refuses them rather than compute them from one shard.
+TEST_CASE("a data-parallel program refuses second derivatives through batch norm, and runs its first derivatives",
+          "[distributed][batch_norm]") {
+  struct OneRank : gg::Communicator {  // a run of one rank: the sums change nothing
+    int rank() const override { return 0; }
+    int size() const override { return 1; }
+    void sum(void*, std::int64_t, gg::DType) override {}
+  } one;
+  gg::Graph g(gg::f64);
+  const gg::Value x = g.input("x", {gg::dyn, 3});
+  const gg::Value w = g.param("w", {3, 3}, gg::uniform(-1.0, 1.0));
+  const gg::Value y = nn::batch_norm(gg::matmul(x, w), {.layout = nn::Layout::rows});
+  const gg::Value loss = gg::sum(y * y * g.constant(gg::Tensor::from<double>({3}, {1, 2, 3})));
+  const gg::Value dw = gg::gradients(loss, {w})[0];
+  const gg::Value ddw = gg::gradients(gg::sum(dw * dw), {w})[0];
+  const gg::Tensor feed = gg::Tensor::from<double>({4, 3}, {1, 2, 0, -1, 0.5, 3, 2, -2, 1, 0, 1, 1});
+  gg::CompileOptions o;
+  o.ranks = &one;
+  gg::Program first(g, {dw}, o);
+  CHECK_NOTHROW(first.run({{x, feed}}));
+  gg::Program second(g, {ddw}, o);
+  CHECK_THROWS_WITH(second.run({{x, feed}}), Contains("batch_norm's second derivatives") && Contains("CompileOptions::ranks"));
+  gg::Program alone(g, {ddw});  // one process: the shard is the batch
+  CHECK_NOTHROW(alone.run({{x, feed}}));
+}
+
 // `shards` ranks (threads) evaluate d in batches of `batch` with a freshly initialised network
 // (the same on every rank: the same seed); each rank's evaluation.
 std::vector<train::Evaluation> evaluate_on_ranks(const train::Dataset& d, int shards, std::int64_t batch) {

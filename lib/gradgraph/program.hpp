@@ -48,8 +48,9 @@ struct CompileOptions {
   // Data parallelism: this program is one rank of `ranks`, fed its shard of each batch. In
   // training, batch norm's statistics are then the global batch's (its per-channel sums are
   // summed across ranks, and so are those of its gradient), as one process fed the whole batch
-  // computes them; every rank must run the program in step. Second derivatives through batch
-  // norm stay per rank. Null: one process.
+  // computes them; every rank must run the program in step. A program that differentiates batch
+  // norm twice throws when run (those graph ops would use each rank's own means). Null: one
+  // process.
   Communicator* ranks = nullptr;
 };
 

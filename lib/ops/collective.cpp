@@ -50,6 +50,31 @@ std::vector<Value> all_reduce_mean(const std::vector<Value>& values, Communicato
 namespace detail {
 namespace {
 
+struct RankLocalAttrs {
+  int what = 0;  // a RankLocal
+  template <typename F> void visit(F&& f) { f("what", what); }
+};
+
+template <typename T>
+void rank_local_kernel(const KernelArgs& k) {
+  if (k.ranks && k.training) {
+    const char* what[] = {"batch_norm's second derivatives (the means in the VJP of its gradient, and the "
+                          "derivatives of its statistics)"};
+    throw std::runtime_error(std::string(what[k.attrs<RankLocalAttrs>().what]) +
+                             " use this rank's shard alone, not the global batch: a data-parallel program "
+                             "(CompileOptions::ranks) cannot compute them as one process would");
+  }
+  const T* x = data<T>(k.in[0]);
+  std::copy(x, x + k.in[0].numel(), data<T>(k.out[0]));
+}
+
+Outputs infer_rank_local(const Graph& g, const Node& n) {
+  require_float(g, n, 0);
+  return operand(g, n, 0);
+}
+
+std::vector<Value> rank_local_vjp(const VjpArgs& v) { return {v.dy()}; }
+
 struct AllReduceAttrs {
   std::int64_t communicator = 0;  // its address: not printed (it differs every run, and a
                                   // checkpoint holds the graph's text) nor settable by name
@@ -122,6 +147,9 @@ namespace detail {
 
 GG_OP(pack_op) = {.name = "pack", .arity = 2, .flags = kInternal | kNonDifferentiable, .writes = 0b01, .alias = 0,
                   .kernels = {.f32 = pack_kernel<float>, .f64 = pack_kernel<double>}, .infer = infer_pack};
+GG_OP(rank_local_op) = {.name = "rank_local", .arity = 1, .flags = kInternal, .diff_inputs = 0b1,
+                        .kernels = {.f32 = rank_local_kernel<float>, .f64 = rank_local_kernel<double>},
+                        .infer = infer_rank_local, .vjp = rank_local_vjp};
 GG_OP(all_reduce_op) = {.name = "all_reduce", .arity = 1, .flags = kInternal | kNonDifferentiable, .writes = 0b1, .alias = 0,
                         .kernels = {.f32 = all_reduce_kernel<float>, .f64 = all_reduce_kernel<double>},
                         .infer = infer_all_reduce};
@@ -161,6 +189,12 @@ std::vector<Value> all_reduce(const std::vector<Value>& values, Communicator& co
 }
 
 }  // namespace
+}  // namespace detail
+
+namespace detail {
+Value rank_local(Value x, RankLocal what) {
+  return make(rank_local_op, {x}, Attrs(RankLocalAttrs{static_cast<int>(what)}));
+}
 }  // namespace detail
 
 std::vector<Value> all_reduce_sum(const std::vector<Value>& values, Communicator& comm) {

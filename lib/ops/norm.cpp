@@ -25,8 +25,10 @@
 // its dx is M / M_q times the global one:
 //   dx = r (gh - t (S_g + xh S_gxh) / M_q),  S_g = sum_q (M_q / M) sum(gh)_q  (and S_gxh alike),
 // one weighted mean (Communicator::mean) of 2 C + 1 values; dgamma and dbeta stay the shard's
-// sums, weighed by the gradients' all-reduce like every other gradient. The VJP of
-// batch_norm_grad (second derivatives) uses each rank's own means.
+// sums, weighed by the gradients' all-reduce like every other gradient. Second derivatives (the
+// VJP of batch_norm_grad, and a gradient arriving at s) would need sums across ranks in graph
+// ops: their per-rank values pass through rank_local, which refuses to run with ranks.
+#include "collective.hpp"
 #include "kernels.hpp"
 #include "onnx.hpp"
 #include "op_list.hpp"
@@ -330,7 +332,8 @@ std::vector<Value> grad_vjp(const VjpArgs& v) {
   const Shape flat{xs[at.axis]};
   auto row = [&](Value m, std::int64_t i) { return reshape(slice(m, 0, i, i + 1), cs); };
   auto total = [&](Value e) { return sum_to(e, cs); };
-  auto mean = [&](Value e) { return channel_mean(e, xs, at.axis); };
+  // The shard's means, where the global batch's would need sums across ranks: refused there.
+  auto mean = [&](Value e) { return rank_local(channel_mean(e, xs, at.axis), RankLocal::batch_norm_second_derivatives); };
   const Value mu = row(s, 0), r = row(s, 1), t = row(s, 2), gm = reshape(gamma, cs);
   const Value centred = x - mu, xh = centred * r;
   const Value mg = mean(g), mgx = mean(g * xh);
@@ -389,7 +392,10 @@ std::vector<Value> vjp(const VjpArgs& v) {
   if (v.grad[1].valid() && v.wanted[0]) {
     // mu and r are functions of x in training (t = 1): d mu / dx = 1 / M, d r / dx = -r^3 (x - mu) / M.
     const Value mu = row(s, 0), r = row(s, 1), t = row(s, 2);
-    const Value gmu = row(v.grad[1], 0), gr = row(v.grad[1], 1);
+    // Per this rank's M, where the global batch's would need sums across ranks: refused there
+    // (the per-channel cotangents marked, the cheapest place).
+    const Value gmu = rank_local(row(v.grad[1], 0), RankLocal::batch_norm_second_derivatives);
+    const Value gr = rank_local(row(v.grad[1], 1), RankLocal::batch_norm_second_derivatives);
     const Value via_stats = t * per_count(gmu - gr * (r * r * r) * (x - mu), xs, a.axis);
     dx = dx.valid() ? dx + via_stats : via_stats;
   }
