@@ -482,7 +482,8 @@ int train(const Options& o) {
   bar.finish();
   const double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_train).count();
   const std::int64_t done = fit.steps - first_step;
-  const double test_acc = test_accuracy();  // on every rank: each evaluates its shard
+  const double sum_seconds = mpi ? mpi->seconds_in_sum() : 0;  // training's, not the evaluation's below
+  const double test_acc = test_accuracy();                       // on every rank: each evaluates its shard
   if (mpi) {
     // The same gradients on every rank make the same parameters: a difference here is a bug.
     double reduce_seconds = 0, kernel_seconds = 0;
@@ -490,7 +491,6 @@ int train(const Options& o) {
       kernel_seconds += s.seconds;
       if (s.op == "pack" || s.op == "all_reduce") reduce_seconds += s.seconds;
     }
-    const double sum_seconds = mpi->seconds_in_sum();
     // What moving the gradients between the ranks' cores costs on this machine, now (virtual
     // machines move their cores between dies): the context for the figures below.
     const double round_trip = mpi->core_round_trip();
