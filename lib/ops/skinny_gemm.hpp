@@ -83,13 +83,16 @@ inline std::int64_t block_start(std::int64_t total, std::int64_t most, std::int6
 template <typename T>
 constexpr std::int64_t kAhead = 512 / sizeof(T);
 
+// Vectors are read and written in place through these, never passed or returned by value: without
+// AVX-512 a 64-byte vector by value has another ABI than with it, which GCC notes (-Wpsabi) on
+// every such function, and a build for a machine without AVX-512 must stay free of warnings.
 template <typename T>
-inline Vec<T> load(const T* p) {
-  return *reinterpret_cast<const Vec<T>*>(p);
+inline const Vec<T>* vec(const T* p) {
+  return reinterpret_cast<const Vec<T>*>(p);
 }
 template <typename T>
-inline void store(T* p, Vec<T> v) {
-  *reinterpret_cast<Vec<T>*>(p) = v;
+inline Vec<T>* vec(T* p) {
+  return reinterpret_cast<Vec<T>*>(p);
 }
 
 // Rows i0 .. i0 + R of C, NV vectors of columns from j0.
@@ -101,7 +104,7 @@ void rows_tile(const Gemm<T>& g, std::int64_t i0, std::int64_t j0) {
   const T* b = g.b + j0;
   for (std::int64_t p = 0; p < g.k; ++p) {
     Vec<T> bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = load(b + p * g.brs + v * L);
+    for (int v = 0; v < NV; ++v) bv[v] = *vec(b + p * g.brs + v * L);
     for (int v = 0; v < NV; ++v) __builtin_prefetch(b + p * g.brs + v * L + kAhead<T>);
     for (int r = 0; r < R; ++r) {
       const T s = a[r * g.ars + p * g.acs];
@@ -113,7 +116,7 @@ void rows_tile(const Gemm<T>& g, std::int64_t i0, std::int64_t j0) {
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) {
       T* c = g.c + (i0 + r) * g.crs + j0 + v * L;
-      store(c, g.beta == T(0) ? g.alpha * acc[r][v] : g.alpha * acc[r][v] + g.beta * load(c));
+      *vec(c) = g.beta == T(0) ? g.alpha * acc[r][v] : g.alpha * acc[r][v] + g.beta * *vec(c);
     }
 }
 
@@ -184,7 +187,7 @@ std::int64_t slab_start(std::int64_t k, std::int64_t slabs, std::int64_t s) {
 }
 
 template <typename T>
-inline T lane_sum(Vec<T> v) {
+inline T lane_sum(const Vec<T>& v) {
   T s = 0;
   for (std::int64_t l = 0; l < kLanes<T>; ++l) s += v[l];
   return s;
@@ -198,10 +201,10 @@ void dots_block(const Gemm<T>& g, std::int64_t i0, std::int64_t j0, std::int64_t
   const std::int64_t pv = p0 + (p1 - p0) / L * L;
   for (std::int64_t p = p0; p < pv; p += L) {
     Vec<T> bv[RJ];
-    for (int j = 0; j < RJ; ++j) bv[j] = load(g.b + (j0 + j) * g.bcs + p);
+    for (int j = 0; j < RJ; ++j) bv[j] = *vec(g.b + (j0 + j) * g.bcs + p);
     for (int j = 0; j < RJ; ++j) __builtin_prefetch(g.b + (j0 + j) * g.bcs + p + 2 * kAhead<T>);
     for (int i = 0; i < RI; ++i) {
-      const Vec<T> av = load(g.a + (i0 + i) * g.ars + p);
+      const Vec<T> av = *vec(g.a + (i0 + i) * g.ars + p);
       for (int j = 0; j < RJ; ++j) acc[i][j] += av * bv[j];
     }
   }
