@@ -132,10 +132,12 @@ struct FitSetup {
   nn::Layout layout = nn::Layout::columns;
   bool local_batch_norm = false;
 };
-std::vector<Trained> fit_on_ranks(const train::Dataset& d, int shards, std::int64_t batch, std::int64_t steps,
-                                  const std::string& spec = "dense6,relu,dense3", const FitSetup& setup = {}) {
+// Runs body(comm, r) for ranks r = 0 .. shards - 1, each on a thread with its ThreadRank (null for
+// one rank, which is one process); each rank's result. A rank that throws fails the test.
+template <typename R, typename F>
+std::vector<R> on_thread_ranks(int shards, F body) {
   Threads world(shards);
-  std::vector<Trained> out(static_cast<std::size_t>(shards));
+  std::vector<R> out(static_cast<std::size_t>(shards));
   std::vector<std::string> errors(static_cast<std::size_t>(shards));
   std::vector<std::thread> ranks;
   for (int r = 0; r < shards; ++r)
@@ -144,25 +146,7 @@ std::vector<Trained> fit_on_ranks(const train::Dataset& d, int shards, std::int6
         ThreadRank comm;
         comm.world = &world;
         comm.r = r;
-        gg::Graph g(gg::f64);
-        const train::Model m = train::classifier(g, nn::parse(spec), Shape{4, 4}, 3, setup.layout);
-        train::TrainOptions o = momentum_options();
-        if (shards > 1) o.communicator = &comm;
-        o.local_batch_norm = setup.local_batch_norm;
-        train::Trainer t(g, m, o);
-        train::BatchOptions bo = batches_of(batch, r, shards);
-        bo.layout = setup.layout;
-        train::Batches b(d, bo);
-        train::Callbacks cb;
-        Trained& mine = out[static_cast<std::size_t>(r)];
-        cb.on_step = [&](const train::StepInfo& s) {
-          mine.losses.push_back(s.loss);
-          return true;
-        };
-        t.fit(b, {.steps = steps}, cb);
-        mine.products = t.train_program().product_choices();
-        for (const std::string& name : t.train_program().param_names())
-          mine.params.push_back(values(t.train_program().param(name)));
+        out[static_cast<std::size_t>(r)] = body(shards > 1 ? &comm : nullptr, r);
       } catch (const std::exception& e) {
         errors[static_cast<std::size_t>(r)] = e.what();
       }
@@ -170,6 +154,32 @@ std::vector<Trained> fit_on_ranks(const train::Dataset& d, int shards, std::int6
   for (std::thread& t : ranks) t.join();
   for (const std::string& e : errors) REQUIRE(e.empty());
   return out;
+}
+
+std::vector<Trained> fit_on_ranks(const train::Dataset& d, int shards, std::int64_t batch, std::int64_t steps,
+                                  const std::string& spec = "dense6,relu,dense3", const FitSetup& setup = {}) {
+  return on_thread_ranks<Trained>(shards, [&](gg::Communicator* comm, int r) {
+    gg::Graph g(gg::f64);
+    const train::Model m = train::classifier(g, nn::parse(spec), Shape{4, 4}, 3, setup.layout);
+    train::TrainOptions o = momentum_options();
+    o.communicator = comm;
+    o.local_batch_norm = setup.local_batch_norm;
+    train::Trainer t(g, m, o);
+    train::BatchOptions bo = batches_of(batch, r, shards);
+    bo.layout = setup.layout;
+    train::Batches b(d, bo);
+    train::Callbacks cb;
+    Trained mine;
+    cb.on_step = [&](const train::StepInfo& s) {
+      mine.losses.push_back(s.loss);
+      return true;
+    };
+    t.fit(b, {.steps = steps}, cb);
+    mine.products = t.train_program().product_choices();
+    for (const std::string& name : t.train_program().param_names())
+      mine.params.push_back(values(t.train_program().param(name)));
+    return mine;
+  });
 }
 
 double relative_difference(const std::vector<double>& a, const std::vector<double>& b) {
@@ -402,29 +412,14 @@ TEST_CASE("a data-parallel program refuses second derivatives through batch norm
 // `shards` ranks (threads) evaluate d in batches of `batch` with a freshly initialised network
 // (the same on every rank: the same seed); each rank's evaluation.
 std::vector<train::Evaluation> evaluate_on_ranks(const train::Dataset& d, int shards, std::int64_t batch) {
-  Threads world(shards);
-  std::vector<train::Evaluation> out(static_cast<std::size_t>(shards));
-  std::vector<std::string> errors(static_cast<std::size_t>(shards));
-  std::vector<std::thread> ranks;
-  for (int r = 0; r < shards; ++r)
-    ranks.emplace_back([&, r] {
-      try {
-        ThreadRank comm;
-        comm.world = &world;
-        comm.r = r;
-        gg::Graph g(gg::f64);
-        const train::Model m = train::classifier(g, nn::parse("dense6,relu,dense3"), Shape{4, 4}, 3, nn::Layout::columns);
-        train::TrainOptions o = momentum_options();
-        if (shards > 1) o.communicator = &comm;
-        train::Trainer t(g, m, o);
-        out[static_cast<std::size_t>(r)] = t.evaluate(d, {}, batch);
-      } catch (const std::exception& e) {
-        errors[static_cast<std::size_t>(r)] = e.what();
-      }
-    });
-  for (std::thread& t : ranks) t.join();
-  for (const std::string& e : errors) REQUIRE(e.empty());
-  return out;
+  return on_thread_ranks<train::Evaluation>(shards, [&](gg::Communicator* comm, int) {
+    gg::Graph g(gg::f64);
+    const train::Model m = train::classifier(g, nn::parse("dense6,relu,dense3"), Shape{4, 4}, 3, nn::Layout::columns);
+    train::TrainOptions o = momentum_options();
+    o.communicator = comm;
+    train::Trainer t(g, m, o);
+    return t.evaluate(d, {}, batch);
+  });
 }
 
 TEST_CASE("ranks evaluate their shards of a data set and all get the whole set's loss, accuracy and confusion matrix",

@@ -409,9 +409,8 @@ int train(const Options& o) {
   gg::tools::Progress bar(total - trainer.steps_done(), o.progress && rank0() && gg::tools::stderr_is_terminal());
   const std::int64_t first_step = trainer.steps_done();
   // Under mpirun rank 0 also times each step and the communicator's part of it (copy, wait, sum;
-  // batch norm's sums of its statistics too),
-  // for medians: now and then the machine stalls a rank for up to a millisecond and the other
-  // waits, which a mean over the run counts in full.
+  // batch norm's sums of its statistics too), for medians: now and then the machine stalls a rank
+  // for up to a millisecond and the other waits, which a mean over the run counts in full.
   gg::tools::Durations step_times, sum_times;
   auto step_start = std::chrono::steady_clock::now();
   double sum_before = 0;

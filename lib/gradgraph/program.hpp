@@ -58,6 +58,16 @@ namespace detail {
 struct Compiled;    // the IR in schedule order (lib/program/compile.cpp)
 struct ParamStore;  // persistent parameter/state arena (lib/program/param_store.cpp)
 struct Plan;        // buffers and steps for one batch size (lib/program/plan.cpp)
+// How a program runs (its settings, the same for every step of a run; lib/program/execute.cpp).
+struct RunSettings {
+  int threads = 1;
+  bool training = true;
+  std::uint64_t seed = 0;
+  std::int64_t examples_before = 0;
+  Communicator* ranks = nullptr;
+  bool profiling = false;
+  double sparse_density = kDefaultSparseDensity;
+};
 }  // namespace detail
 
 class Program {
@@ -127,11 +137,11 @@ class Program {
   };
   std::vector<ProductChoice> product_choices() const;
   void set_sparse_density(double d);
-  double sparse_density() const { return sparse_density_; }
+  double sparse_density() const { return run_.sparse_density; }
 
   void set_threads(int threads);
-  int threads() const { return threads_; }
-  bool training() const { return training_; }
+  int threads() const { return run_.threads; }
+  bool training() const { return run_.training; }
   // Sets the "lr" attribute of every op that has one (the optimizers' updates), for schedules;
   // no re-plan. Returns how many ops it changed.
   int set_learning_rate(double lr);
@@ -139,7 +149,7 @@ class Program {
   // are fed (this rank's shard's place in the batch), so that ops that draw random numbers per
   // example (dropout) draw, for each example, what one process fed the whole batch would. 0 by
   // default: the fed examples are the batch.
-  void set_examples_before(std::int64_t n) { examples_before_ = n; }
+  void set_examples_before(std::int64_t n) { run_.examples_before = n; }
 
  private:
   detail::Plan& plan_for(std::int64_t batch);
@@ -154,13 +164,7 @@ class Program {
   std::shared_ptr<detail::ParamStore> params_;
   std::map<std::int64_t, std::unique_ptr<detail::Plan>> plans_;
   detail::Plan* current_ = nullptr;
-  int threads_ = 1;
-  bool training_ = true;
-  std::uint64_t seed_ = 0;
-  std::int64_t examples_before_ = 0;
-  Communicator* ranks_ = nullptr;
-  bool profiling_ = false;
-  double sparse_density_ = kDefaultSparseDensity;
+  detail::RunSettings run_;
 };
 
 }  // namespace gg

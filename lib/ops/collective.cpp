@@ -50,20 +50,12 @@ std::vector<Value> all_reduce_mean(const std::vector<Value>& values, Communicato
 namespace detail {
 namespace {
 
-struct RankLocalAttrs {
-  int what = 0;  // a RankLocal
-  template <typename F> void visit(F&& f) { f("what", what); }
-};
-
 template <typename T>
 void rank_local_kernel(const KernelArgs& k) {
-  if (k.ranks && k.training) {
-    const char* what[] = {"batch_norm's second derivatives (the means in the VJP of its gradient, and the "
-                          "derivatives of its statistics)"};
-    throw std::runtime_error(std::string(what[k.attrs<RankLocalAttrs>().what]) +
-                             " use this rank's shard alone, not the global batch: a data-parallel program "
-                             "(CompileOptions::ranks) cannot compute them as one process would");
-  }
+  if (k.ranks && k.training)
+    throw std::runtime_error("batch_norm's second derivatives (the means in the VJP of its gradient, and the "
+                             "derivatives of its statistics) use this rank's shard alone, not the global batch: a "
+                             "data-parallel program (CompileOptions::ranks) cannot compute them as one process would");
   const T* x = data<T>(k.in[0]);
   std::copy(x, x + k.in[0].numel(), data<T>(k.out[0]));
 }
@@ -192,9 +184,7 @@ std::vector<Value> all_reduce(const std::vector<Value>& values, Communicator& co
 }  // namespace detail
 
 namespace detail {
-Value rank_local(Value x, RankLocal what) {
-  return make(rank_local_op, {x}, Attrs(RankLocalAttrs{static_cast<int>(what)}));
-}
+Value rank_local(Value x) { return make(rank_local_op, {x}); }
 }  // namespace detail
 
 std::vector<Value> all_reduce_sum(const std::vector<Value>& values, Communicator& comm) {

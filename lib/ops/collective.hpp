@@ -17,10 +17,9 @@ extern const OpDef pack_op;
 
 // x itself, marked as computed from this rank's shard alone where the global batch's value would
 // need a sum across ranks that the graph does not have: its kernel refuses to run in a training
-// program with ranks (CompileOptions::ranks), naming `what`, so that such a program fails with a
-// message instead of computing something else than one process would. batch_norm's second
-// derivatives use it (norm.cpp).
-enum class RankLocal : int { batch_norm_second_derivatives = 0 };
-Value rank_local(Value x, RankLocal what);
+// program with ranks (CompileOptions::ranks), so that such a program fails with a message instead
+// of computing something else than one process would. Its one user, named in the message:
+// batch_norm's second derivatives (norm.cpp).
+Value rank_local(Value x);
 
 }  // namespace gg::detail

@@ -296,8 +296,9 @@ void grad_fwd(const KernelArgs& k) {
     sums[2 * v.c] = static_cast<double>(m);
     k.ranks->mean(sums, 2 * v.c + 1, DType::f64);
     if (m == 0) return;
+    const double mq = static_cast<double>(m);
     parallel_for(v.c, k.threads, m, [&](std::int64_t lo, std::int64_t hi) {
-      for (std::int64_t c = lo; c < hi; ++c) dx_of(c, static_cast<T>(sums[c] / static_cast<double>(m)), static_cast<T>(sums[v.c + c] / static_cast<double>(m)));
+      for (std::int64_t c = lo; c < hi; ++c) dx_of(c, static_cast<T>(sums[c] / mq), static_cast<T>(sums[v.c + c] / mq));
     });
     return;
   }
@@ -333,7 +334,7 @@ std::vector<Value> grad_vjp(const VjpArgs& v) {
   auto row = [&](Value m, std::int64_t i) { return reshape(slice(m, 0, i, i + 1), cs); };
   auto total = [&](Value e) { return sum_to(e, cs); };
   // The shard's means, where the global batch's would need sums across ranks: refused there.
-  auto mean = [&](Value e) { return rank_local(channel_mean(e, xs, at.axis), RankLocal::batch_norm_second_derivatives); };
+  auto mean = [&](Value e) { return rank_local(channel_mean(e, xs, at.axis)); };
   const Value mu = row(s, 0), r = row(s, 1), t = row(s, 2), gm = reshape(gamma, cs);
   const Value centred = x - mu, xh = centred * r;
   const Value mg = mean(g), mgx = mean(g * xh);
@@ -394,8 +395,7 @@ std::vector<Value> vjp(const VjpArgs& v) {
     const Value mu = row(s, 0), r = row(s, 1), t = row(s, 2);
     // Per this rank's M, where the global batch's would need sums across ranks: refused there
     // (the per-channel cotangents marked, the cheapest place).
-    const Value gmu = rank_local(row(v.grad[1], 0), RankLocal::batch_norm_second_derivatives);
-    const Value gr = rank_local(row(v.grad[1], 1), RankLocal::batch_norm_second_derivatives);
+    const Value gmu = rank_local(row(v.grad[1], 0)), gr = rank_local(row(v.grad[1], 1));
     const Value via_stats = t * per_count(gmu - gr * (r * r * r) * (x - mu), xs, a.axis);
     dx = dx.valid() ? dx + via_stats : via_stats;
   }

@@ -28,9 +28,9 @@ Program::Program(Graph& g, const std::vector<Value>& fetches, const CompileOptio
   }
   set_threads(opts.threads);
   set_sparse_density(opts.sparse_density);
-  training_ = opts.training;
-  seed_ = opts.seed;
-  ranks_ = opts.ranks;
+  run_.training = opts.training;
+  run_.seed = opts.seed;
+  run_.ranks = opts.ranks;
 }
 
 Program::~Program() = default;
@@ -56,7 +56,7 @@ void Program::run_impl(const Feed* feeds, std::size_t n) {
   const Graph& g = graph();
   Plan& p = plan_for(detail::batch_of(*code_, g, feeds, n));
   current_ = &p;
-  detail::execute(p, *code_, g, feeds, n, {threads_, training_, seed_, examples_before_, ranks_, profiling_, sparse_density_});
+  detail::execute(p, *code_, g, feeds, n, run_);
 }
 
 int Program::slot_of(Value v) const {
@@ -133,7 +133,7 @@ std::vector<std::string> Program::schedule(std::int64_t batch) {
   return out;
 }
 
-void Program::set_profiling(bool on) { profiling_ = on; }
+void Program::set_profiling(bool on) { run_.profiling = on; }
 
 std::vector<Program::StepProfile> Program::profile() const {
   std::vector<StepProfile> out;
@@ -174,11 +174,11 @@ std::vector<Program::ProductChoice> Program::product_choices() const {
 
 void Program::set_sparse_density(double d) {
   if (!(d >= 0 && d <= 1)) throw std::invalid_argument("sparse_density must be in [0, 1], got " + std::to_string(d));
-  sparse_density_ = d;
+  run_.sparse_density = d;
 }
 
 void Program::set_threads(int threads) {
-  threads_ = std::min(threads > 0 ? threads : omp_get_max_threads(), detail::kMaxThreads);
+  run_.threads = std::min(threads > 0 ? threads : omp_get_max_threads(), detail::kMaxThreads);
 }
 
 int Program::set_learning_rate(double lr) {

@@ -131,16 +131,6 @@ std::unique_ptr<Plan> make_plan(const Compiled& c, const ParamStore& params, std
 // The batch size the feeds fix (0 without open dimensions); checks every input is fed with its
 // dtype and static shape, and that all open dimensions agree.
 std::int64_t batch_of(const Compiled& c, const Graph& g, const Program::Feed* feeds, std::size_t n);
-// How a program runs: its settings (Program's), the same for every step of a run.
-struct RunSettings {
-  int threads = 1;
-  bool training = true;
-  std::uint64_t seed = 0;
-  std::int64_t examples_before = 0;
-  Communicator* ranks = nullptr;
-  bool profiling = false;
-  double sparse_density = kDefaultSparseDensity;
-};
 void execute(Plan& p, const Compiled& c, const Graph& g, const Program::Feed* feeds, std::size_t n, const RunSettings& run);
 
 // ---- Graphviz ----------------------------------------------------------------------------------------

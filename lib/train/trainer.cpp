@@ -241,8 +241,8 @@ Evaluation Trainer::evaluate(const Dataset& d, const Normalization& norm, std::i
   // Data parallelism: each rank takes its shard of every batch, as in training, unless a batch
   // would leave a rank without an example (then every rank evaluates it all).
   Communicator* comm = opts_.communicator;
-  const std::int64_t last = d.count % bo.batch_size;
-  const bool sharded = comm && comm->size() > 1 && bo.batch_size >= comm->size() && (last == 0 || last >= comm->size());
+  const std::int64_t ranks = comm ? comm->size() : 1;
+  const bool sharded = ranks > 1 && bo.batch_size >= ranks && (d.count % bo.batch_size == 0 || d.count % bo.batch_size >= ranks);
   if (sharded) bo.shard = comm->rank(), bo.shards = comm->size();
   Batches batches(d, bo);
   Evaluation e;
